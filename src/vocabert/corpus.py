@@ -1,0 +1,349 @@
+"""Stage 1: read texts and tokenize them with the teacher's tokenizer into shards on disk.
+
+Readers stream ``id<TAB>text`` TSV (gz or plain), one-text-per-line files and JSONL with a ``text``
+field. Each shard holds the token ids of a run of texts (uint16 where the vocabulary allows) with
+offsets, the texts themselves (later stages need them for the teacher), their ids, which source
+they came from, and whether they are held out from training.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+from tqdm.auto import tqdm
+
+from vocabert.artifacts import (
+    VocabertError,
+    atomic_write,
+    check_same_tokenizer,
+    read_manifest,
+    write_manifest,
+)
+
+MSMARCO_HINT = (
+    "MS MARCO passages are at https://microsoft.github.io/msmarco/ (collection.tsv: pid<TAB>passage); "
+    "point vocabert at the data with --data-dir or VOCABERT_DATA, or give files with --passages/--queries"
+)
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def default_data_dir() -> Path | None:
+    """``$VOCABERT_DATA``, else the ``shared/data`` folder beside the repository (or the working dir)."""
+    env = os.environ.get("VOCABERT_DATA")
+    if env:
+        return Path(env)
+    candidates = [Path(__file__).resolve().parents[3] / "shared" / "data", Path.cwd().parent / "shared" / "data"]
+    candidates.append(Path.cwd() / "shared" / "data")
+    return next((c for c in candidates if c.is_dir()), None)
+
+
+def default_sources(data_dir: str | Path | None = None) -> dict[str, Path]:
+    """The bundled MS MARCO passages and distillation queries."""
+    root = Path(data_dir) if data_dir else default_data_dir()
+    if root is None or not root.is_dir():
+        raise VocabertError(f"no data folder found (looked for ../shared/data). {MSMARCO_HINT}")
+    sources = {
+        "passages": root / "msmarco_passage" / "collection_subset.tsv.gz",
+        "queries": root / "msmarco_queries_extra" / "queries.extra.tsv.gz",
+    }
+    for path in sources.values():
+        if not path.is_file():
+            raise VocabertError(f"{path} is missing. {MSMARCO_HINT}")
+    return sources
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+    # Invalid UTF-8 becomes U+FFFD: a defined text rather than a crash halfway through a corpus.
+    return io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="\n")
+
+
+def read_texts(path: str | Path) -> Iterator[tuple[str, str]]:
+    """Stream ``(id, text)`` pairs from TSV (``id<TAB>text``), JSONL (``text`` field) or plain text."""
+    path = Path(path)
+    if not path.is_file():
+        raise VocabertError(f"input file {path} does not exist. {MSMARCO_HINT}")
+    name = path.name.removesuffix(".gz")
+    fmt = "jsonl" if name.endswith((".jsonl", ".json")) else "tsv" if name.endswith(".tsv") else "lines"
+    n = 0
+    with _open_text(path) as f:
+        try:
+            for lineno, line in enumerate(f, 1):
+                line = line.rstrip("\r\n")
+                if not line.strip():
+                    continue
+                if fmt == "tsv":
+                    parts = line.split("\t")
+                    if len(parts) < 2:
+                        raise VocabertError(f"{path}:{lineno}: expected 'id<TAB>text', found no tab")
+                    yield parts[0], parts[1]
+                elif fmt == "jsonl":
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise VocabertError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                        raise VocabertError(f"{path}:{lineno}: expected a JSON object with a 'text' string")
+                    yield str(record.get("_id", record.get("id", lineno))), record["text"]
+                else:
+                    yield str(lineno), line
+                n += 1
+        except (EOFError, OSError, gzip.BadGzipFile) as e:
+            raise VocabertError(f"{path}: cannot be read to the end ({e}); is it truncated?") from None
+    if n == 0:
+        raise VocabertError(f"input file {path} holds no texts")
+
+
+def hash_fraction(key: str, salt: str = "") -> float:
+    """A number in [0, 1) fixed by ``key``: splits by it stay put when the corpus grows."""
+    digest = hashlib.blake2b((salt + key).encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2**64
+
+
+def is_heldout(text_key: str, fraction: float) -> bool:
+    """Held-out texts never reach training; ``text_key`` is ``source:id``."""
+    return hash_fraction(text_key) < fraction
+
+
+# ------------------------------------------------------------------------------------------ tokenizer
+
+
+def load_tokenizer(tokenizer_text: str, max_length: int) -> Tokenizer:
+    """The teacher's tokenizer as sentence-transformers applies it: special tokens, truncation, no padding."""
+    tokenizer = Tokenizer.from_str(tokenizer_text)
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=max_length)
+    return tokenizer
+
+
+def encode_ids(tokenizer: Tokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids of ``texts`` flattened into one array, with ``offsets`` (len(texts) + 1)."""
+    encodings = tokenizer.encode_batch_fast(texts)  # no character offsets: we only need ids
+    lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+    offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    ids = np.concatenate([np.asarray(e.ids, dtype=np.int64) for e in encodings]) if encodings else np.zeros(0, np.int64)
+    return ids, offsets
+
+
+# --------------------------------------------------------------------------------------------- shards
+
+
+@dataclass
+class Shard:
+    """A run of tokenized texts. ``ids[offsets[i]:offsets[i+1]]`` are the tokens of text ``i``."""
+
+    ids: np.ndarray
+    offsets: np.ndarray
+    texts: list[str]
+    text_ids: list[str]
+    source: np.ndarray  # index into the corpus manifest's "sources"
+    heldout: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def select(self, mask: np.ndarray) -> Shard:
+        """The texts where ``mask`` is true, as a new shard."""
+        idx = np.flatnonzero(mask)
+        lengths = np.diff(self.offsets)[idx]
+        offsets = np.zeros(len(idx) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        pieces = [self.ids[self.offsets[i] : self.offsets[i + 1]] for i in idx]
+        ids = np.concatenate(pieces) if pieces else self.ids[:0]
+        return Shard(
+            ids,
+            offsets,
+            [self.texts[i] for i in idx],
+            [self.text_ids[i] for i in idx],
+            self.source[idx],
+            self.heldout[idx],
+        )
+
+
+def _pack_strings(strings: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    # UTF-8 bytes plus offsets: numpy's fixed-width unicode arrays would cost 4 bytes x the longest text.
+    encoded = [s.encode("utf-8", "surrogatepass") for s in strings]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum([len(b) for b in encoded], out=offsets[1:])
+    return np.frombuffer(b"".join(encoded), dtype=np.uint8), offsets
+
+
+def _unpack_strings(data: np.ndarray, offsets: np.ndarray) -> list[str]:
+    raw = data.tobytes()
+    return [raw[a:b].decode("utf-8", "surrogatepass") for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+
+
+def _save_shard(path: Path, shard: Shard, id_dtype: np.dtype) -> None:
+    texts, text_offsets = _pack_strings(shard.texts)
+    text_ids, text_id_offsets = _pack_strings(shard.text_ids)
+
+    def _write(p: Path) -> None:
+        with open(p, "wb") as f:
+            np.savez(
+                f,
+                ids=shard.ids.astype(id_dtype),
+                offsets=shard.offsets,
+                texts=texts,
+                text_offsets=text_offsets,
+                text_ids=text_ids,
+                text_id_offsets=text_id_offsets,
+                source=shard.source.astype(np.int8),
+                heldout=shard.heldout,
+            )
+
+    atomic_write(path, _write)
+
+
+def load_shard(path: Path) -> Shard:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return Shard(
+                z["ids"].astype(np.int64),
+                z["offsets"],
+                _unpack_strings(z["texts"], z["text_offsets"]),
+                _unpack_strings(z["text_ids"], z["text_id_offsets"]),
+                z["source"],
+                z["heldout"],
+            )
+    except (OSError, ValueError, KeyError, EOFError) as e:
+        raise VocabertError(f"corpus shard {path} is corrupt or truncated ({e}); rebuild the corpus") from None
+
+
+class Corpus:
+    """A finished corpus artifact: a manifest and its shards."""
+
+    def __init__(self, directory: str | Path):
+        self.dir = Path(directory)
+        self.manifest = read_manifest(self.dir, "corpus")
+        self.sources: list[str] = self.manifest["sources"]
+        self.shard_paths = [self.dir / name for name in self.manifest["shards"]]
+        for p in self.shard_paths:
+            if not p.is_file():
+                raise VocabertError(f"corpus {self.dir} is missing its shard {p.name}; rebuild the corpus")
+
+    def keys(self, shard: Shard) -> list[str]:
+        """Stable ``source:id`` keys of a shard's texts (what splits are hashed on)."""
+        return [f"{self.sources[s]}:{i}" for s, i in zip(shard.source, shard.text_ids, strict=True)]
+
+    @property
+    def provenance(self) -> dict:
+        return self.manifest["provenance"]
+
+    def shards(self, split: str = "all", progress: str | None = None) -> Iterator[Shard]:
+        """Shards restricted to ``split``: "all", "train" or "heldout"."""
+        paths = tqdm(self.shard_paths, desc=progress, unit="shard", disable=progress is None)
+        for path in paths:
+            shard = load_shard(path)
+            if split == "train":
+                shard = shard.select(~shard.heldout)
+            elif split == "heldout":
+                shard = shard.select(shard.heldout)
+            yield shard
+
+    def texts(self, split: str, source: str | None = None) -> list[str]:
+        """All texts of a split (optionally of one source), in corpus order."""
+        src = self.sources.index(source) if source is not None else None
+        out: list[str] = []
+        for shard in self.shards(split):
+            out.extend(t for t, s in zip(shard.texts, shard.source, strict=True) if src is None or s == src)
+        return out
+
+
+def build_corpus(
+    sources: dict[str, Path],
+    out_dir: str | Path,
+    provenance: dict,
+    tokenizer_text: str,
+    max_length: int,
+    heldout_fraction: float = 0.1,
+    shard_size: int = 20_000,
+    batch_size: int = 2_000,
+    show_progress_bar: bool = True,
+) -> Corpus:
+    """Tokenize every source into shards in ``out_dir``; resumes after the last finished shard."""
+    out_dir = Path(out_dir)
+    settings = {
+        "sources": {name: str(Path(p).resolve()) for name, p in sources.items()},
+        "heldout_fraction": heldout_fraction,
+        "max_length": max_length,
+        "shard_size": shard_size,
+    }
+    try:
+        done = read_manifest(out_dir, "corpus")
+        if done["settings"] == settings and done["provenance"] == provenance:
+            return Corpus(out_dir)
+    except VocabertError:
+        pass
+    tokenizer = load_tokenizer(tokenizer_text, max_length)
+    vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+    id_dtype = np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "manifest.json").unlink(missing_ok=True)
+    # Shard boundaries are deterministic, so a rerun with the same settings skips finished shards.
+    state_path = out_dir / "settings.json"
+    if state_path.is_file() and json.loads(state_path.read_text()) != {**settings, **provenance}:
+        for old in out_dir.glob("shard-*.npz"):
+            old.unlink()
+    atomic_write(state_path, lambda p: p.write_text(json.dumps({**settings, **provenance}, sort_keys=True)))
+
+    names = list(sources)
+    shard_names: list[str] = []
+    counts = {name: {"texts": 0, "heldout": 0, "tokens": 0} for name in names}
+    buffer: list[tuple[str, str, int]] = []
+    bar = tqdm(desc="corpus: tokenizing", unit="text", disable=not show_progress_bar)
+
+    def flush() -> None:
+        index = len(shard_names)
+        path = out_dir / f"shard-{index:05d}.npz"
+        texts = [t for _, t, _ in buffer]
+        ids_, srcs = [i for i, _, _ in buffer], np.array([s for _, _, s in buffer], dtype=np.int8)
+        heldout = np.array([is_heldout(f"{names[s]}:{i}", heldout_fraction) for i, _, s in buffer], dtype=bool)
+        if path.is_file():
+            shard = load_shard(path)
+            if shard.text_ids != ids_:
+                raise VocabertError(f"{path} does not match its input; delete {out_dir} and rerun")
+        else:
+            parts = [encode_ids(tokenizer, texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
+            ids = np.concatenate([p[0] for p in parts])
+            lengths = np.concatenate([np.diff(p[1]) for p in parts])
+            offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+            np.cumsum(lengths, out=offsets[1:])
+            shard = Shard(ids, offsets, texts, ids_, srcs, heldout)
+            _save_shard(path, shard, id_dtype)
+        for s, name in enumerate(names):
+            mine = shard.source == s
+            counts[name]["texts"] += int(mine.sum())
+            counts[name]["heldout"] += int((mine & shard.heldout).sum())
+            counts[name]["tokens"] += int(np.diff(shard.offsets)[mine].sum())
+        shard_names.append(path.name)
+        bar.update(len(buffer))
+        buffer.clear()
+
+    for s, name in enumerate(names):
+        for text_id, text in read_texts(sources[name]):
+            buffer.append((text_id, text, s))
+            if len(buffer) >= shard_size:
+                flush()
+    if buffer:
+        flush()
+    bar.close()
+    write_manifest(
+        out_dir, "corpus", provenance, settings, sources=names, shards=shard_names, counts=counts, vocab_size=vocab_size
+    )
+    return Corpus(out_dir)
+
+
+def check_corpus(corpus: Corpus, provenance: dict) -> None:
+    check_same_tokenizer(provenance, corpus.provenance, f"corpus {corpus.dir}")

