@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,14 +67,20 @@ def default_sources(data_dir: str | Path | None = None) -> dict[str, Path]:
 def _open_text(path: Path) -> io.TextIOBase:
     raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
     # Invalid UTF-8 becomes U+FFFD: a defined text rather than a crash halfway through a corpus.
-    return io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="\n")
+    # utf-8-sig: a byte-order mark at the start of a file is not part of the first text.
+    return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="\n")
+
+
+def require_file(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise VocabertError(f"input file {path} does not exist. {MSMARCO_HINT}")
+    return path
 
 
 def read_texts(path: str | Path) -> Iterator[tuple[str, str]]:
     """Stream ``(id, text)`` pairs from TSV (``id<TAB>text``), JSONL (``text`` field) or plain text."""
-    path = Path(path)
-    if not path.is_file():
-        raise VocabertError(f"input file {path} does not exist. {MSMARCO_HINT}")
+    path = require_file(path)
     name = path.name.removesuffix(".gz")
     fmt = "jsonl" if name.endswith((".jsonl", ".json")) else "tsv" if name.endswith(".tsv") else "lines"
     n = 0
@@ -217,7 +224,7 @@ def load_shard(path: Path) -> Shard:
                 z["source"],
                 z["heldout"],
             )
-    except (OSError, ValueError, KeyError, EOFError) as e:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise VocabertError(f"corpus shard {path} is corrupt or truncated ({e}); rebuild the corpus") from None
 
 
@@ -274,8 +281,11 @@ def build_corpus(
 ) -> Corpus:
     """Tokenize every source into shards in ``out_dir``; resumes after the last finished shard."""
     out_dir = Path(out_dir)
+    sources = {name: require_file(p) for name, p in sources.items()}
+    stamps = {name: [p.stat().st_size, p.stat().st_mtime_ns] for name, p in sources.items()}
     settings = {
-        "sources": {name: str(Path(p).resolve()) for name, p in sources.items()},
+        "sources": {name: str(p.resolve()) for name, p in sources.items()},
+        "source_stamps": stamps,  # an input edited in place is tokenized again
         "heldout_fraction": heldout_fraction,
         "max_length": max_length,
         "shard_size": shard_size,
@@ -293,7 +303,7 @@ def build_corpus(
     (out_dir / "manifest.json").unlink(missing_ok=True)
     # Shard boundaries are deterministic, so a rerun with the same settings skips finished shards.
     state_path = out_dir / "settings.json"
-    if state_path.is_file() and json.loads(state_path.read_text()) != {**settings, **provenance}:
+    if not state_path.is_file() or json.loads(state_path.read_text()) != {**settings, **provenance}:
         for old in out_dir.glob("shard-*.npz"):
             old.unlink()
     atomic_write(state_path, lambda p: p.write_text(json.dumps({**settings, **provenance}, sort_keys=True)))

@@ -45,7 +45,9 @@ def window_keys(ids: np.ndarray, positions: np.ndarray, span: int, base: int) ->
     shapes wrap around, which turns the key into a hash with negligible collisions.
     """
     n = len(ids) - span + 1
-    key = np.zeros(max(n, 0), dtype=np.uint64)
+    if n <= 0:
+        return np.zeros(0, dtype=np.uint64)
+    key = np.zeros(n, dtype=np.uint64)
     factor = np.uint64(1)
     for p in positions:
         key += ids[p : p + n].astype(np.uint64) * factor
@@ -107,8 +109,10 @@ class EntryIndex:
         end_of = np.repeat(offsets[1:], lengths)
         texts, entries, starts = [], [], []
 
+        outside = (ids < 0) | (ids >= self.vocab_size)
+        has_outside = bool(outside.any())  # never with the model's own tokenizer: keep the fast path fast
         hit_entry = self.token_entry[np.clip(ids, 0, self.vocab_size - 1)]
-        hit_entry[(ids < 0) | (ids >= self.vocab_size)] = -1
+        hit_entry[outside] = -1
         hit = np.flatnonzero(hit_entry >= 0)
         texts.append(text_of[hit])
         entries.append(hit_entry[hit])
@@ -120,8 +124,11 @@ class EntryIndex:
                 continue
             pos = np.searchsorted(shape.keys, key)
             pos[pos == len(shape.keys)] = 0
-            window = np.arange(len(key))
-            hit = np.flatnonzero((shape.keys[pos] == key) & (window + shape.span <= end_of[: len(key)]))
+            ok = (shape.keys[pos] == key) & (np.arange(len(key)) + shape.span <= end_of[: len(key)])
+            if has_outside:  # an id outside the vocabulary could alias a real key: such windows never match
+                for p in shape.positions:
+                    ok &= ~outside[p : p + len(key)]
+            hit = np.flatnonzero(ok)
             texts.append(text_of[hit])
             entries.append(shape.entries[pos[hit]])
             starts.append(hit)

@@ -126,9 +126,9 @@ class StudentModel:
         if isinstance(texts, str):
             return self.encode([texts], batch_size=batch_size)[0]
         texts = list(texts)
-        bad = next((t for t in texts if not isinstance(t, str)), None)
-        if bad is not None:
-            raise TypeError(f"encode expects strings, got {type(bad).__name__}")
+        for t in texts:
+            if not isinstance(t, str):
+                raise TypeError(f"encode expects strings, got {type(t).__name__}")
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         out = np.zeros((len(texts), self.dim), dtype=np.float32)

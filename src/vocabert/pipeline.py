@@ -111,8 +111,9 @@ def special_tokens(tokenizer_text: str) -> dict:
 
 
 def stage_corpus(ws: Workspace, sources: dict[str, Path], heldout_fraction: float = 0.1, force: bool = False) -> Corpus:
-    if force:
-        (ws.corpus_dir / "manifest.json").unlink(missing_ok=True)
+    if force:  # without the manifest and the recorded settings, every shard is rebuilt
+        for name in ("manifest.json", "settings.json"):
+            (ws.corpus_dir / name).unlink(missing_ok=True)
     log(f"corpus: tokenizing {', '.join(f'{k}={v}' for k, v in sources.items())}")
     corpus = build_corpus(
         sources,

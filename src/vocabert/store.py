@@ -44,18 +44,25 @@ def load_safetensors(path: str | Path, what: str = "safetensors file") -> tuple[
             header = json.loads(f.read(header_len))
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise VocabertError(f"{what}: {path} is corrupt (unreadable header)") from None
-    metadata = header.pop("__metadata__", {}) or {}
+    try:
+        metadata = header.pop("__metadata__", {}) or {}
+        if not isinstance(metadata, dict):
+            raise TypeError("metadata is not an object")
+        entries = []
+        for name, info in header.items():
+            begin, end = info["data_offsets"]
+            entries.append((name, info["dtype"], tuple(info["shape"]), int(begin), int(end)))
+    except (AttributeError, TypeError, KeyError, ValueError) as e:
+        raise VocabertError(f"{what}: {path} is corrupt (unexpected header layout: {e})") from None
     base = 8 + header_len
     tensors = {}
-    for name, info in header.items():
-        dtype = _DTYPES.get(info.get("dtype"))
-        begin, end = info["data_offsets"]
+    for name, dtype_name, shape, begin, end in entries:
+        dtype = _DTYPES.get(dtype_name)
         if dtype is None:
-            raise VocabertError(f"{what}: {path}: tensor {name} has unsupported dtype {info.get('dtype')}")
+            raise VocabertError(f"{what}: {path}: tensor {name} has unsupported dtype {dtype_name}")
         if base + end > size:
             raise VocabertError(f"{what}: {path} is truncated ({size} bytes, tensor {name} needs {base + end})")
-        shape = tuple(info["shape"])
-        if int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize != end - begin:
+        if not 0 <= begin <= end or int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize != end - begin:
             raise VocabertError(f"{what}: {path} is corrupt (tensor {name} size does not match its shape)")
         if end == begin:
             tensors[name] = np.zeros(shape, dtype=dtype)

@@ -126,6 +126,7 @@ class Teacher:
             from sentence_transformers import SentenceTransformer
 
             transformers.logging.set_verbosity_error()  # its load report is noise for our users
+            transformers.logging.disable_progress_bar()
         except ImportError:
             raise VocabertError(
                 "the teacher needs torch and sentence-transformers: pip install torch==2.13.0 'vocabert[train]'"

@@ -1,0 +1,64 @@
+"""Shared fixtures: the real teacher, real data slices, and one small pipeline run per session."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import pytest
+
+from vocabert.corpus import default_data_dir
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    found = default_data_dir()
+    if found is None or not (found / "msmarco_passage").is_dir():
+        pytest.skip("MS MARCO data not found: set VOCABERT_DATA or place shared/data beside the repository")
+    return found
+
+
+def _head(src: Path, dst: Path, n: int) -> Path:
+    with gzip.open(src, "rt", encoding="utf-8") as f, open(dst, "w", encoding="utf-8") as out:
+        for i, line in enumerate(f):
+            if i >= n:
+                break
+            out.write(line)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def small_data(data_dir: Path, tmp_path_factory) -> dict[str, Path]:
+    """Real slices: 400 passages and 300 queries."""
+    root = tmp_path_factory.mktemp("data")
+    return {
+        "passages": _head(data_dir / "msmarco_passage" / "collection_subset.tsv.gz", root / "passages.tsv", 400),
+        "queries": _head(data_dir / "msmarco_queries_extra" / "queries.extra.tsv.gz", root / "queries.tsv", 300),
+    }
+
+
+@pytest.fixture(scope="session")
+def workspace(small_data, tmp_path_factory):
+    """Every stage once on the small slices, with a private teacher cache."""
+    from vocabert import pipeline
+
+    root = tmp_path_factory.mktemp("run")
+    ws = pipeline.Workspace(root / "work", None, cache_dir=root / "cache", show_progress_bar=False)
+    pipeline.stage_corpus(ws, small_data)
+    pipeline.stage_mine(ws, {"budget": 8000, "max_ngram": 4, "max_gap": 2, "min_count": 3, "min_npmi": 0.1})
+    pipeline.stage_embed(ws)
+    pipeline.stage_train(ws, {"epochs": 3, "lr": 3e-3, "batch_size": 128, "loss": "cosine", "seed": 0})
+    return ws
+
+
+@pytest.fixture(scope="session")
+def model(workspace):
+    import vocabert
+
+    return vocabert.load(workspace.model_dir)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _offline():
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -1,0 +1,463 @@
+"""Stage 1 (readers, splits, shards) and the artifact helpers it builds on."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tokenizers import Tokenizer
+
+from vocabert import teacher
+from vocabert.artifacts import (
+    MANIFEST,
+    VocabertError,
+    atomic_write,
+    is_complete,
+    read_manifest,
+    write_json,
+    write_manifest,
+)
+from vocabert.corpus import Corpus, build_corpus, hash_fraction, is_heldout, load_shard, read_texts
+
+
+@pytest.fixture(scope="module")
+def tok():
+    path = teacher.resolve_teacher_path(None)
+    return {"text": teacher.tokenizer_json(path), "prov": teacher.provenance(None)}
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    data = "".join(line + "\n" for line in lines).encode("utf-8")
+    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
+    return path
+
+
+# ------------------------------------------------------------------------------------------- readers
+
+
+@pytest.mark.parametrize("name", ["p.tsv", "p.tsv.gz"])
+def test_read_tsv(tmp_path, name):
+    path = write_lines(tmp_path / name, ["1\tfirst text", "", "   ", "2\tsecond\r", "x y\tthird, with spaces", "4\t"])
+    assert list(read_texts(path)) == [("1", "first text"), ("2", "second"), ("x y", "third, with spaces"), ("4", "")]
+
+
+def test_read_tsv_crlf_file(tmp_path):
+    path = tmp_path / "w.tsv"
+    path.write_bytes(b"1\tone\r\n\r\n2\ttwo\r\n")
+    assert list(read_texts(path)) == [("1", "one"), ("2", "two")]
+
+
+@pytest.mark.parametrize("name", ["q.jsonl", "q.json", "q.jsonl.gz"])
+def test_read_jsonl(tmp_path, name):
+    lines = [
+        json.dumps({"_id": "a1", "id": "ignored", "text": "with _id"}),
+        "",
+        json.dumps({"id": 7, "text": "with id"}),
+        json.dumps({"text": "no id", "title": "t"}),
+        json.dumps({"_id": 3, "text": "ünïcödé ✓"}, ensure_ascii=False),
+    ]
+    path = write_lines(tmp_path / name, lines)
+    # Without an id the line number names the text.
+    assert list(read_texts(path)) == [("a1", "with _id"), ("7", "with id"), ("4", "no id"), ("3", "ünïcödé ✓")]
+
+
+def test_read_plain_lines(tmp_path):
+    path = write_lines(tmp_path / "t.txt", ["alpha beta", "", "gamma\tdelta", "  "])
+    assert list(read_texts(path)) == [("1", "alpha beta"), ("3", "gamma\tdelta")]
+
+
+def test_tsv_line_without_tab(tmp_path):
+    path = write_lines(tmp_path / "p.tsv", ["1\tok", "", "no tab here"])
+    with pytest.raises(VocabertError, match=r"p\.tsv:3: expected 'id<TAB>text'"):
+        list(read_texts(path))
+
+
+def test_invalid_json_line(tmp_path):
+    path = write_lines(tmp_path / "q.jsonl", [json.dumps({"text": "ok"}), "{broken"])
+    with pytest.raises(VocabertError, match=r"q\.jsonl:2: not valid JSON"):
+        list(read_texts(path))
+
+
+@pytest.mark.parametrize("record", ['{"title": "x"}', '{"text": 5}', '{"text": null}', "[1, 2]", '"just a string"'])
+def test_jsonl_without_text_string(tmp_path, record):
+    path = write_lines(tmp_path / "q.jsonl", [record])
+    with pytest.raises(VocabertError, match=r"q\.jsonl:1: expected a JSON object with a 'text' string"):
+        list(read_texts(path))
+
+
+@pytest.mark.parametrize(
+    "name, content", [("e.tsv", b""), ("w.tsv", b"\n  \n\t\n\r\n"), ("e.jsonl", b"\n"), ("e.txt", b"   \n\n")]
+)
+def test_file_without_texts(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(VocabertError, match="holds no texts"):
+        list(read_texts(path))
+
+
+def test_empty_gz_file_holds_no_texts(tmp_path):
+    path = tmp_path / "e.tsv.gz"
+    path.write_bytes(gzip.compress(b""))
+    with pytest.raises(VocabertError, match="holds no texts"):
+        list(read_texts(path))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(VocabertError, match="does not exist"):
+        list(read_texts(tmp_path / "nope.tsv"))
+    with pytest.raises(VocabertError, match="does not exist"):
+        list(read_texts(tmp_path))  # a directory is not an input file
+
+
+def test_invalid_utf8_becomes_replacement_character(tmp_path):
+    path = tmp_path / "bad.tsv"
+    path.write_bytes(b"1\tcaf\xe9 au lait\n2\t\xff\xfe ok\n3\tfine \xe2\x9c\x93\n")
+    assert list(read_texts(path)) == [("1", "caf\ufffd au lait"), ("2", "\ufffd\ufffd ok"), ("3", "fine ✓")]
+
+
+@pytest.mark.parametrize("fraction", [0.05, 0.5, 0.9, 0.999])
+def test_truncated_gz(tmp_path, fraction):
+    data = gzip.compress("".join(f"{i}\tpassage number {i} with some words\n" for i in range(3000)).encode())
+    path = tmp_path / "cut.tsv.gz"
+    path.write_bytes(data[: int(len(data) * fraction)])
+    with pytest.raises(VocabertError, match="truncated"):
+        list(read_texts(path))
+
+
+def test_not_gzip_despite_name(tmp_path):
+    path = tmp_path / "plain.tsv.gz"
+    path.write_bytes(b"1\tnot compressed\n")
+    with pytest.raises(VocabertError, match="cannot be read"):
+        list(read_texts(path))
+
+
+def test_jsonl_with_byte_order_mark(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"_id": "1", "text": "hi"}).encode() + b"\n")
+    assert list(read_texts(path)) == [("1", "hi")]
+
+
+# -------------------------------------------------------------------------------------------- splits
+
+
+def test_hash_fraction_is_deterministic_and_in_range():
+    values = [hash_fraction(f"passages:{i}") for i in range(1000)]
+    assert values == [hash_fraction(f"passages:{i}") for i in range(1000)]
+    assert all(0.0 <= v < 1.0 for v in values)
+    assert len(set(values)) == 1000
+    assert hash_fraction("k", salt="a") != hash_fraction("k", salt="b")
+    assert hash_fraction("\ud800odd") == hash_fraction("\ud800odd")  # lone surrogates hash too
+
+
+@pytest.mark.parametrize("fraction", [0.01, 0.1, 0.5])
+def test_is_heldout_matches_fraction(fraction):
+    keys = [f"queries:{i}" for i in range(10_000)]
+    held = [is_heldout(k, fraction) for k in keys]
+    assert held == [is_heldout(k, fraction) for k in keys]
+    share = sum(held) / len(keys)
+    sigma = (fraction * (1 - fraction) / len(keys)) ** 0.5
+    assert abs(share - fraction) < 5 * sigma
+    # A larger fraction holds out a superset: growing the held-out share never moves texts into training.
+    assert all(is_heldout(k, fraction + 0.1) for k, h in zip(keys, held, strict=True) if h)
+
+
+def test_is_heldout_extremes():
+    keys = [f"s:{i}" for i in range(500)]
+    assert not any(is_heldout(k, 0.0) for k in keys)
+    assert all(is_heldout(k, 1.0) for k in keys)
+
+
+# ------------------------------------------------------------------------------------------- corpus
+
+
+PASSAGES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "New York City is the most populous city in the United States.",
+    "",  # skipped: a blank line
+    "How much does a gallon of milk cost?",
+    "Ünïcödé téxt with accents and emoji ✓ works too.",
+    " ".join(["token"] * 400),  # longer than max_length
+    "short",
+    "Paris is the capital of France.",
+    "Water boils at 100 degrees Celsius at sea level.",
+    "A [MASK] token in plain text.",
+    "Photosynthesis converts light energy into chemical energy.",
+    "The mitochondria is the powerhouse of the cell.",
+]
+QUERIES = ["what is the capital of france", "how much does milk cost", "new york city population", "x"]
+
+
+@pytest.fixture
+def sources(tmp_path) -> dict[str, Path]:
+    passages = tmp_path / "in" / "passages.tsv"
+    passages.parent.mkdir()
+    lines = [f"p{i}\t{t}" if t else "" for i, t in enumerate(PASSAGES)]
+    write_lines(passages, lines)
+    queries = tmp_path / "in" / "queries.jsonl.gz"
+    write_lines(queries, [json.dumps({"_id": f"q{i}", "text": t}) for i, t in enumerate(QUERIES)])
+    return {"passages": passages, "queries": queries}
+
+
+def expected_texts(sources) -> list[tuple[str, str, str]]:
+    return [(name, i, t) for name, p in sources.items() for i, t in read_texts(p)]
+
+
+def reference_ids(tokenizer_text: str, text: str, max_length: int) -> list[int]:
+    ref = Tokenizer.from_str(tokenizer_text)
+    ref.no_padding()
+    ref.enable_truncation(max_length=max_length)
+    return ref.encode(text).ids
+
+
+def shard_mtimes(directory: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in sorted(directory.glob("shard-*.npz"))}
+
+
+def test_build_corpus(tmp_path, sources, tok):
+    out = tmp_path / "corpus"
+    max_length = 32
+    corpus = build_corpus(
+        sources,
+        out,
+        tok["prov"],
+        tok["text"],
+        max_length,
+        heldout_fraction=0.3,
+        shard_size=5,
+        batch_size=2,
+        show_progress_bar=False,
+    )
+    expected = expected_texts(sources)
+    assert len(expected) == 15
+    manifest = read_manifest(out, "corpus")
+    assert manifest == corpus.manifest
+    assert manifest["sources"] == ["passages", "queries"]
+    assert manifest["vocab_size"] == 30522
+    assert manifest["provenance"] == tok["prov"]
+    assert len(manifest["shards"]) == 3  # 15 texts in shards of 5
+    assert manifest["settings"]["max_length"] == max_length
+
+    reopened = Corpus(out)
+    shards = list(reopened.shards())
+    assert [len(s) for s in shards] == [5, 5, 5]
+    rows = []
+    for s in shards:
+        assert s.ids.dtype == np.int64 and s.offsets[0] == 0 and s.offsets[-1] == len(s.ids)
+        for j in range(len(s)):
+            rows.append(
+                (
+                    reopened.sources[s.source[j]],
+                    s.text_ids[j],
+                    s.texts[j],
+                    s.ids[s.offsets[j] : s.offsets[j + 1]].tolist(),
+                    bool(s.heldout[j]),
+                )
+            )
+    assert [(src, i, t) for src, i, t, _, _ in rows] == expected
+
+    for src, i, text, ids, held in rows:
+        assert ids == reference_ids(tok["text"], text, max_length)
+        assert ids[0] == 101 and ids[-1] == 102 and len(ids) <= max_length
+        assert held == is_heldout(f"{src}:{i}", 0.3)
+    long_row = next(r for r in rows if r[2].startswith("token token"))
+    assert len(long_row[3]) == max_length
+    mask_row = next(r for r in rows if "[MASK]" in r[2])
+    assert 103 in mask_row[3]
+
+    for name in ("passages", "queries"):
+        mine = [r for r in rows if r[0] == name]
+        counts = manifest["counts"][name]
+        assert counts["texts"] == len(mine)
+        assert counts["heldout"] == sum(r[4] for r in mine)
+        assert counts["tokens"] == sum(len(r[3]) for r in mine)
+    assert 0 < sum(r[4] for r in rows) < len(rows)
+
+    # The splits partition the texts, in corpus order.
+    train = [
+        (reopened.sources[s], i) for sh in reopened.shards("train") for s, i in zip(sh.source, sh.text_ids, strict=True)
+    ]
+    held = [
+        (reopened.sources[s], i)
+        for sh in reopened.shards("heldout")
+        for s, i in zip(sh.source, sh.text_ids, strict=True)
+    ]
+    assert sorted(train + held) == sorted((r[0], r[1]) for r in rows)
+    assert not set(train) & set(held)
+    assert train == [(r[0], r[1]) for r in rows if not r[4]]
+    assert all(not sh.heldout.any() for sh in reopened.shards("train"))
+    for sh in reopened.shards("heldout"):
+        assert sh.heldout.all()
+        for j in range(len(sh)):
+            assert sh.ids[sh.offsets[j] : sh.offsets[j + 1]].tolist() == reference_ids(
+                tok["text"], sh.texts[j], max_length
+            )
+    assert reopened.texts("all") == [r[2] for r in rows]
+    assert reopened.texts("train", "queries") == [r[2] for r in rows if r[0] == "queries" and not r[4]]
+    assert reopened.keys(shards[0]) == [f"{r[0]}:{r[1]}" for r in rows[:5]]
+
+
+def test_max_length_counts_special_tokens(tmp_path, sources, tok):
+    corpus = build_corpus(
+        sources, tmp_path / "c", tok["prov"], tok["text"], 8, heldout_fraction=0.0, show_progress_bar=False
+    )
+    (shard,) = list(corpus.shards())
+    lengths = np.diff(shard.offsets)
+    assert lengths.max() == 8
+    assert not shard.heldout.any()
+    for j in range(len(shard)):
+        ids = shard.ids[shard.offsets[j] : shard.offsets[j + 1]]
+        assert ids[0] == 101 and ids[-1] == 102
+        assert ids.tolist() == reference_ids(tok["text"], shard.texts[j], 8)
+    assert shard.texts[-1] == "x" and lengths[-1] == 3
+
+
+def test_rerun_same_settings_does_not_rewrite(tmp_path, sources, tok):
+    out = tmp_path / "corpus"
+    kwargs = dict(heldout_fraction=0.2, shard_size=4, show_progress_bar=False)
+    build_corpus(sources, out, tok["prov"], tok["text"], 64, **kwargs)
+    shards = shard_mtimes(out)
+    manifest_time = (out / MANIFEST).stat().st_mtime_ns
+    assert len(shards) == 4
+    again = build_corpus(sources, out, tok["prov"], tok["text"], 64, **kwargs)
+    assert shard_mtimes(out) == shards
+    assert (out / MANIFEST).stat().st_mtime_ns == manifest_time
+    assert again.manifest["shards"] == list(shards)
+
+
+def test_deleted_manifest_resumes_from_shards(tmp_path, sources, tok):
+    out = tmp_path / "corpus"
+    kwargs = dict(heldout_fraction=0.2, shard_size=4, show_progress_bar=False)
+    first = build_corpus(sources, out, tok["prov"], tok["text"], 64, **kwargs)
+    before = [(s.texts, s.ids.tolist(), s.heldout.tolist()) for s in first.shards()]
+    shards = shard_mtimes(out)
+    (out / MANIFEST).unlink()
+    with pytest.raises(VocabertError, match="interrupted"):
+        Corpus(out)
+    # As after an interruption: the last shard was never written.
+    last = sorted(out.glob("shard-*.npz"))[-1]
+    last.unlink()
+    resumed = build_corpus(sources, out, tok["prov"], tok["text"], 64, **kwargs)
+    after = shard_mtimes(out)
+    assert {k: v for k, v in after.items() if k != last.name} == {k: v for k, v in shards.items() if k != last.name}
+    assert last.name in after
+    assert [(s.texts, s.ids.tolist(), s.heldout.tolist()) for s in resumed.shards()] == before
+    assert resumed.manifest["counts"] == first.manifest["counts"]
+
+
+def test_changed_settings_rebuild(tmp_path, sources, tok):
+    out = tmp_path / "corpus"
+    build_corpus(sources, out, tok["prov"], tok["text"], 64, heldout_fraction=0.0, show_progress_bar=False)
+    corpus = build_corpus(sources, out, tok["prov"], tok["text"], 16, heldout_fraction=0.0, show_progress_bar=False)
+    assert corpus.manifest["settings"]["max_length"] == 16
+    assert max(np.diff(s.offsets).max() for s in corpus.shards()) == 16
+
+
+def test_edited_input_is_retokenized_after_force(tmp_path, sources, tok):
+    out = tmp_path / "corpus"
+    build_corpus(sources, out, tok["prov"], tok["text"], 64, heldout_fraction=0.0, show_progress_bar=False)
+    write_lines(sources["passages"], [f"p{i}\tedited text {i}" for i, t in enumerate(PASSAGES) if t])
+    (out / MANIFEST).unlink()  # what stage_corpus(force=True) does
+    corpus = build_corpus(sources, out, tok["prov"], tok["text"], 64, heldout_fraction=0.0, show_progress_bar=False)
+    assert corpus.texts("all", "passages")[0] == "edited text 0"
+
+
+def test_corpus_missing_shard(tmp_path, sources, tok):
+    out = tmp_path / "corpus"
+    build_corpus(sources, out, tok["prov"], tok["text"], 64, shard_size=8, show_progress_bar=False)
+    (out / "shard-00001.npz").unlink()
+    with pytest.raises(VocabertError, match="missing its shard"):
+        Corpus(out)
+
+
+def test_empty_shard_file_is_reported(tmp_path, sources, tok):
+    out = tmp_path / "corpus"
+    build_corpus(sources, out, tok["prov"], tok["text"], 64, show_progress_bar=False)
+    shard = out / "shard-00000.npz"
+    shard.write_bytes(b"")
+    with pytest.raises(VocabertError, match="corrupt or truncated"):
+        load_shard(shard)
+
+
+@pytest.mark.parametrize("damage", ["cut 100 bytes", "cut half", "cut last byte", "flip a byte"])
+def test_damaged_shard_is_reported(tmp_path, sources, tok, damage):
+    out = tmp_path / "corpus"
+    build_corpus(sources, out, tok["prov"], tok["text"], 64, show_progress_bar=False)
+    shard = out / "shard-00000.npz"
+    data = bytearray(shard.read_bytes())
+    if damage == "flip a byte":
+        data[200] ^= 0xFF
+    else:
+        data = data[: {"cut 100 bytes": 100, "cut half": len(data) // 2, "cut last byte": len(data) - 1}[damage]]
+    shard.write_bytes(bytes(data))
+    with pytest.raises(VocabertError, match="corrupt or truncated"):
+        load_shard(shard)
+
+
+def test_build_corpus_bad_input(tmp_path, tok):
+    bad = write_lines(tmp_path / "bad.tsv", ["1\tok", "oops"])
+    with pytest.raises(VocabertError, match="bad.tsv:2"):
+        build_corpus({"passages": bad}, tmp_path / "c", tok["prov"], tok["text"], 64, show_progress_bar=False)
+    assert not (tmp_path / "c" / MANIFEST).exists()
+
+
+# ------------------------------------------------------------------------------------------ artifacts
+
+
+def test_atomic_write_failure_leaves_nothing(tmp_path):
+    target = tmp_path / "sub" / "file.bin"
+
+    def broken(p: Path) -> None:
+        p.write_bytes(b"half")
+        raise RuntimeError("writer failed")
+
+    with pytest.raises(RuntimeError, match="writer failed"):
+        atomic_write(target, broken)
+    assert not target.exists()
+    assert list(target.parent.iterdir()) == []
+
+    # An existing file survives a failed rewrite untouched.
+    atomic_write(target, lambda p: p.write_bytes(b"good"))
+    with pytest.raises(RuntimeError):
+        atomic_write(target, broken)
+    assert target.read_bytes() == b"good"
+    assert [p.name for p in target.parent.iterdir()] == ["file.bin"]
+
+
+def test_atomic_write_interrupt_leaves_nothing(tmp_path):
+    target = tmp_path / "f.txt"
+
+    def interrupted(p: Path) -> None:
+        p.write_text("partial")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, interrupted)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_manifest_round_trip(tmp_path):
+    prov = {"tokenizer": "t1", "teacher": "m1"}
+    write_manifest(tmp_path, "corpus", prov, {"a": 1}, extra_field=[1, 2])
+    m = read_manifest(tmp_path, "corpus")
+    assert m["artifact"] == "corpus" and m["provenance"] == prov and m["settings"] == {"a": 1}
+    assert m["extra_field"] == [1, 2]
+    assert is_complete(tmp_path, "corpus", prov, {"a": 1})
+    assert not is_complete(tmp_path, "corpus", prov, {"a": 2})
+    assert not is_complete(tmp_path, "corpus", {**prov, "teacher": "m2"}, {"a": 1})
+    with pytest.raises(VocabertError, match="expected 'vocabulary'"):
+        read_manifest(tmp_path, "vocabulary")
+
+
+def test_read_manifest_errors(tmp_path):
+    with pytest.raises(VocabertError, match="interrupted"):
+        read_manifest(tmp_path, "corpus")
+    with pytest.raises(VocabertError, match="does not exist"):
+        read_manifest(tmp_path / "nowhere", "corpus")
+    (tmp_path / MANIFEST).write_text("{half")
+    with pytest.raises(VocabertError, match="not valid JSON"):
+        read_manifest(tmp_path, "corpus")
+    write_json(tmp_path / MANIFEST, {"artifact": "corpus"})
+    assert read_manifest(tmp_path, "corpus") == {"artifact": "corpus"}

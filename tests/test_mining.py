@@ -1,0 +1,410 @@
+"""Mining on a tiny real corpus, checked against brute-force counting of its token ids."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vocabert import teacher
+from vocabert.artifacts import VocabertError
+from vocabert.corpus import Corpus, build_corpus, load_tokenizer
+from vocabert.matching import PAD, WILDCARD
+from vocabert.mining import (
+    KIND_NGRAM,
+    KIND_SKIPGRAM,
+    KIND_TOKEN,
+    KeyCounter,
+    Vocabulary,
+    describe,
+    listing,
+    load_vocabulary,
+    mine_vocabulary,
+    run_mining,
+)
+
+SETTINGS = {"max_ngram": 4, "max_gap": 2, "min_count": 3, "min_npmi": 0.1, "min_dispersion": 0.5}
+
+NOUNS = ["house", "car", "phone", "dog", "book", "ticket", "pizza", "coffee", "laptop", "bike", "shirt", "lamp"]
+ADJS = ["best", "cheapest", "oldest", "largest", "fastest", "quietest"]
+PLACES = ["boston", "chicago", "denver", "dallas", "seattle", "miami", "atlanta", "houston"]
+
+
+def make_texts(seed: int = 0, n: int = 260) -> list[str]:
+    rng = np.random.default_rng(seed)
+    pick = lambda xs: xs[int(rng.integers(len(xs)))]  # noqa: E731
+    filler = NOUNS + ADJS + PLACES + ["and", "or", "with", "very", "some"]
+    texts = []
+    for i in range(n):
+        kind = i % 6
+        if kind == 0:
+            texts.append(f"how much does a {pick(NOUNS)} cost in new york city")
+        elif kind == 1:
+            texts.append(f"what is the {pick(ADJS)} {pick(NOUNS)} in new york city")
+        elif kind == 2:
+            texts.append(f"from {pick(PLACES)} to {pick(PLACES)} by train")
+        elif kind == 3:
+            texts.append(f"fill the [MASK] here [SEP] with a {pick(NOUNS)}")
+        elif kind == 4:
+            texts.append(" ".join(pick(filler) for _ in range(int(rng.integers(0, 9)))))
+        else:
+            texts.append(f"the {pick(NOUNS)} of the {pick(NOUNS)} is {pick(ADJS)}")
+    return texts
+
+
+@pytest.fixture(scope="module")
+def tok():
+    path = teacher.resolve_teacher_path(None)
+    text = teacher.tokenizer_json(path)
+    spec = json.loads(text)
+    specials = sorted(t["id"] for t in spec["added_tokens"] if t.get("special"))
+    tokenizer = load_tokenizer(text, 256)
+    tokens = [tokenizer.id_to_token(i) or f"[{i}]" for i in range(tokenizer.get_vocab_size(with_added_tokens=True))]
+    return {"text": text, "prov": teacher.provenance(None), "specials": specials, "tokens": tokens}
+
+
+def _build(root: Path, tok, texts: list[str], heldout_fraction: float = 0.0, shard_size: int = 20_000) -> Corpus:
+    root.mkdir(parents=True, exist_ok=True)
+    tsv = root / "passages.tsv"
+    tsv.write_text("".join(f"{i}\t{t}\n" for i, t in enumerate(texts)), encoding="utf-8")
+    return build_corpus(
+        {"passages": tsv},
+        root / "corpus",
+        tok["prov"],
+        tok["text"],
+        256,
+        heldout_fraction=heldout_fraction,
+        shard_size=shard_size,
+        show_progress_bar=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, tok) -> Corpus:
+    # Several shards, so that counts must be merged across them.
+    return _build(tmp_path_factory.mktemp("mining"), tok, make_texts(), shard_size=70)
+
+
+@pytest.fixture(scope="module")
+def texts_ids(corpus) -> list[list[int]]:
+    out = []
+    for shard in corpus.shards("train"):
+        for j in range(len(shard)):
+            out.append(shard.ids[shard.offsets[j] : shard.offsets[j + 1]].tolist())
+    return out
+
+
+@pytest.fixture(scope="module")
+def full(corpus, tok) -> Vocabulary:
+    """A budget large enough that every eligible phrase is chosen."""
+    return mine_vocabulary(corpus, budget=100_000, special_ids=tok["specials"], show_progress_bar=False, **SETTINGS)
+
+
+class Brute:
+    """Plain-Python counts of tokens, n-grams and skip-grams of a list of token-id lists."""
+
+    def __init__(self, texts: list[list[int]], max_ngram: int, max_gap: int):
+        self.unigram = Counter(t for ids in texts for t in ids)
+        self.total = sum(self.unigram.values())
+        self.ngram: Counter = Counter()
+        self.skip: Counter = Counter()
+        for ids in texts:
+            for n in range(2, max_ngram + 1):
+                for s in range(len(ids) - n + 1):
+                    self.ngram[tuple(ids[s : s + n])] += 1
+            for gap in range(1, max_gap + 1):
+                for s in range(len(ids) - gap - 1):
+                    self.skip[(ids[s], ids[s + gap + 1], gap)] += 1
+
+    def count(self, gram: tuple[int, ...]) -> int:
+        return self.unigram[gram[0]] if len(gram) == 1 else self.ngram[gram]
+
+    def ngram_npmi(self, gram: tuple[int, ...]) -> float:
+        c, log_t = self.ngram[gram], math.log(self.total)
+        pmi = min(
+            math.log(c) + log_t - math.log(self.count(gram[:k])) - math.log(self.count(gram[k:]))
+            for k in range(1, len(gram))
+        )
+        return pmi / (log_t - math.log(c))
+
+    def skip_npmi(self, a: int, b: int, gap: int) -> float:
+        c, log_t = self.skip[(a, b, gap)], math.log(self.total)
+        return (math.log(c) + log_t - math.log(self.unigram[a]) - math.log(self.unigram[b])) / (log_t - math.log(c))
+
+
+def entries(vocab: Vocabulary) -> dict[tuple, int]:
+    """Phrase key -> row: n-grams as token tuples, skip-grams as (a, b, gap) with 'skip' appended."""
+    out = {}
+    for row, (p, k) in enumerate(zip(vocab.patterns, vocab.kind, strict=True)):
+        p = [int(x) for x in p if x != PAD]
+        if k == KIND_NGRAM:
+            out[tuple(p)] = row
+        elif k == KIND_SKIPGRAM:
+            out[(p[0], p[-1], len(p) - 2, "skip")] = row
+    return out
+
+
+# --------------------------------------------------------------------------------------------- tests
+
+
+def test_corpus_has_several_shards(corpus):
+    assert len(corpus.shard_paths) >= 3
+
+
+def test_selection_equals_brute_force(full, texts_ids, tok):
+    brute = Brute(texts_ids, SETTINGS["max_ngram"], SETTINGS["max_gap"])
+    special = set(tok["specials"])
+    mc, min_npmi = SETTINGS["min_count"], SETTINGS["min_npmi"]
+    ok = {t for t, c in brute.unigram.items() if c >= mc and t not in special}
+
+    expected: dict[tuple, float] = {}
+    for gram, c in brute.ngram.items():
+        if c >= mc and all(t in ok for t in gram):
+            npmi = brute.ngram_npmi(gram)
+            if npmi >= min_npmi:
+                expected[gram] = npmi
+    for (a, b, gap), c in brute.skip.items():
+        if c >= mc and a in ok and b in ok:
+            npmi = brute.skip_npmi(a, b, gap)
+            top = max(
+                (
+                    n
+                    for g, n in brute.ngram.items()
+                    if len(g) == gap + 2 and g[0] == a and g[-1] == b and n >= mc and all(t in ok for t in g)
+                ),
+                default=0,
+            )
+            if npmi >= min_npmi and 1 - top / c >= SETTINGS["min_dispersion"]:
+                expected[(a, b, gap, "skip")] = npmi
+    # No candidate sits on a threshold, where float rounding could decide either way.
+    assert all(abs(v - min_npmi) > 1e-6 for v in expected.values())
+
+    got = entries(full)
+    assert set(got) == set(expected)
+    kinds = Counter(len(k) if k[-1] != "skip" else "skip" for k in got)
+    assert kinds[2] > 5 and kinds[3] > 3 and kinds[4] > 3 and kinds["skip"] > 0, kinds
+
+    for key, row in got.items():
+        count = brute.skip[key[:3]] if key[-1] == "skip" else brute.ngram[key]
+        assert full.count[row] == count, (key, full.count[row], count)
+        assert full.count[row] >= SETTINGS["min_count"]
+        assert full.npmi[row] >= min_npmi
+        assert full.npmi[row] == pytest.approx(expected[key], rel=1e-5, abs=1e-6)
+        assert full.score[row] == pytest.approx(count * expected[key], rel=1e-5)
+
+
+def test_known_phrases_are_found(full, tok):
+    got = {describe(full.patterns[r], tok["tokens"]) for r in np.flatnonzero(full.kind != KIND_TOKEN)}
+    for phrase in ["new york", "new york city", "how much does", "in new york city", "by train", "from * to"]:
+        assert phrase in got, phrase
+    # Not dispersed: "new * city" is always "new york city".
+    assert "new * city" not in got
+
+
+def test_tokens_first_and_complete(full, texts_ids):
+    brute = Brute(texts_ids, 1, 0)
+    n_tokens = int((full.kind == KIND_TOKEN).sum())
+    assert (full.kind[:n_tokens] == KIND_TOKEN).all() and (full.kind[n_tokens:] != KIND_TOKEN).all()
+    rows = full.patterns[:n_tokens]
+    assert (rows[:, 1:] == PAD).all()
+    assert sorted(rows[:, 0].tolist()) == sorted(brute.unigram)
+    assert full.count[:n_tokens].tolist() == [brute.unigram[int(t)] for t in rows[:, 0]]
+    assert (np.diff(full.count[:n_tokens]) <= 0).all()  # most frequent first
+    assert np.isnan(full.npmi[:n_tokens]).all()
+    assert np.array_equal(full.score[:n_tokens], full.count[:n_tokens].astype(np.float32))
+    # Phrases follow in decreasing score.
+    assert (np.diff(full.score[n_tokens:]) <= 0).all()
+
+
+def test_vocabulary_dtypes_and_shapes(full):
+    assert full.patterns.dtype == np.int32 and full.patterns.shape[1] == 4
+    assert full.kind.dtype == np.int8 and full.npmi.dtype == np.float32 and full.score.dtype == np.float32
+    assert len(full.count) == len(full.kind) == len(full.npmi) == len(full.score) == len(full)
+    assert len({tuple(p) for p in full.patterns.tolist()}) == len(full)  # no duplicates
+
+
+def test_no_special_token_inside_phrases(full, tok, texts_ids):
+    special = set(tok["specials"])
+    assert {101, 102, 103}.issubset(special)
+    assert any(103 in ids[1:-1] and 102 in ids[1:-1] for ids in texts_ids)  # [MASK] and [SEP] inside texts
+    phrases = full.patterns[full.kind != KIND_TOKEN]
+    assert not np.isin(phrases, list(special)).any()
+    # The specials themselves are tokens that occur.
+    token_ids = set(full.patterns[full.kind == KIND_TOKEN, 0].tolist())
+    assert {101, 102, 103}.issubset(token_ids)
+
+
+def test_apriori_subgrams_are_frequent(full, texts_ids):
+    brute = Brute(texts_ids, SETTINGS["max_ngram"], 0)
+    for p, k in zip(full.patterns, full.kind, strict=True):
+        if k != KIND_NGRAM:
+            continue
+        gram = tuple(int(x) for x in p if x != PAD)
+        if len(gram) >= 3:
+            assert brute.count(gram[:-1]) >= SETTINGS["min_count"]
+            assert brute.count(gram[1:]) >= SETTINGS["min_count"]
+
+
+def test_skipgrams_have_wildcards_at_the_gap(full):
+    skips = full.patterns[full.kind == KIND_SKIPGRAM]
+    assert len(skips)
+    for p in skips:
+        real = p[p != PAD]
+        assert len(real) in (3, 4)
+        assert real[0] >= 0 and real[-1] >= 0
+        assert (real[1:-1] == WILDCARD).all()
+        assert (p[len(real) :] == PAD).all()
+    assert not (full.patterns[full.kind != KIND_SKIPGRAM] == WILDCARD).any()
+
+
+@pytest.mark.parametrize("extra", [0, 1, 7, 40])
+def test_budget(corpus, full, tok, extra):
+    n_tokens = int((full.kind == KIND_TOKEN).sum())
+    budget = n_tokens + extra
+    vocab = mine_vocabulary(corpus, budget=budget, special_ids=tok["specials"], show_progress_bar=False, **SETTINGS)
+    assert len(vocab) == budget
+    assert np.array_equal(vocab.patterns[:n_tokens], full.patterns[:n_tokens])
+    # The phrases kept are the best-scoring ones.
+    chosen = vocab.score[n_tokens:]
+    assert np.array_equal(chosen, full.score[n_tokens : n_tokens + extra])
+    if extra:
+        assert chosen.min() >= full.score[n_tokens + extra :].max()
+
+
+def test_budget_smaller_than_tokens(corpus, full, tok):
+    vocab = mine_vocabulary(corpus, budget=10, special_ids=tok["specials"], show_progress_bar=False, **SETTINGS)
+    assert len(vocab) == 10 and (vocab.kind == KIND_TOKEN).all()
+    assert np.array_equal(vocab.patterns, full.patterns[:10])
+    one = mine_vocabulary(corpus, budget=1, special_ids=tok["specials"], show_progress_bar=False, **SETTINGS)
+    assert len(one) == 1
+    with pytest.raises(VocabertError, match="budget"):
+        mine_vocabulary(corpus, budget=0, show_progress_bar=False)
+
+
+def test_max_ngram_too_long_for_exact_keys(corpus):
+    with pytest.raises(VocabertError, match="max_ngram=5"):
+        mine_vocabulary(corpus, max_ngram=5, show_progress_bar=False)
+
+
+def test_no_training_tokens(tmp_path, tok):
+    corpus = _build(tmp_path, tok, ["some text", "more text"], heldout_fraction=1.0)
+    with pytest.raises(VocabertError, match="no training tokens"):
+        mine_vocabulary(corpus, show_progress_bar=False)
+
+
+def test_only_training_split_is_mined(tmp_path, tok):
+    texts = make_texts(seed=1, n=120)
+    corpus = _build(tmp_path, tok, texts, heldout_fraction=0.3)
+    train = []
+    for shard in corpus.shards("train"):
+        train.extend(shard.ids[shard.offsets[j] : shard.offsets[j + 1]].tolist() for j in range(len(shard)))
+    brute = Brute(train, 2, 0)
+    vocab = mine_vocabulary(corpus, budget=100_000, special_ids=tok["specials"], show_progress_bar=False, **SETTINGS)
+    tokens = vocab.kind == KIND_TOKEN
+    assert dict(zip(vocab.patterns[tokens, 0].tolist(), vocab.count[tokens].tolist(), strict=True)) == dict(
+        brute.unigram
+    )
+    for p, c, k in zip(vocab.patterns, vocab.count, vocab.kind, strict=True):
+        if k == KIND_NGRAM and (p != PAD).sum() == 2:
+            assert c == brute.ngram[(int(p[0]), int(p[1]))]
+
+
+def test_higher_thresholds_select_a_subset(corpus, full, tok):
+    strict = dict(SETTINGS, min_count=6, min_npmi=0.3)
+    vocab = mine_vocabulary(corpus, budget=100_000, special_ids=tok["specials"], show_progress_bar=False, **strict)
+    # N-grams only: a skip-gram's dispersion depends on which n-grams are frequent, so it is not monotone.
+    ngrams = lambda v: {k for k in entries(v) if k[-1] != "skip"}  # noqa: E731
+    assert ngrams(vocab) < ngrams(full)
+    phrases = vocab.kind != KIND_TOKEN
+    assert (vocab.count[phrases] >= 6).all() and (vocab.npmi[phrases] >= 0.3).all()
+
+
+# ---------------------------------------------------------------------------------------- KeyCounter
+
+
+def test_key_counter_merges_like_unique():
+    rng = np.random.default_rng(0)
+    counter = KeyCounter()
+    chunks = []
+    for size in [0, 1, 50, 1000, 0, 300, 7]:
+        # Keys above 2**53 and 2**63 too: no float rounding may merge distinct keys.
+        pool = np.array([0, 1, 2**53 + 1, 2**53 + 2, 2**63 + 5, 2**64 - 1] + list(range(100, 140)), dtype=np.uint64)
+        chunk = rng.choice(pool, size=size)
+        chunks.append(chunk)
+        counter.add(chunk)
+    keys, counts = np.unique(np.concatenate(chunks), return_counts=True)
+    assert counter.keys.dtype == np.uint64 and counter.counts.dtype == np.int64
+    assert np.array_equal(counter.keys, keys)
+    assert np.array_equal(counter.counts, counts)
+    fk, fc = counter.frequent(30)
+    assert np.array_equal(fk, keys[counts >= 30]) and np.array_equal(fc, counts[counts >= 30])
+
+
+def test_key_counter_empty():
+    counter = KeyCounter()
+    counter.add(np.zeros(0, np.uint64))
+    assert len(counter.keys) == 0
+    k, c = counter.frequent(1)
+    assert len(k) == 0 and len(c) == 0
+
+
+# ------------------------------------------------------------------------------------ listing & files
+
+
+def test_describe(tok):
+    tokens = tok["tokens"]
+    new, york, city = tokens.index("new"), tokens.index("york"), tokens.index("city")
+    assert describe(np.array([new, york, PAD, PAD]), tokens) == "new york"
+    assert describe(np.array([new, WILDCARD, city, PAD]), tokens) == "new * city"
+    assert describe(np.array([new, WILDCARD, WILDCARD, city]), tokens) == "new * * city"
+    assert describe(np.array([city, PAD, PAD, PAD]), tokens) == "city"
+
+
+def test_listing(full, tok):
+    text = listing(full, tok["tokens"])
+    lines = text.splitlines()
+    assert lines[0].split("\t") == ["entry", "kind", "count", "npmi", "score", "chosen_by"]
+    assert len(lines) == len(full) + 1
+    for line, k, c in zip(lines[1:], full.kind, full.count, strict=True):
+        fields = line.split("\t")
+        assert len(fields) == 6
+        assert fields[1] == {KIND_TOKEN: "token", KIND_NGRAM: "ngram", KIND_SKIPGRAM: "skipgram"}[int(k)]
+        assert int(fields[2]) == c
+
+
+def test_run_mining_and_load(tmp_path, corpus, full, tok):
+    settings = dict(SETTINGS, budget=100_000, inputs={"corpus": "abc"})
+    out = tmp_path / "vocab"
+    vocab = run_mining(corpus, out, settings, tok["tokens"], tok["specials"], show_progress_bar=False)
+    assert {p.name for p in out.iterdir()} == {"vocabulary.safetensors", "vocabulary.tsv", "manifest.json"}
+    loaded, manifest = load_vocabulary(out)
+    for name in ("patterns", "kind", "count", "npmi", "score"):
+        a, b = getattr(loaded, name), getattr(vocab, name)
+        assert a.dtype == b.dtype and np.array_equal(a, b, equal_nan=name == "npmi"), name
+        assert np.array_equal(a, getattr(full, name), equal_nan=name == "npmi"), name
+    assert manifest["artifact"] == "vocabulary"
+    assert manifest["settings"] == settings
+    assert manifest["provenance"] == corpus.provenance
+    assert manifest["entries"] == len(vocab)
+    summary = manifest["summary"]
+    assert summary["token"] + summary["ngram"] + summary["skipgram"] == len(vocab)
+    assert summary["skipgram"] == int((vocab.kind == KIND_SKIPGRAM).sum())
+    assert sum(summary["by_span"].values()) == len(vocab)
+    assert (out / "vocabulary.tsv").read_text(encoding="utf-8") == listing(vocab, tok["tokens"])
+    # Rerunning overwrites in place.
+    run_mining(corpus, out, dict(settings, budget=50), tok["tokens"], tok["specials"], show_progress_bar=False)
+    assert len(load_vocabulary(out)[0]) == 50
+
+
+def test_load_vocabulary_errors(tmp_path, corpus, tok):
+    with pytest.raises(VocabertError, match="interrupted"):
+        load_vocabulary(tmp_path)
+    out = tmp_path / "v"
+    run_mining(corpus, out, dict(SETTINGS, budget=30), tok["tokens"], tok["specials"], show_progress_bar=False)
+    (out / "vocabulary.safetensors").unlink()
+    with pytest.raises(VocabertError, match="missing"):
+        load_vocabulary(out)

@@ -1,0 +1,288 @@
+"""The pipeline end to end on real data slices, the model API, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import vocabert
+from vocabert import pipeline
+from vocabert.artifacts import VocabertError
+from vocabert.cli import main
+
+# ------------------------------------------------------------------------------------- model API
+
+
+def test_encode_shape_dtype_and_norm(model):
+    texts = ["how long do cats live", "what is the capital of france", "the side effects of ibuprofen"]
+    out = model.encode(texts)
+    assert out.shape == (3, 384) and out.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
+    assert model.encode(texts[0]).shape == (384,)
+    # Batching does not change the result.
+    np.testing.assert_allclose(model.encode(texts, batch_size=1), out, atol=1e-6)
+
+
+def test_student_is_close_to_teacher_on_heldout(workspace, model):
+    from vocabert.evaluation import fidelity
+
+    texts = pipeline.open_corpus(workspace).texts("heldout", "passages")
+    assert len(texts) >= 20
+    target = workspace.teacher_cache().encode(texts, workspace.teacher().encode)
+    result = fidelity(model.encode(texts), target)
+    # A 400-passage slice is far from the full run; this guards against a broken pipeline (random ~0.0-0.3).
+    assert result["cosine_mean"] > 0.6, result
+
+
+def test_empty_and_whitespace_texts_get_finite_vectors(model):
+    out = model.encode(["", "   ", "\n\t", "word"])
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out[0], out[1], atol=1e-6)  # nothing but [CLS] [SEP] in both
+    assert model.encode([]).shape == (0, 384)
+
+
+def test_long_text_is_truncated_like_the_teacher(model):
+    words = " ".join(f"word{i}" for i in range(2000))
+    ids = model.tokenizer.encode(words).ids
+    assert len(ids) == model.config["max_length"]
+    cut = model.tokenizer.decode(ids[1:-1])
+    np.testing.assert_allclose(model.encode([words]), model.encode([cut]), atol=1e-5)
+
+
+def test_surrogates_and_odd_unicode(model):
+    texts = ["caf\udce9 au lait", "Ã¢Â€Â™ mojibake", "\x00\x01 control", "emoji 🙂 text"]
+    out = model.encode(texts)
+    assert np.isfinite(out).all() and out.shape == (4, 384)
+
+
+def test_encode_rejects_non_strings(model):
+    with pytest.raises(TypeError):
+        model.encode(["ok", None])
+
+
+def test_save_load_roundtrip(model, tmp_path):
+    model.save(tmp_path / "copy")
+    again = vocabert.load(tmp_path / "copy")
+    texts = ["new york city hotels", "how much does a plumber cost"]
+    np.testing.assert_array_equal(again.encode(texts), model.encode(texts))
+    for name in ("config.json", "tokenizer.json", "embeddings.safetensors", "student.safetensors",
+                 "vocabulary.tsv", "README.md"):
+        assert (tmp_path / "copy" / name).is_file()
+
+
+def test_load_and_encode_without_torch(workspace):
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.modules['sentence_transformers'] = None\n"
+        "import vocabert\n"
+        f"m = vocabert.load({str(workspace.model_dir)!r})\n"
+        "print(m.encode(['hello world']).shape)\n"
+        "assert 'transformers' not in sys.modules\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "(1, 384)" in out.stdout
+
+
+# -------------------------------------------------------------------------------- teacher & cache
+
+
+def test_tokenizer_matches_sentence_transformers(workspace, model):
+    teacher = workspace.teacher()
+    texts = ["Hello, World!", "The U.S. economy grew 3.2% in Q4 — café", "x " * 400]
+    features = teacher.model.tokenize(texts)
+    for i, text in enumerate(texts):
+        expected = features["input_ids"][i][features["attention_mask"][i].bool()].tolist()
+        assert model.tokenizer.encode(text).ids == expected
+
+
+def test_teacher_forward_matches_encode(workspace):
+    teacher = workspace.teacher()
+    texts = ["a short query", "a somewhat longer passage about the history of the roman empire"]
+    sentences, ids, vectors = teacher.forward(texts)
+    np.testing.assert_allclose(sentences, teacher.encode(texts), atol=1e-5)
+    for v, s in zip(vectors, sentences, strict=True):  # mean pooling + normalize, as sentence-transformers
+        mean = v.mean(axis=0)
+        np.testing.assert_allclose(mean / np.linalg.norm(mean), s, atol=1e-5)
+
+
+def test_teacher_cache_is_used(workspace, tmp_path):
+    from vocabert.cache import EmbeddingCache
+
+    calls = []
+
+    def encode(texts):
+        calls.append(list(texts))
+        return np.ones((len(texts), 4), dtype=np.float32) * np.arange(len(texts))[:, None]
+
+    cache = EmbeddingCache(tmp_path, "m", 4)
+    first = cache.encode(["a", "b", "a"], encode)
+    assert calls == [["a", "b"]]
+    again = EmbeddingCache(tmp_path, "m", 4).encode(["b", "a"], encode)
+    assert len(calls) == 1
+    np.testing.assert_array_equal(again, first[[1, 0]])
+
+
+# ---------------------------------------------------------------------------------------- stages
+
+
+def test_finished_stages_are_not_redone(workspace, capsys):
+    before = (workspace.model_dir / "student.safetensors").stat().st_mtime_ns
+    pipeline.stage_mine(workspace, {"budget": 8000, "max_ngram": 4, "max_gap": 2, "min_count": 3, "min_npmi": 0.1})
+    pipeline.stage_embed(workspace)
+    pipeline.stage_train(workspace, {"epochs": 3, "lr": 3e-3, "batch_size": 128, "loss": "cosine", "seed": 0})
+    out = capsys.readouterr().out
+    assert out.count("is up to date") == 3
+    assert (workspace.model_dir / "student.safetensors").stat().st_mtime_ns == before
+
+
+def test_artifacts_record_provenance(workspace):
+    prov = workspace.provenance
+    for directory in (workspace.corpus_dir, workspace.vocab_dir, workspace.store_dir):
+        manifest = json.loads((directory / "manifest.json").read_text())
+        assert manifest["provenance"]["tokenizer"] == prov["tokenizer"]
+        assert manifest["provenance"]["teacher"] == prov["teacher"]
+    config = json.loads((workspace.model_dir / "config.json").read_text())
+    assert config["provenance"] == prov
+
+
+@pytest.fixture
+def other_teacher(tmp_path) -> Path:
+    """A teacher folder whose tokenizer differs (two vocabulary entries swapped)."""
+    from vocabert.teacher import resolve_teacher_path
+
+    src = resolve_teacher_path(None)
+    dst = tmp_path / "other-teacher"
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("model.safetensors"))
+    os.symlink(src / "model.safetensors", dst / "model.safetensors")
+    spec = json.loads((src / "tokenizer.json").read_text())
+    vocab = spec["model"]["vocab"]
+    vocab["cat"], vocab["dog"] = vocab["dog"], vocab["cat"]
+    (dst / "tokenizer.json").write_text(json.dumps(spec))
+    return dst
+
+
+def test_stage_refuses_vocabulary_of_another_tokenizer(workspace, other_teacher, tmp_path):
+    ws = pipeline.Workspace(workspace.root, other_teacher, cache_dir=tmp_path / "cache", show_progress_bar=False)
+    with pytest.raises(VocabertError) as e:
+        pipeline.stage_embed(ws)
+    message = str(e.value)
+    assert workspace.provenance["tokenizer"] in message and ws.provenance["tokenizer"] in message
+
+
+def test_model_with_another_tokenizer_is_refused(model, other_teacher, tmp_path):
+    model.save(tmp_path / "m")
+    shutil.copy(other_teacher / "tokenizer.json", tmp_path / "m" / "tokenizer.json")
+    with pytest.raises(VocabertError, match="tokenizer"):
+        vocabert.load(tmp_path / "m")
+
+
+@pytest.mark.parametrize("missing", ["config.json", "tokenizer.json", "embeddings.safetensors", "student.safetensors"])
+def test_model_missing_a_file(model, tmp_path, missing):
+    model.save(tmp_path / "m")
+    (tmp_path / "m" / missing).unlink()
+    with pytest.raises(VocabertError, match=missing):
+        vocabert.load(tmp_path / "m")
+
+
+@pytest.mark.parametrize("name", ["embeddings.safetensors", "student.safetensors"])
+def test_model_with_truncated_safetensors(model, tmp_path, name):
+    model.save(tmp_path / "m")
+    path = tmp_path / "m" / name
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(VocabertError, match="truncated"):
+        vocabert.load(tmp_path / "m")
+
+
+def test_interrupted_teacher_pass_resumes(workspace, tmp_path):
+    """An embed pass stopped after its first checkpoint continues from there and gives the same store."""
+    from vocabert.embedding import embed_vocabulary
+    from vocabert.store import VocabularyStore
+
+    corpus, vocab = pipeline.open_corpus(workspace), pipeline.open_vocabulary(workspace)
+    teacher, cache = workspace.teacher(), workspace.teacher_cache()
+    specials = pipeline.special_tokens(workspace.tokenizer_text)
+    out = tmp_path / "store"
+    calls = {"n": 0}
+    forward = teacher.forward
+
+    def failing_forward(texts, batch_size=64):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return forward(texts, batch_size)
+
+    teacher.forward = failing_forward
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            embed_vocabulary(corpus, vocab, out, teacher, cache, specials, chunk_size=64, checkpoint_every=128,
+                             show_progress_bar=False)
+        assert not (out / "manifest.json").exists() and json.loads((out / "state.json").read_text())["texts_done"]
+        done = json.loads((out / "state.json").read_text())["texts_done"]
+        calls["n"] = -1000
+        embed_vocabulary(corpus, vocab, out, teacher, cache, specials, chunk_size=64, checkpoint_every=128,
+                         show_progress_bar=False)
+    finally:
+        teacher.forward = forward
+    assert done == 128
+    resumed = VocabularyStore.load(out / "embeddings.safetensors")
+    reference = VocabularyStore.load(workspace.store_dir / "embeddings.safetensors")
+    rows = np.arange(len(reference))
+    np.testing.assert_allclose(resumed.vectors(rows), reference.vectors(rows), atol=2e-3)
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_help_for_every_command(capsys):
+    for command in ("corpus", "mine", "embed", "train", "encode", "evaluate", "run"):
+        with pytest.raises(SystemExit) as e:
+            main([command, "--help"])
+        assert e.value.code == 0
+        assert command in capsys.readouterr().out
+
+
+def test_cli_encode_file(workspace, tmp_path):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("first text\nsecond text\n\nthird\n")
+    out = tmp_path / "out.npy"
+    assert main(["encode", "--model", str(workspace.model_dir), "--input", str(texts), "--output", str(out),
+                 "--no-progress"]) == 0
+    vectors = np.load(out)
+    assert vectors.shape == (3, 384)
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vocabert.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+@pytest.mark.parametrize("content", ["", "no tab on this line\n", "\n\n   \n"])
+def test_cli_bad_corpus_input_is_one_clear_line(tmp_path, content):
+    bad = tmp_path / "bad.tsv"
+    bad.write_text(content)
+    result = _cli("corpus", "--workdir", str(tmp_path / "w"), "--passages", str(bad), "--no-progress", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().startswith("vocabert: error:") and "bad.tsv" in result.stderr
+
+
+def test_cli_missing_inputs(tmp_path):
+    result = _cli("corpus", "--workdir", str(tmp_path / "w"), "--passages", str(tmp_path / "nope.tsv"), cwd=tmp_path)
+    assert result.returncode == 1 and "does not exist" in result.stderr and "Traceback" not in result.stderr
+    result = _cli("encode", "--model", str(tmp_path / "nomodel"), "--input", "x", "--output", "y.npy", cwd=tmp_path)
+    assert result.returncode == 1 and "does not exist" in result.stderr and "Traceback" not in result.stderr
+    result = _cli("mine", "--workdir", str(tmp_path / "empty"), cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+
+
+def test_cli_missing_data_dir_names_msmarco(tmp_path):
+    result = _cli("corpus", "--workdir", str(tmp_path / "w"), "--data-dir", str(tmp_path / "nodata"), cwd=tmp_path)
+    assert result.returncode == 1 and "MS MARCO" in result.stderr and "Traceback" not in result.stderr
