@@ -242,7 +242,7 @@ def test_interrupted_teacher_pass_resumes(workspace, tmp_path):
 
 
 def test_cli_help_for_every_command(capsys):
-    for command in ("corpus", "mine", "embed", "train", "encode", "evaluate", "run"):
+    for command in ("corpus", "mine", "embed", "train", "encode", "evaluate", "bench", "run"):
         with pytest.raises(SystemExit) as e:
             main([command, "--help"])
         assert e.value.code == 0

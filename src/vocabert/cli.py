@@ -89,6 +89,27 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     stage_evaluate(_workspace(args), Path(args.model) if args.model else None, max_texts=args.max_eval_texts)
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    from vocabert.bench import SpeedPlan, run_bench
+
+    ws = _workspace(args)
+    model_dir = Path(args.model) if args.model else ws.model_dir
+    plan = SpeedPlan(repeats=args.repeats)
+    run_bench(
+        ws,
+        model_dir,
+        Path(args.out) if args.out else ws.root / "bench",
+        data_dir=args.data_dir,
+        sts_files=[Path(f) for f in args.sts],
+        beir_dirs=[Path(d) for d in args.beir],
+        trec_sets=[tuple(Path(x) for x in t) for t in args.trec],
+        max_fidelity_texts=args.max_eval_texts,
+        peers=not args.no_peers,
+        dl19=not args.no_dl19,
+        speed=plan,
+    )
+
+
 def cmd_encode(args: argparse.Namespace) -> None:
     import vocabert
     from vocabert.pipeline import encode_file, log
@@ -184,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--teacher-share",
         type=float,
-        default=1.0,
+        default=0.5,
         help="share of the training texts sent through the teacher (default: %(default)s)",
     )
     g.add_argument(
@@ -249,6 +270,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="texts to encode")
     p.add_argument("--output", required=True, help=".npy file to write")
     p.add_argument("--batch-size", type=int, default=64)
+    p = add(
+        "bench",
+        cmd_bench,
+        "Quality (fidelity, STS, retrieval), speed and memory of the student next to the teacher, BM25 and "
+        "Model2Vec, in one run: bench.json, bench.md, plots, and the table in the model card.",
+        [common, evaluate],
+    )
+    p.add_argument("--model", default=None, help="model directory (default: <workdir>/model)")
+    p.add_argument("--out", default=None, help="report folder (default: <workdir>/bench)")
+    p.add_argument("--data-dir", default=None, help="folder with msmarco_passage/ and sts/ (default: as corpus)")
+    p.add_argument(
+        "--sts",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="extra STS set in the STS-B format (tab-separated: ..., score, sentence1, sentence2)",
+    )
+    p.add_argument(
+        "--beir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="extra BEIR folder: corpus.jsonl[.gz], queries.jsonl[.gz], qrels/test.tsv",
+    )
+    p.add_argument(
+        "--trec",
+        action="append",
+        default=[],
+        nargs=3,
+        metavar=("QUERIES", "QRELS", "CORPUS"),
+        help="extra retrieval set: queries TSV, qrels (TREC or BEIR form), corpus TSV (gz or plain)",
+    )
+    p.add_argument("--no-peers", action="store_true", help="only the student and the teacher (no BM25, Model2Vec)")
+    p.add_argument("--no-dl19", action="store_true", help="skip TREC DL 2019 (e.g. to bench only your own sets)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per speed figure (default: %(default)s)")
     add(
         "run",
         cmd_run,

@@ -77,7 +77,7 @@ def embed_vocabulary(
     teacher: Teacher,
     cache: EmbeddingCache,
     special_ids: dict[str, int],
-    teacher_share: float = 1.0,
+    teacher_share: float = 0.5,
     dtype: str = "float16",
     batch_size: int = 64,
     chunk_size: int = 512,

@@ -166,7 +166,7 @@ def open_vocabulary(ws: Workspace) -> Vocabulary:
 
 
 def stage_embed(
-    ws: Workspace, teacher_share: float = 1.0, dtype: str = "float16", force: bool = False
+    ws: Workspace, teacher_share: float = 0.5, dtype: str = "float16", force: bool = False
 ) -> VocabularyStore:
     from vocabert.embedding import embed_vocabulary
 

@@ -1,0 +1,229 @@
+"""``vocabert bench``: quality, speed and cost of the student next to the teacher and its peers.
+
+Every model is measured on the same texts in one run:
+
+- fidelity to the teacher on held-out passages and queries (models in the teacher's space only);
+- STS-B dev Spearman (and any ``--sts`` file in the same format);
+- retrieval: TREC DL 2019 over the bundled passages (and any ``--beir`` folder or TREC-style set);
+- texts/s at batch 1 and 64 for passages and queries (median of 3 after a warm-up), peak RSS and cold
+  load time in a fresh process, size on disk, and the student's time per step.
+
+Quality goes through the embedding cache (teacher and peer outputs are computed once per text);
+speed is always measured on the raw encoders.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from vocabert.artifacts import VocabertError
+from vocabert.evaluation import (
+    RetrievalTask,
+    dl19_task,
+    evaluate_ranking,
+    evaluate_retrieval,
+    evaluate_sts,
+    fidelity,
+    make_task,
+    read_beir,
+    read_corpus,
+    read_qrels,
+    read_queries,
+    read_sts,
+)
+from vocabert.peers import BM25Retriever, Encoder, PeerUnavailable, build_peers, cached, try_peer
+from vocabert.pipeline import Workspace, log, open_corpus
+from vocabert.report import markdown_table, update_model_card, write_report
+from vocabert.speed import measure_memory, measure_throughput
+
+
+@dataclass
+class SpeedPlan:
+    """How many texts each speed figure is timed on: fast models get more, the teacher fewer."""
+
+    fast_b64: int = 2048
+    fast_b1: int = 512
+    teacher_b64: int = 256
+    teacher_b1: int = 64
+    repeats: int = 3
+    memory_texts: int = 512
+
+
+def trec_task(name: str, queries: Path, qrels: Path, corpus: Path) -> RetrievalTask:
+    return make_task(name, read_corpus(corpus), read_queries(queries), read_qrels(qrels))
+
+
+def run_bench(
+    ws: Workspace,
+    model_dir: Path,
+    out_dir: Path,
+    data_dir: Path | None = None,
+    sts_files: list[Path] = (),
+    beir_dirs: list[Path] = (),
+    trec_sets: list[tuple[Path, Path, Path]] = (),
+    max_fidelity_texts: int | None = None,
+    peers: bool = True,
+    dl19: bool = True,
+    speed: SpeedPlan | None = None,
+    seed: int = 0,
+) -> dict:
+    """Measure everything, write bench.json / bench.md / plots into ``out_dir`` and the model card."""
+    from vocabert.corpus import default_data_dir
+
+    started = time.perf_counter()
+    speed = speed or SpeedPlan()
+    data_dir = Path(data_dir) if data_dir else default_data_dir()
+    if data_dir is None or not (data_dir / "msmarco_passage").is_dir():
+        raise VocabertError("bench needs the MS MARCO data folder (msmarco_passage/): use --data-dir or VOCABERT_DATA")
+    corpus = open_corpus(ws)
+    heldout = {s: corpus.texts("heldout", s)[:max_fidelity_texts] for s in corpus.sources}
+    heldout = {s: t for s, t in heldout.items() if t}
+
+    log("bench: loading models")
+    models: list[Encoder | PeerUnavailable] = build_peers(
+        ws.teacher_path, ws.cache_dir, pca_dims=(256, None) if peers else (), students=[model_dir]
+    )
+    teacher = next((m for m in models if m.kind == "teacher"), None)
+    if teacher is None or not teacher.available:
+        raise VocabertError(f"the teacher could not be loaded: {getattr(teacher, 'reason', '?')}")
+    bm25 = try_peer("bm25", "bm25", BM25Retriever) if peers else None
+    tasks = [dl19_task(data_dir)] if dl19 else []
+    tasks += [make_task(Path(d).name, *read_beir(d)) for d in beir_dirs]
+    tasks += [trec_task(Path(c).stem, q, r, c) for q, r, c in trec_sets]
+    sts_sets = {"sts-b dev": read_sts(data_dir / "sts" / "stsbenchmark" / "sts-dev.csv.gz")}
+    sts_sets.update({Path(f).name: read_sts(f) for f in sts_files})
+
+    results: dict = {"meta": {}, "models": {}}
+    teacher_vectors = {s: cached(teacher, ws.cache_dir).encode(t) for s, t in heldout.items()}
+    for model in tqdm(models, desc="bench: models", unit="model", disable=not ws.show_progress_bar):
+        if not model.available:
+            results["models"][model.name] = {"kind": model.kind, "error": model.reason}
+            continue
+        log(f"bench: {model.name}")
+        results["models"][model.name] = measure_model(
+            model, ws, teacher, teacher_vectors, heldout, tasks, sts_sets, speed
+        )
+    if bm25 is not None:
+        results["models"]["bm25"] = measure_bm25(bm25, tasks)
+
+    results["meta"] = {
+        "seed": seed,
+        "teacher": str(ws.teacher_path),
+        "model": str(Path(model_dir).resolve()),
+        "samples": {
+            **{f"fidelity_{s}": len(t) for s, t in heldout.items()},
+            **{f"sts {name}": len(s[2]) for name, s in sts_sets.items()},
+            **{f"{t.name} queries": len(t.queries) for t in tasks},
+            **{f"{t.name} docs": len(t.corpus) for t in tasks},
+        },
+        "speed_plan": vars(speed),
+        "notes": (
+            "Fidelity and speed use the held-out split (never seen by mining, the teacher pass or training). "
+            "Retrieval ranks all bundled passages by exact cosine; those passages include the student's "
+            "training passages (as distillation targets, never with relevance labels). Model2Vec with PCA "
+            "lives in another space, so it has no fidelity figure. Speeds are medians of "
+            f"{speed.repeats} runs after a warm-up; ×teacher is against the teacher timed in this same run."
+        ),
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+    paths = write_report(results, out_dir)
+    table = markdown_table(results)
+    update_model_card(Path(model_dir), table)
+    print(table, flush=True)
+    log(f"bench: {', '.join(str(p) for p in paths.values())}; model card {Path(model_dir) / 'README.md'}")
+    log(f"bench: wall time {time.perf_counter() - started:.0f}s")
+    return results
+
+
+def measure_model(
+    model: Encoder,
+    ws: Workspace,
+    teacher: Encoder,
+    teacher_vectors: dict[str, np.ndarray],
+    heldout: dict[str, list[str]],
+    tasks: list[RetrievalTask],
+    sts_sets: dict,
+    plan: SpeedPlan,
+) -> dict:
+    quality = cached(model, ws.cache_dir)
+    entry: dict = {
+        "kind": model.kind,
+        "description": model.description,
+        "error": None,
+        "size_bytes": model.size_bytes,
+        "load_seconds": model.load_seconds,
+    }
+    # Fidelity only means something in the teacher's space (not after Model2Vec's PCA).
+    if model.kind != "teacher" and model.dim == teacher.dim:
+        entry["fidelity"] = {}
+        for source, texts in heldout.items():
+            vectors = quality.encode(texts)
+            stats = fidelity(vectors, teacher_vectors[source])
+            cos = np.sum(_unit(vectors) * _unit(teacher_vectors[source]), axis=1)
+            entry["fidelity"][source] = {**stats, "cosines": cos.tolist()}
+    entry["sts"] = {name: evaluate_sts(quality.encode, *pairs) for name, pairs in sts_sets.items()}
+    entry["sts"] = next(iter(entry["sts"].values())) | {"sets": entry["sts"]}
+    entry["retrieval"] = {}
+    for task in tasks:
+        r = evaluate_retrieval(task, quality.encode, quality.encode)
+        entry["retrieval"][task.name] = {k: v for k, v in r.items() if not k.startswith("per_query")}
+
+    fast = model.kind != "teacher"
+    entry["speed"] = {}
+    for source, key in (("passages", "passages"), ("queries", "queries")):
+        texts = heldout.get(source)
+        if not texts:
+            continue
+        for batch, n in (
+            (64, plan.fast_b64 if fast else plan.teacher_b64),
+            (1, plan.fast_b1 if fast else plan.teacher_b1),
+        ):
+            sample = texts[:n]
+            entry["speed"][f"{key}_b{batch}"] = measure_throughput(model.encode, sample, batch, repeats=plan.repeats)
+    if model.kind == "student":
+        entry["breakdown"] = student_breakdown(model, heldout.get("passages") or next(iter(heldout.values())))
+    memory_texts = (heldout.get("passages") or next(iter(heldout.values())))[: plan.memory_texts]
+    entry["memory"] = measure_memory(model.spec(), memory_texts if fast else memory_texts[:64])
+    return entry
+
+
+def student_breakdown(model: Encoder, texts: list[str], batch_size: int = 64, n: int = 2048) -> dict:
+    """Where the student's time goes, per step, at batch 64 (best of 3 passes over the texts)."""
+    student = model.model
+    texts = texts[:n]
+    best: dict[str, float] | None = None
+    for _ in range(3):
+        timings: dict[str, float] = {}
+        for start in range(0, len(texts), batch_size):
+            student.encode_batch(texts[start : start + batch_size], timings)
+        if best is None or sum(timings.values()) < sum(best.values()):
+            best = timings
+    total = sum(best.values())
+    return {
+        step: {"µs/text": 1e6 * seconds / len(texts), "share": seconds / total} for step, seconds in best.items()
+    } | {"total": {"µs/text": 1e6 * total / len(texts), "share": 1.0}}
+
+
+def measure_bm25(bm25, tasks: list[RetrievalTask]) -> dict:
+    if not getattr(bm25, "available", True) or isinstance(bm25, PeerUnavailable):
+        return {"kind": "bm25", "error": bm25.reason}
+    entry: dict = {"kind": "bm25", "description": bm25.description, "error": None, "retrieval": {}}
+    for task in tasks:
+        ids = list(task.corpus)
+        bm25.index([task.corpus[i] for i in ids])
+        qids = list(task.queries)
+        indices, _ = bm25.search([task.queries[q] for q in qids], k=100)
+        run = {q: [ids[j] for j in row] for q, row in zip(qids, indices, strict=True)}
+        r = evaluate_ranking(task, run)
+        entry["retrieval"][task.name] = {k: v for k, v in r.items() if not k.startswith("per_query")}
+        entry["retrieval"][task.name]["index_seconds"] = bm25.index_seconds
+    return entry
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
