@@ -1,0 +1,519 @@
+"""What a reviewer reads: ``bench.json``, ``bench.md``, two plots, and the model card's eval section.
+
+The bench hands :func:`write_report` one ``results`` dict. Every field but ``models`` is optional
+and anything missing prints as "—"::
+
+    {
+      "meta": {
+        "seed": 0,
+        "samples": {"passages": 2000, "queries": 2000, "sts_pairs": 1379, "dl19_queries": 43, ...},
+        "teacher": "...", "notes": "...",            # free text, shown as is
+        "created": "...", "machine": {...},           # filled in by write_report when absent
+      },
+      "models": {
+        "<name>": {
+          "kind": "teacher" | "student" | "model2vec" | "bm25",
+          "description": "library, version, settings",
+          "error": None,                              # or the reason the peer is unavailable
+          "fidelity": {       # cosine of each text's vector to the teacher's: vocabert.evaluation.fidelity
+            "passages": {"cosine_mean": .., "cosine_p5": .., "n": .., "cosines": [per-text cosines]},
+            "queries": {...},  # "mean"/"p5" are read too
+          },
+          "sts": {"spearman": .., "n": ..},
+          "retrieval": {"dl19": {"ndcg@10": .., "mrr@10": .., "recall@100": .., "n_queries": ..}},
+          "speed": {                                  # vocabert.speed.measure_throughput dicts
+            "passages_b64": {"texts_per_s": .., ...}, "passages_b1": .., "queries_b64": .., "queries_b1": ..,
+          },
+          "memory": {...},                            # vocabert.speed.measure_memory dict
+          "size_bytes": .., "load_seconds": ..,
+          "breakdown": None or {"<row>": {"<column>": value}},   # e.g. the student's ablations
+        },
+      },
+    }
+
+Derived figures are added before writing: fidelity ``cosine_mean``/``cosine_p5``/``n`` from
+``cosines`` when absent (non-finite cosines are dropped and counted in ``n_invalid``), and
+``x_teacher`` in each speed entry (speed over the teacher's, measured in the same run). For bm25, the
+bench may give indexing throughput under ``speed.passages_b64``; it is shown like the encoders'.
+
+Raw per-text ``cosines`` feed the histogram but stay out of the markdown and of ``bench.json``,
+which keeps ``cosines_summary`` instead (quantiles and a 40-bin histogram) so the file stays small.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vocabert.artifacts import VocabertError, atomic_write, write_text
+
+DASH = "—"
+EVAL_START = "<!-- vocabert-eval-start -->"
+EVAL_END = "<!-- vocabert-eval-end -->"
+SPEED_KEYS = ("passages_b1", "passages_b64", "queries_b1", "queries_b64")
+LIBRARIES = (
+    "vocabert", "numpy", "scipy", "tokenizers", "torch", "transformers", "sentence-transformers",
+    "model2vec", "bm25s", "matplotlib",
+)  # fmt: skip
+_KIND_ORDER = {"teacher": 0, "student": 1, "model2vec": 2, "bm25": 3}
+_KIND_STYLE = {  # colour, marker, legend label
+    "teacher": ("black", "*", "teacher"),
+    "student": ("tab:red", "o", "vocabert student"),
+    "model2vec": ("tab:blue", "s", "Model2Vec"),
+    "bm25": ("tab:gray", "^", "BM25"),
+}
+
+
+# --- preparing the results ------------------------------------------------------------------------
+
+
+def machine_info() -> dict:
+    """CPU, OS, Python and library versions: speeds mean little without them."""
+    info: dict[str, Any] = {
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpu_model": _cpu_model(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+    try:
+        info["memory_gib"] = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        info["memory_gib"] = None
+    if "torch" in sys.modules:  # only report, never import torch for this
+        info["torch_threads"] = sys.modules["torch"].get_num_threads()
+    info["libraries"] = {name: _version(name) for name in LIBRARIES}
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _jsonable(obj: Any) -> Any:
+    """A deep copy with numpy values, paths and tuples turned into JSON types (NaN/inf become None)."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return _jsonable(obj.item())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _get(d: Any, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(key)
+    return d
+
+
+def teacher_name(results: dict) -> str | None:
+    """The teacher of this run: the first available model of kind "teacher"."""
+    for name, m in results.get("models", {}).items():
+        if m.get("kind") == "teacher" and not m.get("error"):
+            return name
+    return None
+
+
+def prepare(results: dict) -> dict:
+    """A JSON-safe copy of ``results`` with the derived figures filled in (see the module docstring)."""
+    results = _jsonable(results)
+    results.setdefault("meta", {})
+    results.setdefault("models", {})
+    teacher = teacher_name(results)
+    for m in results["models"].values():
+        for part in (_get(m, "fidelity") or {}).values():
+            cos = part.get("cosines") if isinstance(part, dict) else None
+            if cos:
+                # NaN became None above; a broken vector is counted, not averaged in.
+                arr = np.array([np.nan if c is None else c for c in cos], dtype=np.float64)
+                cos = part["cosines"] = arr[np.isfinite(arr)].tolist()
+                part.setdefault("n_invalid", int((~np.isfinite(arr)).sum()))
+            if cos:
+                part.setdefault("cosine_mean", part.get("mean", float(np.mean(cos))))
+                part.setdefault("cosine_p5", part.get("p5", float(np.percentile(cos, 5))))
+                part.setdefault("n", len(cos))
+        for key in SPEED_KEYS:
+            mine = _get(m, "speed", key, "texts_per_s")
+            ref = _get(results["models"], teacher, "speed", key, "texts_per_s") if teacher else None
+            if mine and ref:
+                m["speed"][key]["x_teacher"] = mine / ref
+    return results
+
+
+def _cosines_summary(cos: list[float]) -> dict:
+    c = np.asarray(cos, dtype=np.float64)
+    counts, edges = np.histogram(c, bins=40, range=(min(float(c.min()), 0.0), 1.0))
+    quantiles = {f"p{q}": float(np.percentile(c, q)) for q in (0, 1, 5, 10, 25, 50, 75, 90, 95, 99, 100)}
+    return {
+        "n": len(c),
+        "quantiles": quantiles,
+        "histogram": {"edges": edges.tolist(), "counts": counts.tolist()},
+    }
+
+
+def bench_json(results: dict) -> dict:
+    """What goes into bench.json: :func:`prepare` d results, raw cosine lists replaced by summaries."""
+    out = prepare(results)
+    for m in out["models"].values():
+        for part in (_get(m, "fidelity") or {}).values():
+            if isinstance(part, dict) and part.get("cosines"):
+                part["cosines_summary"] = _cosines_summary(part.pop("cosines"))
+            elif isinstance(part, dict):
+                part.pop("cosines", None)
+    return out
+
+
+# --- markdown ---------------------------------------------------------------------------------------
+
+
+def _num(x: Any, digits: int = 3) -> str:
+    if x is None or isinstance(x, bool):
+        return DASH
+    if isinstance(x, int):
+        return f"{x:,}"
+    if isinstance(x, float):
+        return f"{x:,.{digits}f}" if math.isfinite(x) else DASH
+    return str(x)
+
+
+def _rate(x: Any) -> str:
+    if not isinstance(x, int | float):
+        return DASH
+    return f"{x:,.0f}" if x >= 100 else f"{x:.1f}" if x >= 10 else f"{x:.2f}"
+
+
+def _ratio(x: Any) -> str:
+    if not isinstance(x, int | float):
+        return ""
+    return f" (×{x:.0f})" if x >= 10 else f" (×{x:.1f})" if x >= 1 else f" (×{x:.2f})"
+
+
+def _auto(x: Any) -> str:
+    if isinstance(x, float) and math.isfinite(x) and abs(x) >= 10:
+        return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.1f}"
+    return _num(x)
+
+
+def _table(header: list[str], rows: list[list[str]], text_columns: int = 1) -> str:
+    """A markdown table; the first ``text_columns`` are left-aligned, numbers right-aligned."""
+    align = ["---"] * text_columns + ["---:"] * (len(header) - text_columns)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _stat(part: dict, stat: str) -> Any:
+    return part.get(f"cosine_{stat}", part.get(stat))
+
+
+def _ordered(results: dict) -> list[tuple[str, dict]]:
+    models = list(results["models"].items())
+    return sorted(models, key=lambda item: _KIND_ORDER.get(item[1].get("kind"), len(_KIND_ORDER)))
+
+
+def markdown_table(results: dict) -> str:
+    """Quality and speed/cost tables (plus breakdowns and unavailable peers) as markdown."""
+    results = prepare(results)
+    available = [(n, m) for n, m in _ordered(results) if not m.get("error")]
+    unavailable = [(n, m) for n, m in _ordered(results) if m.get("error")]
+
+    quality = []
+    for name, m in available:
+        fp, fq = _get(m, "fidelity", "passages") or {}, _get(m, "fidelity", "queries") or {}
+        dl19 = _get(m, "retrieval", "dl19") or {}
+        quality.append([
+            name, m.get("kind") or DASH,
+            _num(_stat(fp, "mean")), _num(_stat(fp, "p5")), _num(_stat(fq, "mean")), _num(_stat(fq, "p5")),
+            _num(_get(m, "sts", "spearman")),
+            _num(dl19.get("ndcg@10")), _num(dl19.get("mrr@10")), _num(dl19.get("recall@100")),
+        ])  # fmt: skip
+    quality_header = [
+        "Model", "kind", "passages cos mean", "passages cos p5", "queries cos mean", "queries cos p5",
+        "STS Spearman", "DL19 nDCG@10", "DL19 MRR@10", "DL19 R@100",
+    ]  # fmt: skip
+
+    cost = []
+    for name, m in available:
+        speeds = [
+            _rate(_get(m, "speed", k, "texts_per_s")) + _ratio(_get(m, "speed", k, "x_teacher")) for k in SPEED_KEYS
+        ]
+        size = m.get("size_bytes")
+        cost.append([
+            name, *speeds,
+            _num(_get(m, "memory", "peak_rss_mib"), 0),
+            _num(_get(m, "memory", "import_seconds"), 2),
+            _num(m.get("load_seconds"), 2),
+            _num(size / 1e6 if isinstance(size, int | float) else None, 1),
+        ])  # fmt: skip
+    cost_header = [
+        "Model", "passages/s b1", "passages/s b64", "queries/s b1", "queries/s b64",
+        "peak RSS MiB", "import s", "load s", "size MB",
+    ]  # fmt: skip
+
+    parts = ["### Quality", "", _table(quality_header, quality, text_columns=2), "", "### Speed and cost", ""]
+    parts += [_table(cost_header, cost), ""]
+    parts.append(
+        "cos: cosine between a text's vector and the teacher's (mean and 5th percentile over texts). "
+        "Speeds: median texts/s of timed runs on CPU at batch size 1 or 64, (×N) relative to the teacher "
+        "in the same run. Peak RSS, import s: a fresh process that imports the library, loads the model "
+        "and encodes. load s: loading the model, imports excluded. size: files loaded (MB = 10^6 bytes)."
+    )
+    extra = _extra_sets(available)
+    if extra:
+        parts += ["", "### Other evaluation sets", "", extra]
+    for name, m in available:
+        breakdown = m.get("breakdown")
+        if isinstance(breakdown, dict) and breakdown:
+            columns = list(dict.fromkeys(c for row in breakdown.values() if isinstance(row, dict) for c in row))
+            rows = [[str(r)] + [_auto(_get(v, c)) for c in columns] for r, v in breakdown.items()]
+            parts += ["", f"### Breakdown: {name}", "", _table(["", *columns], rows)]
+    if unavailable:
+        parts += ["", "### Unavailable", ""]
+        parts += [f"- **{n}** ({m.get('kind') or '?'}): {m['error']}" for n, m in unavailable]
+    return "\n".join(parts) + "\n"
+
+
+def _extra_sets(available: list[tuple[str, dict]]) -> str:
+    """User-supplied retrieval and STS sets (beyond DL19 and STS-B dev), one row per model and set."""
+    rows = []
+    for name, m in available:
+        for task, r in (m.get("retrieval") or {}).items():
+            if task != "dl19" and isinstance(r, dict):
+                rows.append(
+                    [
+                        name,
+                        f"{task} (retrieval)",
+                        _num(r.get("ndcg@10")),
+                        _num(r.get("mrr@10")),
+                        _num(r.get("recall@100")),
+                        str(r.get("n_queries", DASH)),
+                    ]
+                )
+        sets = _get(m, "sts", "sets") or {}
+        for task, r in list(sets.items())[1:]:  # the first is STS-B dev, already in the quality table
+            rows.append([name, f"{task} (STS Spearman)", _num(r.get("spearman")), DASH, DASH, str(r.get("n", DASH))])
+    if not rows:
+        return ""
+    return _table(["Model", "set", "nDCG@10 / Spearman", "MRR@10", "R@100", "n"], rows, text_columns=2)
+
+
+def _meta_markdown(results: dict) -> str:
+    meta = results.get("meta", {})
+    machine = meta.get("machine") or {}
+    libs = ", ".join(f"{k} {v}" for k, v in (machine.get("libraries") or {}).items() if v)
+    lines = [
+        "# vocabert bench",
+        "",
+        f"- created: {meta.get('created', DASH)}; seed: {meta.get('seed', DASH)}",
+        "- samples: " + (", ".join(f"{k} {_num(v)}" for k, v in (meta.get("samples") or {}).items()) or DASH),
+        f"- machine: {machine.get('cpu_model', DASH)}, {machine.get('cpu_count', DASH)} CPUs "
+        f"({machine.get('cpu_affinity', DASH)} usable), {machine.get('platform', DASH)}, "
+        f"Python {machine.get('python', DASH)}",
+        f"- libraries: {libs or DASH}",
+    ]
+    for key in ("teacher", "notes"):
+        if meta.get(key):
+            lines.append(f"- {key}: {meta[key]}")
+    descriptions = [(n, m.get("description")) for n, m in _ordered(results) if m.get("description")]
+    if descriptions:
+        lines += ["", "Models:", ""] + [f"- **{n}**: {d}" for n, d in descriptions]
+    return "\n".join(lines) + "\n"
+
+
+# --- plots ----------------------------------------------------------------------------------------------
+
+
+def _figure(width: float, height: float):
+    # The object API with the Agg canvas: no pyplot, no global backend switch in the caller's process.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: Path) -> None:
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110))
+
+
+def plot_pareto(results: dict, path: Path) -> None:
+    """Quality (DL19 nDCG@10, STS Spearman) against passages/s at batch 64, one point per model."""
+    results = prepare(results)
+    panels = [(("retrieval", "dl19", "ndcg@10"), "DL19 nDCG@10"), (("sts", "spearman"), "STS Spearman ρ")]
+    fig = _figure(11, 5.0)
+    axes = fig.subplots(1, 2)
+    handles: dict[str, Any] = {}
+    left_out: set[str] = set()
+    for ax, (keys, label) in zip(axes, panels, strict=True):
+        points = []
+        for name, m in _ordered(results):
+            x, y = _get(m, "speed", "passages_b64", "texts_per_s"), _get(m, *keys)
+            if m.get("error"):
+                continue
+            if isinstance(x, int | float) and x > 0 and isinstance(y, int | float):
+                points.append((x, y, name, m.get("kind")))
+            else:
+                left_out.add(name)
+        # Alternate labels above and below the point, in order of height, so close points stay legible.
+        for i, (x, y, name, kind) in enumerate(sorted(points, key=lambda p: p[1])):
+            colour, marker, legend = _KIND_STYLE.get(kind, ("tab:green", "D", kind or "other"))
+            handles[legend] = ax.scatter([x], [y], c=colour, marker=marker, s=180 if marker == "*" else 70, zorder=3)
+            offset = (7, 4) if i % 2 else (7, -11)
+            ax.annotate(name, (x, y), xytext=offset, textcoords="offset points", fontsize=9)
+        ax.set_xscale("log")
+        if points:
+            xs = [p[0] for p in points]
+            ax.set_xlim(min(xs) / 2, max(xs) * 4)  # room for the labels right of the points
+            ax.margins(y=0.15)
+        else:
+            ax.text(0.5, 0.5, "no model has both figures", transform=ax.transAxes, ha="center", color="gray")
+        ax.set_xlabel("passages encoded per second (batch 64, log scale)")
+        ax.set_ylabel(label)
+        ax.set_title(f"{label} vs speed")
+        ax.grid(True, which="both", alpha=0.3)
+    if handles:
+        known = [style[2] for style in _KIND_STYLE.values()]
+        order = [k for k in known if k in handles] + [k for k in handles if k not in known]
+        fig.legend([handles[k] for k in order], order, loc="outside lower center", ncol=len(order))
+    machine = _get(results, "meta", "machine") or {}
+    cpus = machine.get("cpu_affinity") or machine.get("cpu_count")
+    title = f"Quality vs CPU speed{f' ({cpus} cores)' if cpus else ''}: up and right is better"
+    if left_out:
+        title += f"\nnot shown where a figure is missing: {', '.join(sorted(left_out))}"
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def _hist_models(results: dict) -> list[tuple[str, dict]]:
+    def has_cosines(m: dict) -> bool:
+        return any(_get(m, "fidelity", part, "cosines") for part in ("passages", "queries"))
+
+    models = [(n, m) for n, m in _ordered(results) if not m.get("error") and has_cosines(m)]
+    students = [(n, m) for n, m in models if m.get("kind") == "student"]
+    return students or [(n, m) for n, m in models if m.get("kind") != "teacher"]
+
+
+def plot_fidelity_hist(results: dict, path: Path) -> bool:
+    """Histogram of per-text cosine to the teacher for the student(s); False when no model has cosines."""
+    results = prepare(results)
+    models = _hist_models(results)[:4]
+    if not models:
+        return False
+    fig = _figure(6.5 * len(models), 4.4)
+    axes = np.atleast_1d(fig.subplots(1, len(models), squeeze=False)[0])
+    for ax, (name, m) in zip(axes, models, strict=True):
+        parts = {p: np.asarray(_get(m, "fidelity", p, "cosines") or [], float) for p in ("passages", "queries")}
+        low = min(float(np.percentile(c, 0.5)) for c in parts.values() if len(c))
+        bins = np.linspace(max(-1.0, low - 0.02), 1.0, 41)
+        for (part, cos), colour in zip(parts.items(), ("tab:blue", "tab:orange"), strict=True):
+            if not len(cos):
+                continue
+            ax.hist(np.clip(cos, bins[0], 1.0), bins=bins, weights=np.full(len(cos), 100 / len(cos)),
+                    alpha=0.5, color=colour, label=f"{part} (n={len(cos):,})")  # fmt: skip
+            mean = float(cos.mean())
+            ax.axvline(mean, color=colour, linestyle="--", linewidth=1.5, label=f"{part} mean {mean:.3f}")
+        ax.set_xlabel("cosine(model vector, teacher vector) per text")
+        ax.set_ylabel("% of texts")
+        ax.set_title(f"{name}: fidelity to the teacher")
+        ax.legend(loc="upper left", fontsize=9)
+        ax.grid(True, alpha=0.3)
+    _save(fig, path)
+    return True
+
+
+# --- writing -------------------------------------------------------------------------------------------
+
+
+def write_report(results: dict, out_dir: Path) -> dict[str, Path]:
+    """Write bench.json, bench.md, pareto.png and fidelity_hist.png into ``out_dir``, each atomically.
+
+    Returns the paths written by name ("json", "markdown", "pareto", "fidelity_hist"); the histogram
+    is left out when no model carries per-text cosines.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = prepare(results)
+    results["meta"].setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    results["meta"].setdefault("machine", machine_info())
+    paths = {
+        "json": out_dir / "bench.json",
+        "markdown": out_dir / "bench.md",
+        "pareto": out_dir / "pareto.png",
+    }
+    # Model order is kept (no sort_keys): the markdown rebuilt from bench.json is the same.
+    write_text(paths["json"], json.dumps(bench_json(results), indent=2, allow_nan=False) + "\n")
+    plot_pareto(results, paths["pareto"])
+    if plot_fidelity_hist(results, out_dir / "fidelity_hist.png"):
+        paths["fidelity_hist"] = out_dir / "fidelity_hist.png"
+    images = "\n".join(f"![{name}]({p.name})" for name, p in paths.items() if p.suffix == ".png")
+    write_text(paths["markdown"], _meta_markdown(results) + "\n" + markdown_table(results) + "\n" + images + "\n")
+    return paths
+
+
+def update_model_card(model_dir: Path, markdown: str) -> Path:
+    """Put ``markdown`` between the eval markers of ``model_dir/README.md``, leaving the rest as is.
+
+    The section is appended (under an "Evaluation" heading) when the markers are absent, and the
+    card is created when missing. Running it twice with the same table changes nothing.
+    """
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise VocabertError(f"model folder {model_dir} does not exist")
+    card = model_dir / "README.md"
+    text = card.read_text(encoding="utf-8") if card.is_file() else f"# {model_dir.name}\n"
+    section = f"{EVAL_START}\n{markdown.strip()}\n{EVAL_END}"
+    starts, ends = text.count(EVAL_START), text.count(EVAL_END)
+    if starts == 0 and ends == 0:
+        text = text.rstrip("\n") + "\n\n## Evaluation\n\n" + section + "\n"
+    elif starts == 1 and ends == 1 and text.index(EVAL_START) < text.index(EVAL_END):
+        pattern = re.compile(re.escape(EVAL_START) + ".*?" + re.escape(EVAL_END), re.DOTALL)
+        text = pattern.sub(lambda _: section, text)
+    else:
+        raise VocabertError(
+            f"{card}: expected one {EVAL_START} followed by one {EVAL_END}, "
+            f"found {starts} and {ends}; fix the card by hand"
+        )
+    write_text(card, text)
+    return card
+
+
+def load_bench(path: Path) -> dict:
+    """Read a bench.json back (it can be passed to :func:`markdown_table` again)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise VocabertError(f"cannot read bench results {path}: {e}") from None
