@@ -56,8 +56,17 @@ def test_bench_writes_report_and_model_card(workspace, model, trec_set, beir_dir
     out = tmp_path / "bench"
     model_dir = tmp_path / "model"
     model.save(model_dir)
-    results = run_bench(workspace, model_dir, out, trec_sets=[trec_set], beir_dirs=[beir_dir], peers=False,
-                        dl19=False, speed=TINY_SPEED, max_fidelity_texts=64)
+    results = run_bench(
+        workspace,
+        model_dir,
+        out,
+        trec_sets=[trec_set],
+        beir_dirs=[beir_dir],
+        peers=False,
+        dl19=False,
+        speed=TINY_SPEED,
+        max_fidelity_texts=64,
+    )
     for name in ("bench.json", "bench.md", "pareto.png", "fidelity_hist.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     student = results["models"]["model"]
@@ -84,11 +93,20 @@ def test_bench_with_peers(workspace, model, trec_set, tmp_path):
     """BM25 and both Model2Vec peers (distilled from the local teacher) on a small TREC set."""
     model_dir = tmp_path / "model"
     model.save(model_dir)
-    results = run_bench(workspace, model_dir, tmp_path / "bench", trec_sets=[trec_set], dl19=False,
-                        speed=TINY_SPEED, max_fidelity_texts=64)
+    results = run_bench(
+        workspace,
+        model_dir,
+        tmp_path / "bench",
+        trec_sets=[trec_set],
+        dl19=False,
+        speed=TINY_SPEED,
+        max_fidelity_texts=64,
+    )
     names = set(results["models"])
     assert {"teacher", "model", "bm25", "model2vec-pca256", "model2vec-nopca"} <= names
     for name in names:
         assert results["models"][name].get("error") is None, (name, results["models"][name].get("error"))
     assert results["models"]["bm25"]["retrieval"]["corpus"]["ndcg@10"] > 0.2
-    assert "fidelity" in results["models"]["model2vec-nopca"] and "fidelity" not in results["models"]["model2vec-pca256"]
+    assert (
+        "fidelity" in results["models"]["model2vec-nopca"] and "fidelity" not in results["models"]["model2vec-pca256"]
+    )

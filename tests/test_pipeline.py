@@ -72,8 +72,14 @@ def test_save_load_roundtrip(model, tmp_path):
     again = vocabert.load(tmp_path / "copy")
     texts = ["new york city hotels", "how much does a plumber cost"]
     np.testing.assert_array_equal(again.encode(texts), model.encode(texts))
-    for name in ("config.json", "tokenizer.json", "embeddings.safetensors", "student.safetensors",
-                 "vocabulary.tsv", "README.md"):
+    for name in (
+        "config.json",
+        "tokenizer.json",
+        "embeddings.safetensors",
+        "student.safetensors",
+        "vocabulary.tsv",
+        "README.md",
+    ):
         assert (tmp_path / "copy" / name).is_file()
 
 
@@ -222,13 +228,23 @@ def test_interrupted_teacher_pass_resumes(workspace, tmp_path):
     teacher.forward = failing_forward
     try:
         with pytest.raises(KeyboardInterrupt):
-            embed_vocabulary(corpus, vocab, out, teacher, cache, specials, chunk_size=64, checkpoint_every=128,
-                             show_progress_bar=False)
+            embed_vocabulary(
+                corpus,
+                vocab,
+                out,
+                teacher,
+                cache,
+                specials,
+                chunk_size=64,
+                checkpoint_every=128,
+                show_progress_bar=False,
+            )
         assert not (out / "manifest.json").exists() and json.loads((out / "state.json").read_text())["texts_done"]
         done = json.loads((out / "state.json").read_text())["texts_done"]
         calls["n"] = -1000
-        embed_vocabulary(corpus, vocab, out, teacher, cache, specials, chunk_size=64, checkpoint_every=128,
-                         show_progress_bar=False)
+        embed_vocabulary(
+            corpus, vocab, out, teacher, cache, specials, chunk_size=64, checkpoint_every=128, show_progress_bar=False
+        )
     finally:
         teacher.forward = forward
     assert done == 128
@@ -253,15 +269,34 @@ def test_cli_encode_file(workspace, tmp_path):
     texts = tmp_path / "texts.txt"
     texts.write_text("first text\nsecond text\n\nthird\n")
     out = tmp_path / "out.npy"
-    assert main(["encode", "--model", str(workspace.model_dir), "--input", str(texts), "--output", str(out),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "encode",
+                "--model",
+                str(workspace.model_dir),
+                "--input",
+                str(texts),
+                "--output",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     vectors = np.load(out)
     assert vectors.shape == (3, 384)
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vocabert.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "vocabert.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
 
 
 @pytest.mark.parametrize("content", ["", "no tab on this line\n", "\n\n   \n"])

@@ -84,9 +84,7 @@ def _tsv_pairs(path: str | Path, what: str) -> dict[str, str]:
     for number, line in _lines(path, what):
         fields = line.split("\t")
         if len(fields) < 2:
-            raise VocabertError(
-                f"{what}: {path}:{number}: expected 'id<TAB>text', got {len(fields)} field(s)"
-            )
+            raise VocabertError(f"{what}: {path}:{number}: expected 'id<TAB>text', got {len(fields)} field(s)")
         out[fields[0].strip()] = fields[1].strip()
     return out
 
@@ -222,9 +220,7 @@ def make_task(
         for qid, text in queries.items()
         if any(grade > 0 and pid in corpus for pid, grade in qrels.get(qid, {}).items())
     }
-    return RetrievalTask(
-        name, corpus, kept, {qid: qrels[qid] for qid in kept}, min_grade, len(queries) - len(kept)
-    )
+    return RetrievalTask(name, corpus, kept, {qid: qrels[qid] for qid in kept}, min_grade, len(queries) - len(kept))
 
 
 def dl19_task(data_dir: str | Path) -> RetrievalTask:
@@ -385,9 +381,7 @@ def evaluate_ranking(task: RetrievalTask, run: dict[str, list[str]], k: int = 10
     qids = list(task.queries)
     ndcg = {qid: ndcg_at_k(run.get(qid, []), task.qrels.get(qid, {}), 10) for qid in qids}
     mrr = [mrr_at_k(run.get(qid, []), task.qrels.get(qid, {}), 10, task.min_grade) for qid in qids]
-    recall = np.array(
-        [recall_at_k(run.get(qid, []), task.qrels.get(qid, {}), k, task.min_grade) for qid in qids]
-    )
+    recall = np.array([recall_at_k(run.get(qid, []), task.qrels.get(qid, {}), k, task.min_grade) for qid in qids])
     recall = recall[~np.isnan(recall)]
     return {
         "ndcg@10": float(np.mean(list(ndcg.values()))) if qids else math.nan,
@@ -399,9 +393,7 @@ def evaluate_ranking(task: RetrievalTask, run: dict[str, list[str]], k: int = 10
     }
 
 
-def evaluate_retrieval(
-    task: RetrievalTask, encode_corpus: Encoder, encode_queries: Encoder, k: int = 100
-) -> dict:
+def evaluate_retrieval(task: RetrievalTask, encode_corpus: Encoder, encode_queries: Encoder, k: int = 100) -> dict:
     """Encode corpus and queries, rank by exact cosine, and score with :func:`evaluate_ranking`."""
     pids, qids = list(task.corpus), list(task.queries)
     corpus_vecs = _encode(encode_corpus, [task.corpus[p] for p in pids], "corpus")

@@ -211,9 +211,7 @@ def _m2v_complete(out_dir: Path, settings: dict) -> bool:
     return marker.get("settings") == settings
 
 
-def distill_model2vec(
-    teacher_path: str | Path | None, out_dir: str | Path, pca_dims: int | None = 256
-) -> Path:
+def distill_model2vec(teacher_path: str | Path | None, out_dir: str | Path, pca_dims: int | None = 256) -> Path:
     """Distil a Model2Vec model from the local teacher into ``out_dir``, or reuse one already there.
 
     Runs offline: Model2Vec only asks the Hub for a model card when given a Hub name, not a folder.
@@ -232,9 +230,7 @@ def distill_model2vec(
     try:
         from model2vec.distill import distill
     except ImportError as e:
-        raise VocabertError(
-            f"Model2Vec distillation is not available ({e}): pip install 'model2vec[distill]'"
-        ) from e
+        raise VocabertError(f"Model2Vec distillation is not available ({e}): pip install 'model2vec[distill]'") from e
 
     start = time.perf_counter()
     model = distill(model_name=str(teacher), vocabulary=None, device="cpu", pca_dims=pca_dims)
@@ -268,9 +264,7 @@ def distill_seconds(model_dir: str | Path) -> float | None:
         return None
 
 
-def model2vec_peer(
-    teacher_path: str | Path | None, cache_root: str | Path, pca_dims: int | None
-) -> Model2VecEncoder:
+def model2vec_peer(teacher_path: str | Path | None, cache_root: str | Path, pca_dims: int | None) -> Model2VecEncoder:
     """A Model2Vec distillation of the teacher (distilled on first use, then reused)."""
     out_dir = model2vec_dir(cache_root, teacher_path, pca_dims)
     distill_model2vec(teacher_path, out_dir, pca_dims)
@@ -297,14 +291,10 @@ def build_peers(
 ) -> list[Encoder | PeerUnavailable]:
     """The teacher, Model2Vec at each PCA setting (256 is Model2Vec's default; None keeps 384), students."""
     cache_root = Path(cache_root) if cache_root else default_cache_dir()
-    peers: list[Encoder | PeerUnavailable] = [
-        try_peer("teacher", "teacher", lambda: TeacherEncoder(teacher_path))
-    ]
+    peers: list[Encoder | PeerUnavailable] = [try_peer("teacher", "teacher", lambda: TeacherEncoder(teacher_path))]
     for pca in pca_dims:
         name = f"model2vec-pca{pca}" if pca else "model2vec-nopca"
-        peers.append(
-            try_peer(name, "model2vec", lambda pca=pca: model2vec_peer(teacher_path, cache_root, pca))
-        )
+        peers.append(try_peer(name, "model2vec", lambda pca=pca: model2vec_peer(teacher_path, cache_root, pca)))
     for path in students:
         name = Path(path).name or "vocabert"
         peers.append(try_peer(name, "student", lambda path=path, name=name: StudentEncoder(path, name=name)))
@@ -337,9 +327,7 @@ class CachedEncoder(Encoder):
         self.cache = EmbeddingCache(Path(cache_root) / "embeddings", encoder.model_key, encoder.dim)
 
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        return self.cache.encode(
-            list(texts), lambda batch: self.uncached.encode(batch, batch_size), batch_size=1024
-        )
+        return self.cache.encode(list(texts), lambda batch: self.uncached.encode(batch, batch_size), batch_size=1024)
 
     def spec(self) -> dict:
         return self.uncached.spec()
@@ -377,9 +365,7 @@ class BM25Retriever:
         self._bm25s = bm25s
         self.name = name
         self.stemmer, stemming = _stemmer()
-        self.description = (
-            f"bm25s {_version('bm25s')}, Lucene BM25 k1=1.5 b=0.75, English stopwords, {stemming}"
-        )
+        self.description = f"bm25s {_version('bm25s')}, Lucene BM25 k1=1.5 b=0.75, English stopwords, {stemming}"
         self.retriever = None
         self.n_docs = 0
         self.index_seconds: float | None = None
