@@ -9,6 +9,7 @@ import pytest
 
 from vocabert import peers, report, speed
 from vocabert.artifacts import VocabertError
+from vocabert.model import normalize
 
 
 def _speed(rate: float) -> dict:
@@ -82,6 +83,8 @@ def test_markdown_rows_columns_and_dashes():
     for header in ("passages/s b1", "queries/s b64", "peak RSS MiB", "load s", "size MB"):
         assert header in md
     quality_md, cost_md = md.split("### Speed and cost")
+    quality_md, fidelity_md = quality_md.split("### Fidelity to the teacher")
+    assert "| vocabert | passages |" in fidelity_md
 
     def rows(table: str) -> dict[str, list[str]]:
         lines = [line for line in table.splitlines() if line.startswith("| ")]
@@ -172,7 +175,7 @@ class Fake(peers.Encoder):
     def encode(self, texts, batch_size=64):
         self.calls += len(texts)
         rng = [np.random.default_rng(abs(hash(t)) % 2**32).normal(size=self.dim) for t in texts]
-        return peers._normalize(np.array(rng).reshape(len(texts), self.dim))
+        return normalize(np.array(rng).reshape(len(texts), self.dim))
 
 
 def test_measure_throughput_counts():

@@ -163,9 +163,7 @@ def measure_model(
         entry["fidelity"] = {}
         for source, texts in heldout.items():
             vectors = quality.encode(texts)
-            stats = fidelity(vectors, teacher_vectors[source])
-            cos = np.sum(_unit(vectors) * _unit(teacher_vectors[source]), axis=1)
-            entry["fidelity"][source] = {**stats, "cosines": cos.tolist()}
+            entry["fidelity"][source] = fidelity(vectors, teacher_vectors[source], per_text=True)
     entry["sts"] = {name: evaluate_sts(quality.encode, *pairs) for name, pairs in sts_sets.items()}
     entry["sts"] = next(iter(entry["sts"].values())) | {"sets": entry["sts"]}
     entry["retrieval"] = {}
@@ -223,7 +221,3 @@ def measure_bm25(bm25, tasks: list[RetrievalTask]) -> dict:
         entry["retrieval"][task.name] = {k: v for k, v in r.items() if not k.startswith("per_query")}
         entry["retrieval"][task.name]["index_seconds"] = bm25.index_seconds
     return entry
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

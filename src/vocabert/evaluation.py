@@ -21,6 +21,7 @@ from typing import IO
 import numpy as np
 
 from vocabert.artifacts import VocabertError
+from vocabert.model import normalize
 
 Encoder = Callable[[list[str]], np.ndarray]
 Qrels = dict[str, dict[str, int]]
@@ -303,13 +304,6 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
 # Evaluation routines
 
 
-def normalize(x: np.ndarray) -> np.ndarray:
-    """L2-normalized float32 rows; zero rows stay zero instead of becoming NaN."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
-
-
 def _encode(encode: Encoder, texts: list[str], what: str) -> np.ndarray:
     vecs = np.asarray(encode(texts), dtype=np.float32)
     if vecs.ndim != 2 or vecs.shape[0] != len(texts):
@@ -317,8 +311,9 @@ def _encode(encode: Encoder, texts: list[str], what: str) -> np.ndarray:
     return normalize(vecs)
 
 
-def fidelity(student: np.ndarray, teacher: np.ndarray) -> dict:
-    """How close student rows are to teacher rows: cosine stats and mean distance of unit vectors."""
+def fidelity(student: np.ndarray, teacher: np.ndarray, per_text: bool = False) -> dict:
+    """How close student rows are to teacher rows: cosine stats and mean distance of unit vectors
+    (with ``per_text``, also every text's cosine under ``cosines``)."""
     student, teacher = normalize(student), normalize(teacher)
     if student.shape != teacher.shape:
         raise VocabertError(f"fidelity: shapes differ ({student.shape} and {teacher.shape})")
@@ -331,7 +326,7 @@ def fidelity(student: np.ndarray, teacher: np.ndarray) -> dict:
         "cosine_min": float(cos.min()),
         "euclidean_mean": float(dist.mean()),
         "n": len(cos),
-    }
+    } | ({"cosines": cos.tolist()} if per_text else {})
 
 
 def evaluate_sts(encode: Encoder, sent1: list[str], sent2: list[str], gold: np.ndarray) -> dict:

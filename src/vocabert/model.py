@@ -36,8 +36,8 @@ MODEL_FILES = ("config.json", "tokenizer.json", "embeddings.safetensors", "stude
 
 def normalize(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length; an all-zero row stays zero (never NaN)."""
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 class WeightedMean:

@@ -24,17 +24,13 @@ import numpy as np
 
 from vocabert.artifacts import VocabertError, read_json, sha256_file, write_json
 from vocabert.cache import EmbeddingCache, default_cache_dir
+from vocabert.model import normalize
 from vocabert.teacher import resolve_teacher_path, teacher_fingerprint
 
 # Written last into a distilled Model2Vec folder: the folder is reused only when it names the same inputs.
 M2V_MARKER = "vocabert-distill.json"
 # Files on disk that no model loads; left out of size_bytes.
 _NOT_LOADED = {"README.md", M2V_MARKER}
-
-
-def _normalize(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def folder_bytes(path: Path) -> int:
@@ -124,7 +120,7 @@ class TeacherEncoder(Encoder):
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        return _normalize(self.teacher.encode(list(texts), batch_size=batch_size))
+        return normalize(self.teacher.encode(list(texts), batch_size=batch_size))
 
 
 class Model2VecEncoder(Encoder):
@@ -151,7 +147,7 @@ class Model2VecEncoder(Encoder):
         if not texts:
             return np.zeros((0, self.dim), np.float32)
         # Library defaults otherwise (incl. its threading above 10k texts): the peer as its users run it.
-        return _normalize(self.model.encode(list(texts), batch_size=batch_size, show_progress_bar=False))
+        return normalize(self.model.encode(list(texts), batch_size=batch_size, show_progress_bar=False))
 
 
 class StudentEncoder(Encoder):
@@ -181,7 +177,7 @@ class StudentEncoder(Encoder):
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        return _normalize(self.model.encode(list(texts), batch_size=batch_size))
+        return normalize(self.model.encode(list(texts), batch_size=batch_size))
 
 
 # --- Model2Vec distillation -------------------------------------------------------------------

@@ -283,7 +283,16 @@ def markdown_table(results: dict) -> str:
         "peak RSS MiB", "import s", "load s", "size MB",
     ]  # fmt: skip
 
-    parts = ["### Quality", "", _table(quality_header, quality, text_columns=2), "", "### Speed and cost", ""]
+    parts = ["### Quality", "", _table(quality_header, quality, text_columns=2)]
+    fidelity_rows = [
+        [name, source, str(part.get("n", DASH)), _num(_stat(part, "mean")), _num(_stat(part, "median")),
+         _num(_stat(part, "p5")), _num(_stat(part, "min")), _num(part.get("euclidean_mean"))]
+        for name, m in available for source, part in (_get(m, "fidelity") or {}).items() if isinstance(part, dict)
+    ]  # fmt: skip
+    if fidelity_rows:
+        header = ["Model", "held-out set", "texts", "cos mean", "cos median", "cos p5", "cos min", "Euclidean mean"]
+        parts += ["", "### Fidelity to the teacher", "", _table(header, fidelity_rows, text_columns=2)]
+    parts += ["", "### Speed and cost", ""]
     parts += [_table(cost_header, cost), ""]
     parts.append(
         "cos: cosine between a text's vector and the teacher's (mean and 5th percentile over texts). "
