@@ -69,7 +69,7 @@ def test_bench_writes_report_and_model_card(workspace, model, trec_set, beir_dir
     )
     for name in ("bench.json", "bench.md", "pareto.png", "fidelity_hist.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
-    student = results["models"]["model"]
+    student = results["models"]["vocabert"]
     teacher = results["models"]["teacher"]
     assert student["fidelity"]["passages"]["n"] == 64
     # The same qrels read from TREC and from BEIR form give the same figures.
@@ -103,7 +103,7 @@ def test_bench_with_peers(workspace, model, trec_set, tmp_path):
         max_fidelity_texts=64,
     )
     names = set(results["models"])
-    assert {"teacher", "model", "bm25", "model2vec-pca256", "model2vec-nopca"} <= names
+    assert {"teacher", "vocabert", "bm25", "model2vec-pca256", "model2vec-nopca"} <= names
     for name in names:
         assert results["models"][name].get("error") is None, (name, results["models"][name].get("error"))
     assert results["models"]["bm25"]["retrieval"]["corpus"]["ndcg@10"] > 0.2

@@ -292,7 +292,7 @@ def build_peers(
         name = f"model2vec-pca{pca}" if pca else "model2vec-nopca"
         peers.append(try_peer(name, "model2vec", lambda pca=pca: model2vec_peer(teacher_path, cache_root, pca)))
     for path in students:
-        name = Path(path).name or "vocabert"
+        name = "vocabert" if len(students) == 1 else f"vocabert-{Path(path).name}"
         peers.append(try_peer(name, "student", lambda path=path, name=name: StudentEncoder(path, name=name)))
     return peers
 

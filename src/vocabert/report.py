@@ -395,6 +395,18 @@ def plot_pareto(results: dict, path: Path) -> None:
                 continue
             if isinstance(x, int | float) and x > 0 and isinstance(y, int | float):
                 points.append((x, y, name, m.get("kind")))
+            elif isinstance(y, int | float) and m.get("kind") == "bm25":
+                # BM25 has no encoding speed: its quality is a reference line, not a point.
+                handles["BM25"] = ax.axhline(y, color="tab:gray", linestyle="--", linewidth=1)
+                ax.annotate(
+                    f"{name} {y:.3f}",
+                    (0.01, y),
+                    xycoords=("axes fraction", "data"),
+                    xytext=(0, 3),
+                    textcoords="offset points",
+                    fontsize=9,
+                    color="tab:gray",
+                )
             else:
                 left_out.add(name)
         # Alternate labels above and below the point, in order of height, so close points stay legible.

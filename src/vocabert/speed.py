@@ -138,6 +138,7 @@ def measure_memory(spec: dict, texts: list[str], batch_size: int = 64, timeout: 
     so one model's crash never stops the bench.
     """
     kind, path = spec.get("kind"), spec.get("path")
+    path = str(Path(path).resolve()) if path else path  # the child runs in a temporary folder
     result = {"kind": kind, "path": str(path), "n_texts": len(texts), "batch_size": batch_size}
     if kind not in ("teacher", "model2vec", "student") or not path:
         return {**result, "error": f"unsupported model spec {spec!r}"}
