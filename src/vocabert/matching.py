@@ -87,18 +87,18 @@ class EntryIndex:
         self.token_entry[patterns[single, 0]] = single
         self.shapes: list[_Shape] = []
         multi = np.flatnonzero(span > 1)
+        # A shape as one integer: a bit per fixed position, and the span above them.
         fixed = patterns[multi] >= 0
-        shape_codes, inverse = np.unique(
-            np.concatenate([fixed, span[multi, None]], axis=1), axis=0, return_inverse=True
-        )
-        inverse = inverse.reshape(-1)
+        width = patterns.shape[1]
+        codes = (fixed << np.arange(width)).sum(axis=1) + (span[multi] << width)
+        shape_codes, inverse = np.unique(codes, return_inverse=True)
         for code_index, code in enumerate(shape_codes):
             rows = multi[inverse == code_index]
-            width = int(code[-1])
-            positions = np.flatnonzero(code[:width])
+            positions = np.flatnonzero((int(code) >> np.arange(width)) & 1)
+            shape_span = int(code) >> width
             keys = pattern_keys(patterns[rows], positions, vocab_size)
             order = np.argsort(keys, kind="stable")
-            self.shapes.append(_Shape(positions, width, keys[order], rows[order]))
+            self.shapes.append(_Shape(positions, shape_span, keys[order], rows[order]))
 
     def match(self, ids: np.ndarray, offsets: np.ndarray) -> Matches:
         """All entries in the texts ``ids[offsets[i]:offsets[i+1]]``."""
