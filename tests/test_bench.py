@@ -65,13 +65,13 @@ def test_bench_writes_report_and_model_card(workspace, model, trec_set, beir_dir
         peers=False,
         dl19=False,
         speed=TINY_SPEED,
-        max_fidelity_texts=64,
+        max_fidelity_texts=32,
     )
     for name in ("bench.json", "bench.md", "pareto.png", "fidelity_hist.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     student = results["models"]["vocabert"]
     teacher = results["models"]["teacher"]
-    assert student["fidelity"]["passages"]["n"] == 64
+    assert student["fidelity"]["passages"]["n"] == 32
     # The same qrels read from TREC and from BEIR form give the same figures.
     trec, beir = student["retrieval"]["corpus"], student["retrieval"][beir_dir.name]
     assert trec["ndcg@10"] == pytest.approx(beir["ndcg@10"]) and trec["n_queries"] == 3
@@ -85,7 +85,7 @@ def test_bench_writes_report_and_model_card(workspace, model, trec_set, beir_dir
     card = (model_dir / "README.md").read_text()
     assert "<!-- vocabert-eval-start -->" in card and "STS" in card
     saved = json.loads((out / "bench.json").read_text())
-    assert saved["meta"]["samples"]["fidelity_passages"] == 64
+    assert saved["meta"]["samples"]["fidelity_passages"] == 32
 
 
 @pytest.mark.slow
@@ -100,7 +100,7 @@ def test_bench_with_peers(workspace, model, trec_set, tmp_path):
         trec_sets=[trec_set],
         dl19=False,
         speed=TINY_SPEED,
-        max_fidelity_texts=64,
+        max_fidelity_texts=32,
     )
     names = set(results["models"])
     assert {"teacher", "vocabert", "bm25", "model2vec-pca256", "model2vec-nopca"} <= names
