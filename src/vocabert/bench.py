@@ -86,7 +86,11 @@ def run_bench(
 
     log("bench: loading models")
     models: list[Encoder | PeerUnavailable] = build_peers(
-        ws.teacher_path, ws.cache_dir, pca_dims=(256, None) if peers else (), students=[model_dir]
+        ws.teacher_path,
+        ws.cache_dir,
+        pca_dims=(256, None) if peers else (),
+        students=[model_dir],
+        show_progress_bar=ws.show_progress_bar,
     )
     teacher = next((m for m in models if m.kind == "teacher"), None)
     if teacher is None or not teacher.available:

@@ -319,8 +319,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if os.environ.get("CI") and not args.no_progress and not sys.stderr.isatty():
         args.no_progress = True
-    if args.no_progress:
-        os.environ["TQDM_DISABLE"] = "1"  # also silences the bars of libraries we call (Model2Vec)
     try:
         args.func(args)
     except VocabertError as e:

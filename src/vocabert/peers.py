@@ -11,8 +11,10 @@ seconds); :func:`vocabert.speed.measure_memory` times a cold start, imports incl
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
+import io
 import os
 import shutil
 import time
@@ -207,7 +209,9 @@ def _m2v_complete(out_dir: Path, settings: dict) -> bool:
     return marker.get("settings") == settings
 
 
-def distill_model2vec(teacher_path: str | Path | None, out_dir: str | Path, pca_dims: int | None = 256) -> Path:
+def distill_model2vec(
+    teacher_path: str | Path | None, out_dir: str | Path, pca_dims: int | None = 256, show_progress_bar: bool = True
+) -> Path:
     """Distil a Model2Vec model from the local teacher into ``out_dir``, or reuse one already there.
 
     Runs offline: Model2Vec only asks the Hub for a model card when given a Hub name, not a folder.
@@ -229,7 +233,9 @@ def distill_model2vec(teacher_path: str | Path | None, out_dir: str | Path, pca_
         raise VocabertError(f"Model2Vec distillation is not available ({e}): pip install 'model2vec[distill]'") from e
 
     start = time.perf_counter()
-    model = distill(model_name=str(teacher), vocabulary=None, device="cpu", pca_dims=pca_dims)
+    # Model2Vec has no switch for its progress bar; when ours are off, its stderr goes nowhere.
+    with contextlib.nullcontext() if show_progress_bar else contextlib.redirect_stderr(io.StringIO()):
+        model = distill(model_name=str(teacher), vocabulary=None, device="cpu", pca_dims=pca_dims)
     seconds = time.perf_counter() - start
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -260,10 +266,12 @@ def distill_seconds(model_dir: str | Path) -> float | None:
         return None
 
 
-def model2vec_peer(teacher_path: str | Path | None, cache_root: str | Path, pca_dims: int | None) -> Model2VecEncoder:
+def model2vec_peer(
+    teacher_path: str | Path | None, cache_root: str | Path, pca_dims: int | None, show_progress_bar: bool = True
+) -> Model2VecEncoder:
     """A Model2Vec distillation of the teacher (distilled on first use, then reused)."""
     out_dir = model2vec_dir(cache_root, teacher_path, pca_dims)
-    distill_model2vec(teacher_path, out_dir, pca_dims)
+    distill_model2vec(teacher_path, out_dir, pca_dims, show_progress_bar)
     name = f"model2vec-pca{pca_dims}" if pca_dims else "model2vec-nopca"
     return Model2VecEncoder(out_dir, name=name, model_key=f"model2vec-{out_dir.name}")
 
@@ -284,13 +292,18 @@ def build_peers(
     cache_root: str | Path | None = None,
     pca_dims: Sequence[int | None] = (256, None),
     students: Sequence[str | Path] = (),
+    show_progress_bar: bool = True,
 ) -> list[Encoder | PeerUnavailable]:
     """The teacher, Model2Vec at each PCA setting (256 is Model2Vec's default; None keeps 384), students."""
     cache_root = Path(cache_root) if cache_root else default_cache_dir()
     peers: list[Encoder | PeerUnavailable] = [try_peer("teacher", "teacher", lambda: TeacherEncoder(teacher_path))]
     for pca in pca_dims:
         name = f"model2vec-pca{pca}" if pca else "model2vec-nopca"
-        peers.append(try_peer(name, "model2vec", lambda pca=pca: model2vec_peer(teacher_path, cache_root, pca)))
+        peers.append(
+            try_peer(
+                name, "model2vec", lambda pca=pca: model2vec_peer(teacher_path, cache_root, pca, show_progress_bar)
+            )
+        )
     for path in students:
         name = "vocabert" if len(students) == 1 else f"vocabert-{Path(path).name}"
         peers.append(try_peer(name, "student", lambda path=path, name=name: StudentEncoder(path, name=name)))
