@@ -28,6 +28,9 @@ from vocabert.artifacts import (
     check_same_tokenizer,
     is_complete,
     read_manifest,
+    write_json,
+    write_npy,
+    write_text,
 )
 from vocabert.cache import EmbeddingCache, default_cache_dir
 from vocabert.corpus import Corpus, build_corpus, load_tokenizer
@@ -275,7 +278,6 @@ def encode_file(
     model: StudentModel, input_path: Path, output_path: Path, batch_size: int = 64, show_progress_bar: bool = True
 ) -> int:
     """Encode every text of a file (TSV, JSONL or lines) into a .npy matrix, rows in file order."""
-    from vocabert.artifacts import write_npy
     from vocabert.corpus import read_texts
 
     texts = [t for _, t in read_texts(input_path)]
@@ -331,8 +333,6 @@ def stage_evaluate(
     size = sum(f.stat().st_size for f in model_dir.iterdir() if f.is_file())
     results["model_size_mb"] = round(size / 2**20, 1)
     table = evaluation_table(results)
-    from vocabert.artifacts import write_json, write_text
-
     write_json(ws.eval_dir / "report.json", results)
     write_text(ws.eval_dir / "report.md", table)
     update_model_card(model_dir, table)
