@@ -132,12 +132,12 @@ class StudentModel:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        bar = tqdm(total=len(texts), desc="encoding", unit="text", disable=not show_progress_bar)
-        for start in range(0, len(texts), batch_size):
+        starts = range(0, len(texts), batch_size)
+        if show_progress_bar:  # even a disabled tqdm costs ~0.1 ms, a tenth of a one-text call
+            starts = tqdm(starts, desc="encoding", unit="batch")
+        for start in starts:
             batch = texts[start : start + batch_size]
             out[start : start + len(batch)] = self.encode_batch(batch)
-            bar.update(len(batch))
-        bar.close()
         return out
 
     def encode_batch(self, texts: list[str], timings: dict[str, float] | None = None) -> np.ndarray:
