@@ -107,9 +107,9 @@ def embed_vocabulary(
             )
             done = int(state["texts_done"])
 
-    total = sum(len(s) for s, _ in teacher_texts(corpus, teacher_share))
-    if total == 0:
-        raise VocabertError("no training texts for the teacher pass (is the held-out fraction or share too high?)")
+    # The bar's total is an estimate from the manifest: counting exactly would read every shard twice.
+    counts_by_source = corpus.manifest["counts"].values()
+    total = round(teacher_share * sum(c["texts"] - c["heldout"] for c in counts_by_source))
     bar = tqdm(total=total, initial=done, desc="embed: teacher pass", unit="text", disable=not show_progress_bar)
     seen, since_checkpoint = 0, 0
     for shard, validation in teacher_texts(corpus, teacher_share):
@@ -145,6 +145,8 @@ def embed_vocabulary(
                 since_checkpoint = 0
     bar.close()
     cache.flush()
+    if seen == 0:
+        raise VocabertError("no training texts for the teacher pass (is the held-out fraction or share too high?)")
 
     vectors = np.zeros((n_entries, dim), dtype=np.float32)
     contextual = counts > 0

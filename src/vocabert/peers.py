@@ -116,7 +116,7 @@ class TeacherEncoder(Encoder):
         self.name, self.kind = name, "teacher"
         self.dim = self.teacher.dim
         self.size_bytes = folder_bytes(self.path)
-        self.model_key = f"teacher-{self.teacher.fingerprint}"
+        self.model_key = self.teacher.cache_key  # shared with the pipeline's cache of training targets
         self.description = f"sentence-transformers {_version('sentence-transformers')}, {self.path}"
 
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
@@ -179,7 +179,7 @@ class StudentEncoder(Encoder):
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        return normalize(self.model.encode(list(texts), batch_size=batch_size))
+        return self.model.encode(list(texts), batch_size=batch_size)  # already L2-normalized
 
 
 # --- Model2Vec distillation -------------------------------------------------------------------
@@ -365,6 +365,7 @@ class BM25Retriever:
 
     name = "bm25"
     kind = "bm25"
+    available = True
 
     def __init__(self, name: str = "bm25"):
         try:

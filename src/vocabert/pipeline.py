@@ -86,9 +86,8 @@ class Workspace:
 
     def teacher_cache(self) -> EmbeddingCache:
         """Teacher sentence embeddings, keyed by teacher fingerprint and text."""
-        return EmbeddingCache(
-            self.cache_dir / "embeddings", f"teacher-{self.provenance['teacher']}", self.teacher().dim
-        )
+        teacher = self.teacher()
+        return EmbeddingCache(self.cache_dir / "embeddings", teacher.cache_key, teacher.dim)
 
 
 def digest(directory: Path, name: str = "manifest.json") -> str:

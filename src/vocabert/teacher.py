@@ -138,6 +138,7 @@ class Teacher:
         self.dim = int(get_dim())
         self.max_length = int(self.model.max_seq_length)
         self.fingerprint = teacher_fingerprint(self.path)
+        self.cache_key = f"teacher-{self.fingerprint}"  # its outputs in the embedding cache
 
     def encode(self, texts: list[str], batch_size: int = 64, show_progress_bar: bool = False) -> np.ndarray:
         """Sentence embeddings exactly as sentence-transformers computes them (float32)."""
