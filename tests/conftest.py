@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vocabert.corpus import default_data_dir
+from vocabert.distill.corpus import default_data_dir
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +41,7 @@ def small_data(data_dir: Path, tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def workspace(small_data, tmp_path_factory):
     """Every stage once on the small slices, with a private teacher cache."""
-    from vocabert import pipeline
+    from vocabert.distill import pipeline
 
     root = tmp_path_factory.mktemp("run")
     ws = pipeline.Workspace(root / "work", None, cache_dir=root / "cache", show_progress_bar=False)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vocabert.bench import SpeedPlan, run_bench
+from vocabert.bench.benchmark import SpeedPlan, run_bench
 
 TINY_SPEED = SpeedPlan(fast_b64=128, fast_b1=16, teacher_b64=16, teacher_b1=4, repeats=1, memory_texts=16)
 

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from vocabert import teacher
 from vocabert.artifacts import (
     MANIFEST,
     VocabertError,
@@ -20,7 +19,9 @@ from vocabert.artifacts import (
     write_json,
     write_manifest,
 )
-from vocabert.corpus import Corpus, build_corpus, hash_fraction, is_heldout, load_shard, read_texts
+from vocabert.distill import teacher
+from vocabert.distill.corpus import Corpus, build_corpus, hash_fraction, is_heldout, load_shard
+from vocabert.readers import read_texts
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +109,7 @@ def test_empty_gz_file_holds_no_texts(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(VocabertError, match="does not exist"):
         list(read_texts(tmp_path / "nope.tsv"))
-    with pytest.raises(VocabertError, match="does not exist"):
+    with pytest.raises(VocabertError, match="is a directory, not a file"):
         list(read_texts(tmp_path))  # a directory is not an input file
 
 

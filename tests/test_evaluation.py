@@ -9,7 +9,7 @@ import pytest
 from scipy.stats import spearmanr
 
 from vocabert.artifacts import VocabertError
-from vocabert.evaluation import (
+from vocabert.bench.metrics import (
     RetrievalTask,
     average_ranks,
     dl19_task,

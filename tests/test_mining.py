@@ -10,11 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vocabert import teacher
 from vocabert.artifacts import VocabertError
-from vocabert.corpus import Corpus, build_corpus, load_tokenizer
-from vocabert.matching import PAD, WILDCARD
-from vocabert.mining import (
+from vocabert.distill import teacher
+from vocabert.distill.corpus import Corpus, build_corpus
+from vocabert.distill.mining import (
     KIND_NGRAM,
     KIND_SKIPGRAM,
     KIND_TOKEN,
@@ -26,6 +25,8 @@ from vocabert.mining import (
     mine_vocabulary,
     run_mining,
 )
+from vocabert.matching import PAD, WILDCARD
+from vocabert.tokenizer import load_tokenizer
 
 SETTINGS = {"max_ngram": 4, "max_gap": 2, "min_count": 3, "min_npmi": 0.1, "min_dispersion": 0.5}
 

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from vocabert import peers, report, speed
 from vocabert.artifacts import VocabertError
+from vocabert.bench import peers, report, speed
 from vocabert.model import normalize
 
 
@@ -59,7 +59,7 @@ def fake_results(seed: int = 0) -> dict:
         "bm25": {"kind": "bm25", "error": None, "retrieval": {"dl19": {"ndcg@10": 0.48, "mrr@10": 0.68}}},
         "broken": {"kind": "model2vec", "error": "ImportError: No module named 'skeletoken'"},
     }
-    # As vocabert.evaluation.fidelity returns it (no raw cosines): read through its own key names.
+    # As vocabert.bench.metrics.fidelity returns it (no raw cosines): read through its own key names.
     models["teacher"]["fidelity"] = {"passages": {"cosine_mean": 1.0, "cosine_p5": 1.0, "n": 2000}}
     models["vocabert"]["breakdown"] = {
         "lookup only": {"passages cos mean": 0.84, "texts/s": 60_000.0},
@@ -281,9 +281,10 @@ def test_teacher_encoder_and_cache(tmp_path):
 
 def _tiny_student(path):
     """An untrained student over the teacher's wordpieces (random vectors), saved like a real one."""
+    from vocabert.distill.teacher import tokenizer_json
     from vocabert.model import StudentModel, WeightedMean
     from vocabert.store import VocabularyStore
-    from vocabert.teacher import tokenizer_fingerprint, tokenizer_json
+    from vocabert.tokenizer import tokenizer_fingerprint
 
     tok = tokenizer_json(peers.resolve_teacher_path(None))
     vocab, dim = 30522, 384

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 import vocabert
-from vocabert import pipeline
 from vocabert.artifacts import VocabertError
 from vocabert.cli import main
+from vocabert.distill import pipeline
 
 # ------------------------------------------------------------------------------------- model API
 
@@ -31,7 +31,7 @@ def test_encode_shape_dtype_and_norm(model):
 
 
 def test_student_is_close_to_teacher_on_heldout(workspace, model):
-    from vocabert.evaluation import fidelity
+    from vocabert.bench.metrics import fidelity
 
     texts = pipeline.open_corpus(workspace).texts("heldout", "passages")
     assert len(texts) >= 20
@@ -119,7 +119,7 @@ def test_teacher_forward_matches_encode(workspace):
 
 
 def test_teacher_cache_is_used(workspace, tmp_path):
-    from vocabert.cache import EmbeddingCache
+    from vocabert.distill.cache import EmbeddingCache
 
     calls = []
 
@@ -161,7 +161,7 @@ def test_artifacts_record_provenance(workspace):
 @pytest.fixture
 def other_teacher(tmp_path) -> Path:
     """A teacher folder whose tokenizer differs (two vocabulary entries swapped)."""
-    from vocabert.teacher import resolve_teacher_path
+    from vocabert.distill.teacher import resolve_teacher_path
 
     src = resolve_teacher_path(None)
     dst = tmp_path / "other-teacher"
@@ -209,7 +209,7 @@ def test_model_with_truncated_safetensors(model, tmp_path, name):
 
 def test_interrupted_teacher_pass_resumes(workspace, tmp_path):
     """An embed pass stopped after its first checkpoint continues from there and gives the same store."""
-    from vocabert.embedding import embed_vocabulary
+    from vocabert.distill.embedding import embed_vocabulary
     from vocabert.store import VocabularyStore
 
     corpus, vocab = pipeline.open_corpus(workspace), pipeline.open_vocabulary(workspace)

@@ -14,7 +14,7 @@ DEFAULT_WORKDIR = Path("runs") / "minilm-msmarco"
 
 
 def _workspace(args: argparse.Namespace):
-    from vocabert.pipeline import Workspace
+    from vocabert.distill.pipeline import Workspace
 
     kwargs = {"show_progress_bar": not args.no_progress}
     if args.cache_dir:
@@ -23,7 +23,7 @@ def _workspace(args: argparse.Namespace):
 
 
 def _sources(args: argparse.Namespace) -> dict[str, Path]:
-    from vocabert.corpus import default_sources
+    from vocabert.distill.corpus import default_sources
 
     if args.passages:
         sources = {"passages": Path(args.passages)}
@@ -60,37 +60,37 @@ def _train_settings(args: argparse.Namespace) -> dict:
 
 
 def cmd_corpus(args: argparse.Namespace) -> None:
-    from vocabert.pipeline import stage_corpus
+    from vocabert.distill.pipeline import stage_corpus
 
     stage_corpus(_workspace(args), _sources(args), args.heldout, force=args.force)
 
 
 def cmd_mine(args: argparse.Namespace) -> None:
-    from vocabert.pipeline import stage_mine
+    from vocabert.distill.pipeline import stage_mine
 
     stage_mine(_workspace(args), _mine_settings(args), force=args.force)
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
-    from vocabert.pipeline import stage_embed
+    from vocabert.distill.pipeline import stage_embed
 
     stage_embed(_workspace(args), args.teacher_share, args.dtype, force=args.force)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from vocabert.pipeline import stage_train
+    from vocabert.distill.pipeline import stage_train
 
     stage_train(_workspace(args), _train_settings(args), force=args.force)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from vocabert.pipeline import stage_evaluate
+    from vocabert.distill.pipeline import stage_evaluate
 
     stage_evaluate(_workspace(args), Path(args.model) if args.model else None, max_texts=args.max_eval_texts)
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from vocabert.bench import SpeedPlan, run_bench
+    from vocabert.bench.benchmark import SpeedPlan, run_bench
 
     ws = _workspace(args)
     model_dir = Path(args.model) if args.model else ws.model_dir
@@ -112,7 +112,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 def cmd_encode(args: argparse.Namespace) -> None:
     import vocabert
-    from vocabert.pipeline import encode_file, log
+    from vocabert.distill.pipeline import encode_file, log
 
     model = vocabert.load(args.model)
     n = encode_file(model, Path(args.input), Path(args.output), args.batch_size, not args.no_progress)
@@ -122,7 +122,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
 def cmd_run(args: argparse.Namespace) -> None:
     import time
 
-    from vocabert import pipeline
+    from vocabert.distill import pipeline
 
     ws = _workspace(args)
     times = {}

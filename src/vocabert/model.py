@@ -26,10 +26,9 @@ from threadpoolctl import ThreadpoolController
 from tqdm.auto import tqdm
 
 from vocabert.artifacts import VocabertError, read_json, write_json, write_text
-from vocabert.corpus import encode_ids, load_tokenizer
 from vocabert.matching import EntryIndex, Matches
 from vocabert.store import VocabularyStore, load_safetensors, save_safetensors
-from vocabert.teacher import tokenizer_fingerprint
+from vocabert.tokenizer import encode_ids, load_tokenizer, tokenizer_fingerprint
 
 MODEL_FILES = ("config.json", "tokenizer.json", "embeddings.safetensors", "student.safetensors")
 

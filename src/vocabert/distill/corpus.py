@@ -8,9 +8,7 @@ they came from, and whether they are held out from training.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 import json
 import os
 import zipfile
@@ -19,16 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
 from vocabert.artifacts import (
     VocabertError,
     atomic_write,
-    check_same_tokenizer,
     read_manifest,
     write_manifest,
 )
+from vocabert.readers import read_texts, require_file
+from vocabert.tokenizer import encode_ids, load_tokenizer
 
 MSMARCO_HINT = (
     "MS MARCO passages are at https://microsoft.github.io/msmarco/ (collection.tsv: pid<TAB>passage); "
@@ -44,7 +42,7 @@ def default_data_dir() -> Path | None:
     env = os.environ.get("VOCABERT_DATA")
     if env:
         return Path(env)
-    candidates = [Path(__file__).resolve().parents[3] / "shared" / "data", Path.cwd().parent / "shared" / "data"]
+    candidates = [Path(__file__).resolve().parents[4] / "shared" / "data", Path.cwd().parent / "shared" / "data"]
     candidates.append(Path.cwd() / "shared" / "data")
     return next((c for c in candidates if c.is_dir()), None)
 
@@ -64,54 +62,6 @@ def default_sources(data_dir: str | Path | None = None) -> dict[str, Path]:
     return sources
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
-    # Invalid UTF-8 becomes U+FFFD: a defined text rather than a crash halfway through a corpus.
-    # utf-8-sig: a byte-order mark at the start of a file is not part of the first text.
-    return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="\n")
-
-
-def require_file(path: str | Path) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise VocabertError(f"input file {path} does not exist. {MSMARCO_HINT}")
-    return path
-
-
-def read_texts(path: str | Path) -> Iterator[tuple[str, str]]:
-    """Stream ``(id, text)`` pairs from TSV (``id<TAB>text``), JSONL (``text`` field) or plain text."""
-    path = require_file(path)
-    name = path.name.removesuffix(".gz")
-    fmt = "jsonl" if name.endswith((".jsonl", ".json")) else "tsv" if name.endswith(".tsv") else "lines"
-    n = 0
-    with _open_text(path) as f:
-        try:
-            for lineno, line in enumerate(f, 1):
-                line = line.rstrip("\r\n")
-                if not line.strip():
-                    continue
-                if fmt == "tsv":
-                    parts = line.split("\t")
-                    if len(parts) < 2:
-                        raise VocabertError(f"{path}:{lineno}: expected 'id<TAB>text', found no tab")
-                    yield parts[0], parts[1]
-                elif fmt == "jsonl":
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise VocabertError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-                    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                        raise VocabertError(f"{path}:{lineno}: expected a JSON object with a 'text' string")
-                    yield str(record.get("_id", record.get("id", lineno))), record["text"]
-                else:
-                    yield str(lineno), line
-                n += 1
-        except (EOFError, OSError, gzip.BadGzipFile) as e:
-            raise VocabertError(f"{path}: cannot be read to the end ({e}); is it truncated?") from None
-    if n == 0:
-        raise VocabertError(f"input file {path} holds no texts")
-
-
 def hash_fraction(key: str, salt: str = "") -> float:
     """A number in [0, 1) fixed by ``key``: splits by it stay put when the corpus grows."""
     digest = hashlib.blake2b((salt + key).encode("utf-8", "surrogatepass"), digest_size=8).digest()
@@ -121,27 +71,6 @@ def hash_fraction(key: str, salt: str = "") -> float:
 def is_heldout(text_key: str, fraction: float) -> bool:
     """Held-out texts never reach training; ``text_key`` is ``source:id``."""
     return hash_fraction(text_key) < fraction
-
-
-# ------------------------------------------------------------------------------------------ tokenizer
-
-
-def load_tokenizer(tokenizer_text: str, max_length: int) -> Tokenizer:
-    """The teacher's tokenizer as sentence-transformers applies it: special tokens, truncation, no padding."""
-    tokenizer = Tokenizer.from_str(tokenizer_text)
-    tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length=max_length)
-    return tokenizer
-
-
-def encode_ids(tokenizer: Tokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids of ``texts`` flattened into one array, with ``offsets`` (len(texts) + 1)."""
-    encodings = tokenizer.encode_batch_fast(texts)  # no character offsets: we only need ids
-    lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
-    offsets = np.zeros(len(texts) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    ids = np.concatenate([np.asarray(e.ids, dtype=np.int64) for e in encodings]) if encodings else np.zeros(0, np.int64)
-    return ids, offsets
 
 
 # --------------------------------------------------------------------------------------------- shards
@@ -281,6 +210,9 @@ def build_corpus(
 ) -> Corpus:
     """Tokenize every source into shards in ``out_dir``; resumes after the last finished shard."""
     out_dir = Path(out_dir)
+    for p in sources.values():
+        if not Path(p).exists():
+            raise VocabertError(f"input file {p} does not exist. {MSMARCO_HINT}")
     sources = {name: require_file(p) for name, p in sources.items()}
     stamps = {name: [p.stat().st_size, p.stat().st_mtime_ns] for name, p in sources.items()}
     settings = {
@@ -353,7 +285,3 @@ def build_corpus(
         out_dir, "corpus", provenance, settings, sources=names, shards=shard_names, counts=counts, vocab_size=vocab_size
     )
     return Corpus(out_dir)
-
-
-def check_corpus(corpus: Corpus, provenance: dict) -> None:
-    check_same_tokenizer(provenance, corpus.provenance, f"corpus {corpus.dir}")

@@ -19,12 +19,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from vocabert.artifacts import VocabertError, load_npy, write_json, write_manifest, write_npy
-from vocabert.cache import EmbeddingCache
-from vocabert.corpus import Corpus, Shard, hash_fraction
+from vocabert.distill.cache import EmbeddingCache
+from vocabert.distill.corpus import Corpus, Shard, hash_fraction
+from vocabert.distill.mining import Vocabulary
+from vocabert.distill.teacher import Teacher
 from vocabert.matching import PAD, EntryIndex, Matches
-from vocabert.mining import Vocabulary
 from vocabert.store import VocabularyStore
-from vocabert.teacher import Teacher
 
 VALIDATION_SHARE = 0.05
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from vocabert.artifacts import VocabertError, sha256_file
+from vocabert.tokenizer import tokenizer_fingerprint
 
 # Files whose content decides what the teacher computes. Weights are hashed in full.
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -74,14 +75,6 @@ def tokenizer_json(path: Path) -> str:
     if not getattr(tok, "is_fast", False):
         raise VocabertError(f"teacher folder {path}: no fast tokenizer can be built")
     return tok.backend_tokenizer.to_str()
-
-
-def tokenizer_fingerprint(tokenizer_text: str) -> str:
-    """Hash of what decides token ids (vocabulary, normalizer, ...), not of padding or truncation settings."""
-    spec = json.loads(tokenizer_text)
-    spec.pop("truncation", None)
-    spec.pop("padding", None)
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @functools.lru_cache(maxsize=8)

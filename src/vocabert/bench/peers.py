@@ -6,7 +6,7 @@ its own small class. A peer that cannot be built comes back as :class:`PeerUnava
 reason, so one broken library never takes the whole bench down and is never silently dropped.
 
 ``load_seconds`` is the in-process load time and leaves out importing the library (torch alone takes
-seconds); :func:`vocabert.speed.measure_memory` times a cold start, imports included, in a fresh process.
+seconds); :func:`vocabert.bench.speed.measure_memory` times a cold start, imports included, in a fresh process.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from vocabert.artifacts import VocabertError, read_json, sha256_file, write_json
-from vocabert.cache import EmbeddingCache, default_cache_dir
+from vocabert.distill.cache import EmbeddingCache, default_cache_dir
+from vocabert.distill.teacher import resolve_teacher_path, teacher_fingerprint
 from vocabert.model import normalize
-from vocabert.teacher import resolve_teacher_path, teacher_fingerprint
 
 # Written last into a distilled Model2Vec folder: the folder is reused only when it names the same inputs.
 M2V_MARKER = "vocabert-distill.json"
@@ -82,7 +82,7 @@ class Encoder:
         raise NotImplementedError
 
     def spec(self) -> dict:
-        """How a fresh process loads this model again (for :func:`vocabert.speed.measure_memory`)."""
+        """How a fresh process loads this model again (for :func:`vocabert.bench.speed.measure_memory`)."""
         return {"kind": self.kind, "path": str(self.path)}
 
     def __repr__(self) -> str:
@@ -103,7 +103,7 @@ class TeacherEncoder(Encoder):
     """The sentence-transformers teacher (all-MiniLM-L6-v2 by default)."""
 
     def __init__(self, path: str | Path | None = None, name: str = "teacher", device: str = "cpu"):
-        from vocabert.teacher import Teacher
+        from vocabert.distill.teacher import Teacher
 
         self.path = resolve_teacher_path(path)
         try:
@@ -317,7 +317,7 @@ class CachedEncoder(Encoder):
     """An encoder whose outputs go through the on-disk :class:`EmbeddingCache`.
 
     For QUALITY evaluation only: a cache hit costs nothing, so never time this wrapper. Speed is
-    measured on ``.uncached`` (the raw encoder); :func:`vocabert.speed.measure_throughput` refuses this class.
+    measured on ``.uncached`` (the raw encoder); :func:`vocabert.bench.speed.measure_throughput` refuses this class.
     """
 
     def __init__(self, encoder: Encoder, cache_root: str | Path):

@@ -21,7 +21,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vocabert import teacher as teacher_lib
 from vocabert.artifacts import (
     VocabertError,
     check_same_teacher,
@@ -32,11 +31,13 @@ from vocabert.artifacts import (
     write_npy,
     write_text,
 )
-from vocabert.cache import EmbeddingCache, default_cache_dir
-from vocabert.corpus import Corpus, build_corpus, load_tokenizer
-from vocabert.mining import Vocabulary, load_vocabulary, run_mining
+from vocabert.distill import teacher as teacher_lib
+from vocabert.distill.cache import EmbeddingCache, default_cache_dir
+from vocabert.distill.corpus import Corpus, build_corpus
+from vocabert.distill.mining import Vocabulary, load_vocabulary, run_mining
 from vocabert.model import StudentModel
 from vocabert.store import VocabularyStore
+from vocabert.tokenizer import load_tokenizer
 
 
 def log(message: str) -> None:
@@ -170,7 +171,7 @@ def open_vocabulary(ws: Workspace) -> Vocabulary:
 def stage_embed(
     ws: Workspace, teacher_share: float = 0.5, dtype: str = "float16", force: bool = False
 ) -> VocabularyStore:
-    from vocabert.embedding import embed_vocabulary
+    from vocabert.distill.embedding import embed_vocabulary
 
     corpus = open_corpus(ws)
     vocab = open_vocabulary(ws)
@@ -212,7 +213,7 @@ def open_store(ws: Workspace) -> tuple[VocabularyStore, dict]:
 
 
 def stage_train(ws: Workspace, settings: dict, force: bool = False) -> StudentModel:
-    from vocabert.training import train_student, training_data
+    from vocabert.distill.training import train_student, training_data
 
     corpus = open_corpus(ws)
     store, store_manifest = open_store(ws)
@@ -277,7 +278,7 @@ def encode_file(
     model: StudentModel, input_path: Path, output_path: Path, batch_size: int = 64, show_progress_bar: bool = True
 ) -> int:
     """Encode every text of a file (TSV, JSONL or lines) into a .npy matrix, rows in file order."""
-    from vocabert.corpus import read_texts
+    from vocabert.readers import read_texts
 
     texts = [t for _, t in read_texts(input_path)]
     vectors = model.encode(texts, batch_size=batch_size, show_progress_bar=show_progress_bar)
@@ -293,9 +294,9 @@ def stage_evaluate(
     teacher_speed_texts: int = 256,
 ) -> dict:
     """Fidelity on held-out passages and queries, and speed of student and teacher in the same run."""
-    from vocabert.evaluation import fidelity
-    from vocabert.report import update_model_card
-    from vocabert.speed import measure_throughput
+    from vocabert.bench.metrics import fidelity
+    from vocabert.bench.report import update_model_card
+    from vocabert.bench.speed import measure_throughput
 
     model_dir = Path(model_dir) if model_dir else ws.model_dir
     model = StudentModel.load(model_dir)

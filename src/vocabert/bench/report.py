@@ -15,16 +15,16 @@ and anything missing prints as "—"::
           "kind": "teacher" | "student" | "model2vec" | "bm25",
           "description": "library, version, settings",
           "error": None,                              # or the reason the peer is unavailable
-          "fidelity": {       # cosine of each text's vector to the teacher's: vocabert.evaluation.fidelity
+          "fidelity": {       # cosine of each text's vector to the teacher's: vocabert.bench.metrics.fidelity
             "passages": {"cosine_mean": .., "cosine_p5": .., "n": .., "cosines": [per-text cosines]},
             "queries": {...},  # "mean"/"p5" are read too
           },
           "sts": {"spearman": .., "n": ..},
           "retrieval": {"dl19": {"ndcg@10": .., "mrr@10": .., "recall@100": .., "n_queries": ..}},
-          "speed": {                                  # vocabert.speed.measure_throughput dicts
+          "speed": {                                  # vocabert.bench.speed.measure_throughput dicts
             "passages_b64": {"texts_per_s": .., ...}, "passages_b1": .., "queries_b64": .., "queries_b1": ..,
           },
-          "memory": {...},                            # vocabert.speed.measure_memory dict
+          "memory": {...},                            # vocabert.bench.speed.measure_memory dict
           "size_bytes": .., "load_seconds": ..,
           "breakdown": None or {"<row>": {"<column>": value}},   # e.g. the student's ablations
         },

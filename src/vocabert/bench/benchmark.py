@@ -22,7 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from vocabert.artifacts import VocabertError
-from vocabert.evaluation import (
+from vocabert.bench.metrics import (
     RetrievalTask,
     dl19_task,
     evaluate_ranking,
@@ -36,10 +36,10 @@ from vocabert.evaluation import (
     read_queries,
     read_sts,
 )
-from vocabert.peers import BM25Retriever, Encoder, PeerUnavailable, build_peers, cached, try_peer
-from vocabert.pipeline import Workspace, log, open_corpus
-from vocabert.report import markdown_table, update_model_card, write_report
-from vocabert.speed import measure_memory, measure_throughput
+from vocabert.bench.peers import BM25Retriever, Encoder, PeerUnavailable, build_peers, cached, try_peer
+from vocabert.bench.report import markdown_table, update_model_card, write_report
+from vocabert.bench.speed import measure_memory, measure_throughput
+from vocabert.distill.pipeline import Workspace, log, open_corpus
 
 
 @dataclass
@@ -73,7 +73,7 @@ def run_bench(
     seed: int = 0,
 ) -> dict:
     """Measure everything, write bench.json / bench.md / plots into ``out_dir`` and the model card."""
-    from vocabert.corpus import default_data_dir
+    from vocabert.distill.corpus import default_data_dir
 
     started = time.perf_counter()
     speed = speed or SpeedPlan()

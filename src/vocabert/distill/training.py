@@ -14,9 +14,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from vocabert.artifacts import VocabertError
-from vocabert.cache import EmbeddingCache
-from vocabert.corpus import Corpus
-from vocabert.embedding import teacher_texts
+from vocabert.distill.cache import EmbeddingCache
+from vocabert.distill.corpus import Corpus
+from vocabert.distill.embedding import teacher_texts
 from vocabert.matching import EntryIndex
 from vocabert.model import WeightedMean
 from vocabert.store import VocabularyStore

@@ -34,7 +34,7 @@ def measure_throughput(
     One warm-up call on a small slice first (lazy init, allocator, caches), then ``repeats`` timed
     runs over all ``texts``. The median is robust to a noisy shared machine; all runs are kept.
     """
-    from vocabert.peers import CachedEncoder
+    from vocabert.bench.peers import CachedEncoder
 
     if isinstance(getattr(encode_fn, "__self__", None), CachedEncoder):
         raise VocabertError("speed must be measured on the raw encoder: pass encoder.uncached.encode")

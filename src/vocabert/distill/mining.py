@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from vocabert.artifacts import VocabertError, read_manifest, write_manifest, write_text
-from vocabert.corpus import Corpus
+from vocabert.distill.corpus import Corpus
 from vocabert.matching import PAD, WILDCARD, pattern_keys, pattern_span, window_keys
 from vocabert.store import load_safetensors, save_safetensors
 

@@ -1,0 +1,1 @@
+"""How good and how fast a model is, next to the teacher and its peers (``vocabert bench``)."""
