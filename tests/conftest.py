@@ -9,6 +9,12 @@ from pathlib import Path
 import pytest
 
 from vocabert.distill.corpus import default_data_dir
+from vocabert.distill.mining import MineSettings
+from vocabert.distill.training import TrainSettings
+
+# The settings of the small pipeline run every integration test shares.
+SMALL_MINE = MineSettings(budget=8000, min_count=3)
+SMALL_TRAIN = TrainSettings(epochs=3, batch_size=128)
 
 
 @pytest.fixture(scope="session")
@@ -41,14 +47,11 @@ def small_data(data_dir: Path, tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def workspace(small_data, tmp_path_factory):
     """Every stage once on the small slices, with a private teacher cache."""
-    from vocabert.distill import pipeline
+    from vocabert.distill.pipeline import Workspace, build_model
 
     root = tmp_path_factory.mktemp("run")
-    ws = pipeline.Workspace(root / "work", None, cache_dir=root / "cache", show_progress_bar=False)
-    pipeline.stage_corpus(ws, small_data)
-    pipeline.stage_mine(ws, {"budget": 8000, "max_ngram": 4, "max_gap": 2, "min_count": 3, "min_npmi": 0.1})
-    pipeline.stage_embed(ws)
-    pipeline.stage_train(ws, {"epochs": 3, "lr": 3e-3, "batch_size": 128, "loss": "cosine", "seed": 0})
+    ws = Workspace(root / "work", None, cache_dir=root / "cache", show_progress_bar=False)
+    build_model(ws, small_data, mine=SMALL_MINE, train=SMALL_TRAIN)
     return ws
 
 

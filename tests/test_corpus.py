@@ -10,17 +10,10 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from vocabert.artifacts import (
-    MANIFEST,
-    VocabertError,
-    atomic_write,
-    is_complete,
-    read_manifest,
-    write_json,
-    write_manifest,
-)
+from vocabert.artifacts import VocabertError, atomic_write
 from vocabert.distill import teacher
 from vocabert.distill.corpus import Corpus, build_corpus, hash_fraction, is_heldout, load_shard
+from vocabert.distill.workspace import MANIFEST, read_manifest
 from vocabert.readers import read_texts
 
 
@@ -237,9 +230,9 @@ def test_build_corpus(tmp_path, sources, tok):
     assert manifest == corpus.manifest
     assert manifest["sources"] == ["passages", "queries"]
     assert manifest["vocab_size"] == 30522
-    assert manifest["provenance"] == tok["prov"]
+    assert manifest["key"]["provenance"] == tok["prov"]
     assert len(manifest["shards"]) == 3  # 15 texts in shards of 5
-    assert manifest["settings"]["max_length"] == max_length
+    assert manifest["key"]["settings"]["max_length"] == max_length
 
     reopened = Corpus(out)
     shards = list(reopened.shards())
@@ -352,7 +345,7 @@ def test_changed_settings_rebuild(tmp_path, sources, tok):
     out = tmp_path / "corpus"
     build_corpus(sources, out, tok["prov"], tok["text"], 64, heldout_fraction=0.0, show_progress_bar=False)
     corpus = build_corpus(sources, out, tok["prov"], tok["text"], 16, heldout_fraction=0.0, show_progress_bar=False)
-    assert corpus.manifest["settings"]["max_length"] == 16
+    assert corpus.manifest["key"]["settings"]["max_length"] == 16
     assert max(np.diff(s.offsets).max() for s in corpus.shards()) == 16
 
 
@@ -437,28 +430,3 @@ def test_atomic_write_interrupt_leaves_nothing(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         atomic_write(target, interrupted)
     assert list(tmp_path.iterdir()) == []
-
-
-def test_manifest_round_trip(tmp_path):
-    prov = {"tokenizer": "t1", "teacher": "m1"}
-    write_manifest(tmp_path, "corpus", prov, {"a": 1}, extra_field=[1, 2])
-    m = read_manifest(tmp_path, "corpus")
-    assert m["artifact"] == "corpus" and m["provenance"] == prov and m["settings"] == {"a": 1}
-    assert m["extra_field"] == [1, 2]
-    assert is_complete(tmp_path, "corpus", prov, {"a": 1})
-    assert not is_complete(tmp_path, "corpus", prov, {"a": 2})
-    assert not is_complete(tmp_path, "corpus", {**prov, "teacher": "m2"}, {"a": 1})
-    with pytest.raises(VocabertError, match="expected 'vocabulary'"):
-        read_manifest(tmp_path, "vocabulary")
-
-
-def test_read_manifest_errors(tmp_path):
-    with pytest.raises(VocabertError, match="interrupted"):
-        read_manifest(tmp_path, "corpus")
-    with pytest.raises(VocabertError, match="does not exist"):
-        read_manifest(tmp_path / "nowhere", "corpus")
-    (tmp_path / MANIFEST).write_text("{half")
-    with pytest.raises(VocabertError, match="not valid JSON"):
-        read_manifest(tmp_path, "corpus")
-    write_json(tmp_path / MANIFEST, {"artifact": "corpus"})
-    assert read_manifest(tmp_path, "corpus") == {"artifact": "corpus"}

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +20,15 @@ from vocabert.distill.mining import (
     KIND_SKIPGRAM,
     KIND_TOKEN,
     KeyCounter,
+    MineSettings,
     Vocabulary,
     describe,
     listing,
-    load_vocabulary,
     mine_vocabulary,
+    open_vocabulary,
     run_mining,
 )
+from vocabert.distill.workspace import Workspace
 from vocabert.matching import PAD, WILDCARD
 from vocabert.tokenizer import load_tokenizer
 
@@ -377,35 +381,45 @@ def test_listing(full, tok):
         assert int(fields[2]) == c
 
 
+def _workspace(tmp_path, corpus) -> Workspace:
+    ws = Workspace(tmp_path / "work", None, cache_dir=tmp_path / "cache", show_progress_bar=False)
+    shutil.copytree(corpus.dir, ws.corpus_dir)
+    return ws
+
+
 def test_run_mining_and_load(tmp_path, corpus, full, tok):
-    settings = dict(SETTINGS, budget=100_000, inputs={"corpus": "abc"})
-    out = tmp_path / "vocab"
-    vocab = run_mining(corpus, out, settings, tok["tokens"], tok["specials"], show_progress_bar=False)
+    ws = _workspace(tmp_path, corpus)
+    settings = MineSettings(budget=100_000, **SETTINGS)
+    vocab = run_mining(ws, settings)
+    out = ws.vocab_dir
     assert {p.name for p in out.iterdir()} == {"vocabulary.safetensors", "vocabulary.tsv", "manifest.json"}
-    loaded, manifest = load_vocabulary(out)
+    loaded, manifest = open_vocabulary(ws)
     for name in ("patterns", "kind", "count", "npmi", "score"):
         a, b = getattr(loaded, name), getattr(vocab, name)
         assert a.dtype == b.dtype and np.array_equal(a, b, equal_nan=name == "npmi"), name
         assert np.array_equal(a, getattr(full, name), equal_nan=name == "npmi"), name
     assert manifest["artifact"] == "vocabulary"
-    assert manifest["settings"] == settings
-    assert manifest["provenance"] == corpus.provenance
+    assert manifest["key"]["settings"] == asdict(settings)
+    assert manifest["key"]["provenance"] == corpus.provenance
     assert manifest["entries"] == len(vocab)
     summary = manifest["summary"]
     assert summary["token"] + summary["ngram"] + summary["skipgram"] == len(vocab)
     assert summary["skipgram"] == int((vocab.kind == KIND_SKIPGRAM).sum())
     assert sum(summary["by_span"].values()) == len(vocab)
     assert (out / "vocabulary.tsv").read_text(encoding="utf-8") == listing(vocab, tok["tokens"])
-    # Rerunning overwrites in place.
-    run_mining(corpus, out, dict(settings, budget=50), tok["tokens"], tok["specials"], show_progress_bar=False)
-    assert len(load_vocabulary(out)[0]) == 50
+    # Same settings: skipped (the files stay as they are); other settings: mined again in place.
+    stamp = (out / "vocabulary.safetensors").stat().st_mtime_ns
+    run_mining(ws, settings)
+    assert (out / "vocabulary.safetensors").stat().st_mtime_ns == stamp
+    run_mining(ws, MineSettings(budget=50, **SETTINGS))
+    assert len(open_vocabulary(ws)[0]) == 50
 
 
-def test_load_vocabulary_errors(tmp_path, corpus, tok):
-    with pytest.raises(VocabertError, match="interrupted"):
-        load_vocabulary(tmp_path)
-    out = tmp_path / "v"
-    run_mining(corpus, out, dict(SETTINGS, budget=30), tok["tokens"], tok["specials"], show_progress_bar=False)
-    (out / "vocabulary.safetensors").unlink()
+def test_open_vocabulary_errors(tmp_path, corpus, tok):
+    ws = _workspace(tmp_path, corpus)
+    with pytest.raises(VocabertError, match="does not exist"):
+        open_vocabulary(ws)
+    run_mining(ws, MineSettings(budget=30, **SETTINGS))
+    (ws.vocab_dir / "vocabulary.safetensors").unlink()
     with pytest.raises(VocabertError, match="missing"):
-        load_vocabulary(out)
+        open_vocabulary(ws)

@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SMALL_MINE, SMALL_TRAIN
 
 import vocabert
 from vocabert.artifacts import VocabertError
 from vocabert.cli import main
 from vocabert.distill import pipeline
+from vocabert.distill.corpus import CorpusSettings, run_corpus
+from vocabert.distill.embedding import EmbedSettings, open_teacher_pass, run_embedding, teacher_texts
+from vocabert.distill.mining import run_mining
+from vocabert.distill.pipeline import Workspace, build_model
+from vocabert.distill.training import run_training
 
 # ------------------------------------------------------------------------------------- model API
 
@@ -138,24 +147,46 @@ def test_teacher_cache_is_used(workspace, tmp_path):
 # ---------------------------------------------------------------------------------------- stages
 
 
-def test_finished_stages_are_not_redone(workspace, capsys):
-    before = (workspace.model_dir / "student.safetensors").stat().st_mtime_ns
-    pipeline.stage_mine(workspace, {"budget": 8000, "max_ngram": 4, "max_gap": 2, "min_count": 3, "min_npmi": 0.1})
-    pipeline.stage_embed(workspace)
-    pipeline.stage_train(workspace, {"epochs": 3, "lr": 3e-3, "batch_size": 128, "loss": "cosine", "seed": 0})
+def test_finished_stages_are_not_redone(workspace, small_data, capsys):
+    before = (workspace.model_dir / "config.json").stat().st_mtime_ns
+    build_model(workspace, small_data, mine=SMALL_MINE, train=SMALL_TRAIN)
     out = capsys.readouterr().out
-    assert out.count("is up to date") == 3
-    assert (workspace.model_dir / "student.safetensors").stat().st_mtime_ns == before
+    # mine, the teacher pass, the store and train (corpus is quiet when current)
+    assert out.count("is up to date") == 4, out
+    assert (workspace.model_dir / "config.json").stat().st_mtime_ns == before
 
 
 def test_artifacts_record_provenance(workspace):
     prov = workspace.provenance
-    for directory in (workspace.corpus_dir, workspace.vocab_dir, workspace.store_dir):
+    dirs = (workspace.corpus_dir, workspace.vocab_dir, workspace.teacher_dir, workspace.store_dir, workspace.model_dir)
+    for directory in dirs:
         manifest = json.loads((directory / "manifest.json").read_text())
-        assert manifest["provenance"]["tokenizer"] == prov["tokenizer"]
-        assert manifest["provenance"]["teacher"] == prov["teacher"]
+        assert manifest["key"]["provenance"]["tokenizer"] == prov["tokenizer"], directory
+        assert manifest["key"]["provenance"]["teacher"] == prov["teacher"], directory
     config = json.loads((workspace.model_dir / "config.json").read_text())
     assert config["provenance"] == prov
+
+
+def test_training_reads_only_the_work_directory(workspace, tmp_path):
+    """Targets live in the work directory: an empty user cache does not stop training."""
+    ws = Workspace(tmp_path / "copy", None, cache_dir=tmp_path / "empty-cache", show_progress_bar=False)
+    shutil.copytree(workspace.root, ws.root)
+    run_training(ws, SMALL_TRAIN, force=True)
+    assert not (tmp_path / "empty-cache").exists()
+    assert vocabert.load(ws.model_dir).encode(["a query"]).shape == (1, 384)
+
+
+def test_teacher_pass_matches_the_teacher(workspace):
+    passed = open_teacher_pass(workspace)
+    corpus = pipeline.open_corpus(workspace)
+    texts = [t for shard, _ in teacher_texts(corpus, EmbedSettings().teacher_share) for t in shard.texts]
+    assert len(passed) == len(texts) and sorted(passed.text_index.tolist()) == list(range(len(texts)))
+    sample = np.arange(0, len(texts), 37)
+    row_of = np.argsort(passed.text_index)
+    expected = workspace.teacher().encode([texts[i] for i in sample])
+    np.testing.assert_allclose(np.asarray(passed.targets[row_of[sample]]), expected, atol=1e-4)
+    tokens = passed.token_offsets[row_of[sample] + 1] - passed.token_offsets[row_of[sample]]
+    assert tokens.tolist() == [len(workspace.teacher().model.tokenize([texts[i]])["input_ids"][0]) for i in sample]
 
 
 @pytest.fixture
@@ -175,9 +206,9 @@ def other_teacher(tmp_path) -> Path:
 
 
 def test_stage_refuses_vocabulary_of_another_tokenizer(workspace, other_teacher, tmp_path):
-    ws = pipeline.Workspace(workspace.root, other_teacher, cache_dir=tmp_path / "cache", show_progress_bar=False)
+    ws = Workspace(workspace.root, other_teacher, cache_dir=tmp_path / "cache", show_progress_bar=False)
     with pytest.raises(VocabertError) as e:
-        pipeline.stage_embed(ws)
+        run_embedding(ws, EmbedSettings())
     message = str(e.value)
     assert workspace.provenance["tokenizer"] in message and ws.provenance["tokenizer"] in message
 
@@ -207,51 +238,50 @@ def test_model_with_truncated_safetensors(model, tmp_path, name):
         vocabert.load(tmp_path / "m")
 
 
-def test_interrupted_teacher_pass_resumes(workspace, tmp_path):
-    """An embed pass stopped after its first checkpoint continues from there and gives the same store."""
-    from vocabert.distill.embedding import embed_vocabulary
-    from vocabert.store import VocabularyStore
-
-    corpus, vocab = pipeline.open_corpus(workspace), pipeline.open_vocabulary(workspace)
-    teacher, cache = workspace.teacher(), workspace.teacher_cache()
-    specials = pipeline.special_tokens(workspace.tokenizer_text)
-    out = tmp_path / "store"
-    calls = {"n": 0}
-    forward = teacher.forward
-
-    def failing_forward(texts, batch_size=64):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return forward(texts, batch_size)
-
-    teacher.forward = failing_forward
+def test_killed_teacher_pass_loses_at_most_one_batch(workspace, small_data, tmp_path):
+    """kill -9 in the middle of the teacher pass: the rerun resumes after the last finished batch and
+    ends with the same targets as an uninterrupted pass."""
+    ws = Workspace(tmp_path / "work", None, cache_dir=tmp_path / "cache", show_progress_bar=False)
+    run_corpus(ws, small_data, CorpusSettings())
+    run_mining(ws, SMALL_MINE)
+    batch = 8
+    command = [sys.executable, "-m", "vocabert.cli", "embed", "--workdir", str(ws.root), "--no-progress"]
+    command += ["--cache-dir", str(tmp_path / "cache"), "--teacher-batch-size", str(batch)]
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env())
+    progress = ws.teacher_dir / "progress.json"
     try:
-        with pytest.raises(KeyboardInterrupt):
-            embed_vocabulary(
-                corpus,
-                vocab,
-                out,
-                teacher,
-                cache,
-                specials,
-                chunk_size=64,
-                checkpoint_every=128,
-                show_progress_bar=False,
-            )
-        assert not (out / "manifest.json").exists() and json.loads((out / "state.json").read_text())["texts_done"]
-        done = json.loads((out / "state.json").read_text())["texts_done"]
-        calls["n"] = -1000
-        embed_vocabulary(
-            corpus, vocab, out, teacher, cache, specials, chunk_size=64, checkpoint_every=128, show_progress_bar=False
-        )
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and child.poll() is None:
+            if progress.is_file() and json.loads(progress.read_text())["texts"] >= 4 * batch:
+                break
+            time.sleep(0.02)
+        assert child.poll() is None, f"the pass ended before it could be killed: {child.stderr.read()}"
+        os.kill(child.pid, signal.SIGKILL)
     finally:
-        teacher.forward = forward
-    assert done == 128
-    resumed = VocabularyStore.load(out / "embeddings.safetensors")
-    reference = VocabularyStore.load(workspace.store_dir / "embeddings.safetensors")
-    rows = np.arange(len(reference))
-    np.testing.assert_allclose(resumed.vectors(rows), reference.vectors(rows), atol=2e-3)
+        child.wait(timeout=60)
+    durable = json.loads(progress.read_text())["texts"]
+    assert durable >= 4 * batch and not (ws.teacher_dir / "manifest.json").exists()
+
+    result = _cli(
+        "embed",
+        "--workdir",
+        str(ws.root),
+        "--no-progress",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--teacher-batch-size",
+        str(batch),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    resumed_at = int(re.search(r"resuming the teacher pass after (\d+) texts", result.stdout).group(1))
+    assert resumed_at >= durable  # nothing the killed run made durable is computed again
+
+    resumed, reference = open_teacher_pass(ws), open_teacher_pass(workspace)
+    assert len(resumed) == len(reference)
+    a, b = np.argsort(resumed.text_index), np.argsort(reference.text_index)
+    np.testing.assert_allclose(np.asarray(resumed.targets)[a], np.asarray(reference.targets)[b], atol=1e-4)
+    np.testing.assert_array_equal(np.diff(resumed.token_offsets)[a], np.diff(reference.token_offsets)[b])
 
 
 # ------------------------------------------------------------------------------------------- CLI
@@ -288,14 +318,13 @@ def test_cli_encode_file(workspace, tmp_path):
     assert vectors.shape == (3, 384)
 
 
+def _env() -> dict:
+    return {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "vocabert.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=300,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        [sys.executable, "-m", "vocabert.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300, env=_env()
     )
 
 
@@ -321,3 +350,37 @@ def test_cli_missing_inputs(tmp_path):
 def test_cli_missing_data_dir_names_msmarco(tmp_path):
     result = _cli("corpus", "--workdir", str(tmp_path / "w"), "--data-dir", str(tmp_path / "nodata"), cwd=tmp_path)
     assert result.returncode == 1 and "MS MARCO" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_encode_bad_paths_are_one_line(workspace, tmp_path):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("first text\n")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    model = str(workspace.model_dir)
+    # An output folder that cannot be created (a file stands where a folder should be).
+    out = str(blocker / "out.npy")
+    result = _cli("encode", "--model", model, "--input", str(texts), "--output", out, "--no-progress", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1 and "a-file" in result.stderr and "cannot create" in result.stderr
+    # A directory as input says so, and says nothing about MS MARCO.
+    result = _cli(
+        "encode", "--model", model, "--input", str(tmp_path), "--output", str(tmp_path / "o.npy"), cwd=tmp_path
+    )
+    assert result.returncode == 1 and "is a directory" in result.stderr
+    assert "MS MARCO" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_encode_warns_about_invalid_utf8_and_refuses_binary(workspace, tmp_path):
+    model = str(workspace.model_dir)
+    mixed = tmp_path / "mixed.txt"
+    mixed.write_bytes(b"good line\nbad \xff\xfe byte\nanother good one\ncaf\xe9\n")
+    result = _cli("encode", "--model", model, "--input", str(mixed), "--output", str(tmp_path / "m.npy"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "2 line(s) were not valid UTF-8" in result.stderr
+    assert np.load(tmp_path / "m.npy").shape == (4, 384)
+    binary = tmp_path / "model.bin"
+    binary.write_bytes(bytes(range(256)) * 8)
+    result = _cli("encode", "--model", model, "--input", str(binary), "--output", str(tmp_path / "b.npy"), cwd=tmp_path)
+    assert result.returncode == 1 and "looks binary" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "b.npy").exists()

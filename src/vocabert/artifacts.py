@@ -1,8 +1,7 @@
-"""Atomic writes, manifests and fingerprints shared by every stage.
+"""Atomic file writes and the error type whose message the CLI shows (no traceback).
 
-Each stage writes its files into one directory and writes ``manifest.json`` last. The manifest
-names the tokenizer and teacher the artifact was built with and the settings, so a later stage can
-refuse inputs built for another tokenizer, and a stage can tell that its own output is complete.
+Every file vocabert writes goes through :func:`atomic_write`: a temporary file in the same folder,
+then a rename, so a reader (or a rerun after a crash) never sees half a file.
 """
 
 from __future__ import annotations
@@ -11,14 +10,11 @@ import hashlib
 import json
 import os
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-MANIFEST = "manifest.json"
 
 
 class VocabertError(Exception):
@@ -83,63 +79,3 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def write_manifest(directory: str | Path, kind: str, provenance: dict, settings: dict, **extra: Any) -> None:
-    """Mark ``directory`` as a complete artifact of ``kind``; call after every other file is in place."""
-    from vocabert import __version__
-
-    manifest = {
-        "artifact": kind,
-        "vocabert_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "provenance": provenance,
-        "settings": settings,
-        **extra,
-    }
-    write_json(Path(directory) / MANIFEST, manifest)
-
-
-def read_manifest(directory: str | Path, kind: str) -> dict:
-    """Read the manifest of a finished artifact, or explain why ``directory`` is not one."""
-    directory = Path(directory)
-    path = directory / MANIFEST
-    if not directory.exists():
-        raise VocabertError(f"{kind} directory {directory} does not exist")
-    if not path.is_file():
-        raise VocabertError(
-            f"{directory} is not a finished {kind} artifact (no {MANIFEST}); was its stage interrupted? "
-            "Run that stage again."
-        )
-    manifest = read_json(path, kind)
-    if manifest.get("artifact") != kind:
-        raise VocabertError(f"{directory} holds a {manifest.get('artifact')!r} artifact, expected {kind!r}")
-    return manifest
-
-
-def is_complete(directory: str | Path, kind: str, provenance: dict, settings: dict) -> bool:
-    """True when ``directory`` already holds this stage's output for the same inputs and settings."""
-    try:
-        manifest = read_manifest(directory, kind)
-    except VocabertError:
-        return False
-    return manifest.get("provenance") == provenance and manifest.get("settings") == settings
-
-
-def check_same_tokenizer(expected: dict, found: dict, what: str) -> None:
-    """Refuse an artifact whose tokenizer differs from the one in use, naming both."""
-    if expected.get("tokenizer") != found.get("tokenizer"):
-        raise VocabertError(
-            f"{what} was built with tokenizer {found.get('tokenizer')} "
-            f"({found.get('tokenizer_source', '?')}), but this run uses tokenizer {expected.get('tokenizer')} "
-            f"({expected.get('tokenizer_source', '?')}). Rebuild it with the same teacher/tokenizer."
-        )
-
-
-def check_same_teacher(expected: dict, found: dict, what: str) -> None:
-    check_same_tokenizer(expected, found, what)
-    if expected.get("teacher") != found.get("teacher"):
-        raise VocabertError(
-            f"{what} was built with teacher {found.get('teacher')} ({found.get('teacher_source', '?')}), "
-            f"but this run uses teacher {expected.get('teacher')} ({expected.get('teacher_source', '?')})."
-        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -36,51 +37,45 @@ def _sources(args: argparse.Namespace) -> dict[str, Path]:
     return sources
 
 
-def _mine_settings(args: argparse.Namespace) -> dict:
-    return {
-        "budget": args.budget,
-        "max_ngram": args.max_ngram,
-        "max_gap": args.max_gap,
-        "min_count": args.min_count,
-        "min_npmi": args.min_npmi,
-    }
+# Options whose name differs from their settings field (two stages have a batch size).
+_OPTION_OF = {
+    ("EmbedSettings", "batch_size"): "teacher_batch_size",
+    ("TrainSettings", "batch_size"): "train_batch_size",
+}
 
 
-def _train_settings(args: argparse.Namespace) -> dict:
-    return {
-        "epochs": args.epochs,
-        "lr": args.lr,
-        "batch_size": args.train_batch_size,
-        "loss": args.loss,
-        "seed": args.seed,
-    }
+def _settings(cls, args: argparse.Namespace):
+    """A stage's settings dataclass from the command-line options (defaults live in the dataclass)."""
+    return cls(
+        **{f.name: getattr(args, _OPTION_OF.get((cls.__name__, f.name), f.name)) for f in dataclasses.fields(cls)}
+    )
 
 
 # ---------------------------------------------------------------------------------------- commands
 
 
 def cmd_corpus(args: argparse.Namespace) -> None:
-    from vocabert.distill.pipeline import stage_corpus
+    from vocabert.distill.corpus import CorpusSettings, run_corpus
 
-    stage_corpus(_workspace(args), _sources(args), args.heldout, force=args.force)
+    run_corpus(_workspace(args), _sources(args), _settings(CorpusSettings, args), force=args.force)
 
 
 def cmd_mine(args: argparse.Namespace) -> None:
-    from vocabert.distill.pipeline import stage_mine
+    from vocabert.distill.mining import MineSettings, run_mining
 
-    stage_mine(_workspace(args), _mine_settings(args), force=args.force)
+    run_mining(_workspace(args), _settings(MineSettings, args), force=args.force)
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
-    from vocabert.distill.pipeline import stage_embed
+    from vocabert.distill.embedding import EmbedSettings, run_embedding
 
-    stage_embed(_workspace(args), args.teacher_share, args.dtype, force=args.force)
+    run_embedding(_workspace(args), _settings(EmbedSettings, args), force=args.force)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from vocabert.distill.pipeline import stage_train
+    from vocabert.distill.training import TrainSettings, run_training
 
-    stage_train(_workspace(args), _train_settings(args), force=args.force)
+    run_training(_workspace(args), _settings(TrainSettings, args), force=args.force)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -112,38 +107,57 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 def cmd_encode(args: argparse.Namespace) -> None:
     import vocabert
-    from vocabert.distill.pipeline import encode_file, log
+    from vocabert.artifacts import write_npy
+    from vocabert.readers import read_texts
 
     model = vocabert.load(args.model)
-    n = encode_file(model, Path(args.input), Path(args.output), args.batch_size, not args.no_progress)
-    log(f"encode: {n} texts -> {args.output} ({n} x {model.dim} float32)")
+    output = Path(args.output)
+    try:  # before the work, not after it
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise VocabertError(f"cannot create the output folder {output.parent}: {e.strerror}") from None
+    texts = [t for _, t in read_texts(args.input)]
+    vectors = model.encode(texts, batch_size=args.batch_size, show_progress_bar=not args.no_progress)
+    write_npy(output, vectors)
+    print(f"[vocabert] encode: {len(texts)} texts -> {args.output} ({len(texts)} x {model.dim} float32)", flush=True)
 
 
 def cmd_run(args: argparse.Namespace) -> None:
     import time
 
-    from vocabert.distill import pipeline
+    from vocabert.distill.corpus import CorpusSettings
+    from vocabert.distill.embedding import EmbedSettings
+    from vocabert.distill.mining import MineSettings
+    from vocabert.distill.pipeline import build_model, log
+    from vocabert.distill.training import TrainSettings
 
     ws = _workspace(args)
-    times = {}
-    for name, step in (
-        ("corpus", lambda: pipeline.stage_corpus(ws, _sources(args), args.heldout, force=args.force)),
-        ("mine", lambda: pipeline.stage_mine(ws, _mine_settings(args), force=args.force)),
-        ("embed", lambda: pipeline.stage_embed(ws, args.teacher_share, args.dtype, force=args.force)),
-        ("train", lambda: pipeline.stage_train(ws, _train_settings(args), force=args.force)),
-        ("evaluate", lambda: pipeline.stage_evaluate(ws, None, max_texts=args.max_eval_texts)),
-    ):
-        started = time.perf_counter()
-        step()
-        times[name] = time.perf_counter() - started
-    pipeline.log("wall time per stage: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()))
-    pipeline.log(f"model: {ws.model_dir.resolve()}")
+    times = build_model(
+        ws,
+        _sources(args),
+        _settings(CorpusSettings, args),
+        _settings(MineSettings, args),
+        _settings(EmbedSettings, args),
+        _settings(TrainSettings, args),
+        force=args.force,
+    )
+    started = time.perf_counter()
+    args.model = None
+    cmd_evaluate(args)
+    times["evaluate"] = time.perf_counter() - started
+    log("wall time per stage: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()))
+    log(f"model: {ws.model_dir.resolve()}")
 
 
 # ------------------------------------------------------------------------------------------ parser
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from vocabert.distill.corpus import CorpusSettings
+    from vocabert.distill.embedding import EmbedSettings
+    from vocabert.distill.mining import MineSettings
+    from vocabert.distill.training import TrainSettings
+
     parser = argparse.ArgumentParser(
         prog="vocabert",
         description="Cheap BERT sentence embeddings: mine a phrase vocabulary, store the teacher's vectors "
@@ -183,45 +197,70 @@ def build_parser() -> argparse.ArgumentParser:
         "MS MARCO collection.tsv), JSONL with a 'text' field, or one text per line",
     )
     g.add_argument("--queries", default=None, help="queries file (same formats) used for training too")
+    c = CorpusSettings
     g.add_argument(
         "--heldout",
+        dest="heldout_fraction",
         type=float,
-        default=0.1,
+        default=c.heldout_fraction,
         help="share of texts held out from training, chosen by a hash of the id (default: %(default)s)",
     )
+    g.add_argument("--shard-size", type=int, default=c.shard_size, help="texts per shard (default: %(default)s)")
 
     mine = argparse.ArgumentParser(add_help=False)
     g = mine.add_argument_group("mining")
-    g.add_argument("--budget", type=int, default=100_000, help="maximum vocabulary entries (default: %(default)s)")
-    g.add_argument("--max-ngram", type=int, default=4, help="longest n-gram in tokens (default: %(default)s)")
-    g.add_argument("--max-gap", type=int, default=2, help="largest skip-gram gap in tokens (default: %(default)s)")
-    g.add_argument("--min-count", type=int, default=5, help="minimum occurrences of a phrase (default: %(default)s)")
+    m = MineSettings
+    g.add_argument("--budget", type=int, default=m.budget, help="maximum vocabulary entries (default: %(default)s)")
+    g.add_argument("--max-ngram", type=int, default=m.max_ngram, help="longest n-gram in tokens (default: %(default)s)")
     g.add_argument(
-        "--min-npmi", type=float, default=0.1, help="minimum normalized PMI of a phrase (default: %(default)s)"
+        "--max-gap", type=int, default=m.max_gap, help="largest skip-gram gap in tokens (default: %(default)s)"
+    )
+    g.add_argument(
+        "--min-count", type=int, default=m.min_count, help="minimum occurrences of a phrase (default: %(default)s)"
+    )
+    g.add_argument(
+        "--min-npmi", type=float, default=m.min_npmi, help="minimum normalized PMI of a phrase (default: %(default)s)"
+    )
+    g.add_argument(
+        "--min-dispersion",
+        type=float,
+        default=m.min_dispersion,
+        help="share of a skip-gram's count its most frequent filler may not explain (default: %(default)s)",
     )
 
     embed = argparse.ArgumentParser(add_help=False)
     g = embed.add_argument_group("teacher pass")
+    e = EmbedSettings
     g.add_argument(
         "--teacher-share",
         type=float,
-        default=0.5,
+        default=e.teacher_share,
         help="share of the training texts sent through the teacher (default: %(default)s)",
     )
     g.add_argument(
         "--dtype",
         choices=["float16", "int8"],
-        default="float16",
+        default=e.dtype,
         help="precision of the stored entry vectors (default: %(default)s)",
+    )
+    g.add_argument(
+        "--teacher-batch-size",
+        type=int,
+        default=e.batch_size,
+        help="texts per teacher call; an interruption loses at most one such batch (default: %(default)s)",
     )
 
     train = argparse.ArgumentParser(add_help=False)
     g = train.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=10, help="(default: %(default)s)")
-    g.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default: %(default)s)")
-    g.add_argument("--train-batch-size", type=int, default=256, help="(default: %(default)s)")
-    g.add_argument("--loss", choices=["cosine", "mse", "cosine+mse"], default="cosine", help="(default: %(default)s)")
-    g.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    t = TrainSettings
+    g.add_argument("--epochs", type=int, default=t.epochs, help="(default: %(default)s)")
+    g.add_argument("--lr", type=float, default=t.lr, help="Adam learning rate (default: %(default)s)")
+    g.add_argument("--train-batch-size", type=int, default=t.batch_size, help="(default: %(default)s)")
+    g.add_argument("--loss", choices=["cosine", "mse", "cosine+mse"], default=t.loss, help="(default: %(default)s)")
+    g.add_argument(
+        "--weight-decay", type=float, default=t.weight_decay, help="on the log entry weights (default: %(default)s)"
+    )
+    g.add_argument("--seed", type=int, default=t.seed, help="(default: %(default)s)")
 
     evaluate = argparse.ArgumentParser(add_help=False)
     g = evaluate.add_argument_group("evaluation")
@@ -323,6 +362,10 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except VocabertError as e:
         print(f"vocabert: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a path that cannot be read or written: say which, no traceback
+        where = f" {e.filename}" if e.filename else ""
+        print(f"vocabert: error:{where}: {e.strerror or e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("vocabert: interrupted; rerun the same command to resume", file=sys.stderr)

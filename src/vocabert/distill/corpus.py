@@ -19,11 +19,16 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from vocabert.artifacts import (
-    VocabertError,
-    atomic_write,
+from vocabert.artifacts import VocabertError, atomic_write, write_json
+from vocabert.distill.workspace import (
+    MANIFEST,
+    Workspace,
+    begin,
+    check_same_tokenizer,
+    finish,
+    is_current,
+    log,
     read_manifest,
-    write_manifest,
 )
 from vocabert.readers import read_texts, require_file
 from vocabert.tokenizer import encode_ids, load_tokenizer
@@ -175,7 +180,7 @@ class Corpus:
 
     @property
     def provenance(self) -> dict:
-        return self.manifest["provenance"]
+        return self.manifest["key"]["provenance"]
 
     def shards(self, split: str = "all", progress: str | None = None) -> Iterator[Shard]:
         """Shards restricted to ``split``: "all", "train" or "heldout"."""
@@ -197,18 +202,55 @@ class Corpus:
         return out
 
 
+@dataclass(frozen=True)
+class CorpusSettings:
+    """Settings of the ``corpus`` stage (every default lives here)."""
+
+    heldout_fraction: float = 0.1  # share of texts never used for training, chosen by a hash of source:id
+    shard_size: int = 20_000  # texts per shard: the unit of streaming and of resuming
+
+
+def run_corpus(ws: Workspace, sources: dict[str, Path], settings: CorpusSettings, force: bool = False) -> Corpus:
+    """The ``corpus`` stage over a work directory."""
+    if force:  # without a manifest and the recorded state, every shard is rebuilt
+        for name in (MANIFEST, "state.json"):
+            (ws.corpus_dir / name).unlink(missing_ok=True)
+    log(f"corpus: tokenizing {', '.join(f'{k}={v}' for k, v in sources.items())}")
+    corpus = build_corpus(
+        sources,
+        ws.corpus_dir,
+        ws.provenance,
+        ws.tokenizer_text,
+        ws.max_length,
+        heldout_fraction=settings.heldout_fraction,
+        shard_size=settings.shard_size,
+        show_progress_bar=ws.show_progress_bar,
+    )
+    for name, c in corpus.manifest["counts"].items():
+        log(f"corpus: {name}: {c['texts']} texts ({c['heldout']} held out), {c['tokens']} tokens")
+    return corpus
+
+
+def open_corpus(ws: Workspace) -> Corpus:
+    """The finished corpus of a work directory, checked against the teacher's tokenizer."""
+    corpus = Corpus(ws.corpus_dir)
+    check_same_tokenizer(ws.provenance, corpus.provenance, f"corpus {ws.corpus_dir}")
+    return corpus
+
+
 def build_corpus(
     sources: dict[str, Path],
     out_dir: str | Path,
     provenance: dict,
     tokenizer_text: str,
     max_length: int,
-    heldout_fraction: float = 0.1,
-    shard_size: int = 20_000,
+    heldout_fraction: float = CorpusSettings.heldout_fraction,
+    shard_size: int = CorpusSettings.shard_size,
     batch_size: int = 2_000,
     show_progress_bar: bool = True,
 ) -> Corpus:
-    """Tokenize every source into shards in ``out_dir``; resumes after the last finished shard."""
+    """Tokenize every source into shards in ``out_dir``; skipped when current, resumes after the last
+    finished shard otherwise."""
     out_dir = Path(out_dir)
     for p in sources.values():
         if not Path(p).exists():
@@ -222,23 +264,19 @@ def build_corpus(
         "max_length": max_length,
         "shard_size": shard_size,
     }
-    try:
-        done = read_manifest(out_dir, "corpus")
-        if done["settings"] == settings and done["provenance"] == provenance:
-            return Corpus(out_dir)
-    except VocabertError:
-        pass
+    key = {"provenance": provenance, "settings": settings}
+    if is_current(out_dir, "corpus", key):
+        return Corpus(out_dir)
     tokenizer = load_tokenizer(tokenizer_text, max_length)
     vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
     id_dtype = np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "manifest.json").unlink(missing_ok=True)
-    # Shard boundaries are deterministic, so a rerun with the same settings skips finished shards.
-    state_path = out_dir / "settings.json"
-    if not state_path.is_file() or json.loads(state_path.read_text()) != {**settings, **provenance}:
+    begin(out_dir)
+    # Shard boundaries are deterministic, so a rerun with the same key keeps the finished shards.
+    state_path = out_dir / "state.json"
+    if not state_path.is_file() or json.loads(state_path.read_text()) != key:
         for old in out_dir.glob("shard-*.npz"):
             old.unlink()
-    atomic_write(state_path, lambda p: p.write_text(json.dumps({**settings, **provenance}, sort_keys=True)))
+    write_json(state_path, key)
 
     names = list(sources)
     shard_names: list[str] = []
@@ -281,7 +319,5 @@ def build_corpus(
     if buffer:
         flush()
     bar.close()
-    write_manifest(
-        out_dir, "corpus", provenance, settings, sources=names, shards=shard_names, counts=counts, vocab_size=vocab_size
-    )
+    finish(out_dir, "corpus", key, sources=names, shards=shard_names, counts=counts, vocab_size=vocab_size)
     return Corpus(out_dir)

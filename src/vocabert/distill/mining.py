@@ -10,15 +10,27 @@ phrases with the highest ``count * npmi`` fill the rest. The listing records why
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from vocabert.artifacts import VocabertError, read_manifest, write_manifest, write_text
-from vocabert.distill.corpus import Corpus
+from vocabert.artifacts import VocabertError, write_text
+from vocabert.distill.corpus import Corpus, open_corpus
+from vocabert.distill.workspace import (
+    Workspace,
+    begin,
+    check_same_tokenizer,
+    digest,
+    finish,
+    is_current,
+    log,
+    read_manifest,
+    special_tokens,
+)
 from vocabert.matching import PAD, WILDCARD, pattern_keys, pattern_span, window_keys
 from vocabert.store import load_safetensors, save_safetensors
+from vocabert.tokenizer import load_tokenizer
 
 KIND_TOKEN, KIND_NGRAM, KIND_SKIPGRAM = 0, 1, 2
 KIND_NAMES = {KIND_TOKEN: "token", KIND_NGRAM: "ngram", KIND_SKIPGRAM: "skipgram"}
@@ -135,14 +147,26 @@ def _windows(ids: np.ndarray, offsets: np.ndarray, span: int, allowed: np.ndarra
 # -------------------------------------------------------------------------------------------- mining
 
 
+@dataclass(frozen=True)
+class MineSettings:
+    """Settings of the ``mine`` stage (every default lives here): :func:`mine_vocabulary`'s arguments."""
+
+    budget: int = 100_000  # entries in the vocabulary, tokens included
+    max_ngram: int = 4  # longest n-gram in tokens
+    max_gap: int = 2  # largest skip-gram gap in tokens
+    min_count: int = 5  # occurrences a phrase needs
+    min_npmi: float = 0.1  # association a phrase needs
+    min_dispersion: float = 0.5  # share of a skip-gram's count not explained by its most frequent filler
+
+
 def mine_vocabulary(
     corpus: Corpus,
-    budget: int = 100_000,
-    max_ngram: int = 4,
-    max_gap: int = 2,
-    min_count: int = 5,
-    min_npmi: float = 0.1,
-    min_dispersion: float = 0.5,
+    budget: int = MineSettings.budget,
+    max_ngram: int = MineSettings.max_ngram,
+    max_gap: int = MineSettings.max_gap,
+    min_count: int = MineSettings.min_count,
+    min_npmi: float = MineSettings.min_npmi,
+    min_dispersion: float = MineSettings.min_dispersion,
     special_ids: list[int] | None = None,
     show_progress_bar: bool = True,
 ) -> Vocabulary:
@@ -264,39 +288,37 @@ def mine_vocabulary(
     )
 
 
-def run_mining(
-    corpus: Corpus,
-    out_dir: str | Path,
-    settings: dict,
-    tokens: list[str],
-    special_ids: list[int],
-    show_progress_bar: bool = True,
-) -> Vocabulary:
-    """The ``mine`` stage: mine, save the vocabulary and its listing, then the manifest.
-
-    ``settings`` are :func:`mine_vocabulary`'s keyword arguments, plus ``inputs`` (recorded only).
-    """
-    out_dir = Path(out_dir)
-    params = {k: v for k, v in settings.items() if k != "inputs"}
-    vocab = mine_vocabulary(corpus, special_ids=special_ids, show_progress_bar=show_progress_bar, **params)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "manifest.json").unlink(missing_ok=True)
+def run_mining(ws: Workspace, settings: MineSettings, force: bool = False) -> Vocabulary:
+    """The ``mine`` stage: skipped when current; else mine, save the vocabulary and its listing, then the manifest."""
+    corpus = open_corpus(ws)
+    out_dir = ws.vocab_dir
+    key = {"provenance": corpus.provenance, "settings": asdict(settings), "inputs": {"corpus": digest(ws.corpus_dir)}}
+    if not force and is_current(out_dir, "vocabulary", key):
+        log(f"mine: {out_dir} is up to date")
+        return Vocabulary.load(out_dir)
+    tokenizer = load_tokenizer(ws.tokenizer_text, ws.max_length)
+    tokens = [tokenizer.id_to_token(i) or f"[{i}]" for i in range(int(corpus.manifest["vocab_size"]))]
+    vocab = mine_vocabulary(
+        corpus,
+        special_ids=special_tokens(ws.tokenizer_text)["all"],
+        show_progress_bar=ws.show_progress_bar,
+        **asdict(settings),
+    )
+    begin(out_dir)
     vocab.save(out_dir, tokens)
     spans = pattern_span(vocab.patterns)
     summary = {KIND_NAMES[k]: int((vocab.kind == k).sum()) for k in KIND_NAMES}
     summary["by_span"] = {str(s): int((spans == s).sum()) for s in np.unique(spans)}
-    write_manifest(
-        out_dir,
-        "vocabulary",
-        corpus.provenance,
-        settings,
-        entries=len(vocab),
-        summary=summary,
-        corpus=str(corpus.dir.resolve()),
+    finish(out_dir, "vocabulary", key, entries=len(vocab), summary=summary)
+    log(
+        f"mine: {len(vocab)} entries ({summary['token']} tokens, {summary['ngram']} n-grams, "
+        f"{summary['skipgram']} skip-grams) -> {out_dir / 'vocabulary.tsv'}"
     )
     return vocab
 
 
-def load_vocabulary(directory: str | Path) -> tuple[Vocabulary, dict]:
-    manifest = read_manifest(directory, "vocabulary")
-    return Vocabulary.load(Path(directory)), manifest
+def open_vocabulary(ws: Workspace) -> tuple[Vocabulary, dict]:
+    """The finished vocabulary of a work directory and its manifest, checked against the tokenizer."""
+    manifest = read_manifest(ws.vocab_dir, "vocabulary")
+    check_same_tokenizer(ws.provenance, manifest["key"]["provenance"], f"vocabulary {ws.vocab_dir}")
+    return Vocabulary.load(ws.vocab_dir), manifest

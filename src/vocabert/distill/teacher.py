@@ -129,7 +129,6 @@ class Teacher:
         self.model.eval()
         get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(get_dim())
-        self.max_length = int(self.model.max_seq_length)
         self.fingerprint = teacher_fingerprint(self.path)
         self.cache_key = f"teacher-{self.fingerprint}"  # its outputs in the embedding cache
 

@@ -1,4 +1,4 @@
-"""Stage 4: distil the student from cached teacher embeddings (PyTorch, CPU).
+"""Stage 4 (``vocabert train``): distil the student from the teacher pass (PyTorch, CPU).
 
 The entry vectors stay fixed (they are the teacher's); the student learns one weight per entry
 and a linear map. Loss: cosine distance to the teacher's sentence embedding, optionally plus the
@@ -8,17 +8,17 @@ training texts picks the best epoch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from vocabert.artifacts import VocabertError
-from vocabert.distill.cache import EmbeddingCache
-from vocabert.distill.corpus import Corpus
-from vocabert.distill.embedding import teacher_texts
+from vocabert.distill.embedding import TeacherPass, open_store, open_teacher_pass
+from vocabert.distill.workspace import Workspace, digest, finish, is_current, log, read_manifest
 from vocabert.matching import EntryIndex
-from vocabert.model import WeightedMean
+from vocabert.model import StudentModel, WeightedMean
 from vocabert.store import VocabularyStore
 
 
@@ -36,48 +36,42 @@ class TrainingData:
         return len(self.targets)
 
 
-def training_data(
-    corpus: Corpus, store: VocabularyStore, cache: EmbeddingCache, teacher_share: float, show_progress_bar: bool = True
-) -> TrainingData:
-    """Match every text of the teacher pass and fetch its cached target."""
-    index = EntryIndex(np.asarray(store.patterns), int(corpus.manifest["vocab_size"]))
-    lengths, entries, targets, validation = [], [], [], []
-    shards = tqdm(
-        teacher_texts(corpus, teacher_share),
-        desc="train: matching",
-        unit="shard",
-        total=len(corpus.shard_paths),
-        disable=not show_progress_bar,
-    )
-    for shard, is_val in shards:
-        if not len(shard):
-            continue
-        vectors, found = cache.lookup(shard.texts)
-        if not found.all():
-            raise VocabertError(
-                f"{int((~found).sum())} training texts have no cached teacher embedding; run the embed stage first"
-            )
-        matches = index.match(shard.ids, shard.offsets)
-        lengths.append(np.bincount(matches.text, minlength=len(shard)))
+def training_data(passed: TeacherPass, store: VocabularyStore, vocab_size: int) -> TrainingData:
+    """Match every text of the teacher pass; targets stay memory-mapped in the work directory."""
+    index = EntryIndex(np.asarray(store.patterns), vocab_size)
+    lengths, entries = [], []
+    for rows, ids, offsets in passed.chunks():
+        matches = index.match(ids, offsets)
+        lengths.append(np.bincount(matches.text, minlength=rows.stop - rows.start))
         entries.append(matches.entry)
-        targets.append(vectors)
-        validation.append(is_val)
-    if not targets:
-        raise VocabertError("no training texts")
-    ptr = np.zeros(sum(len(x) for x in lengths) + 1, dtype=np.int64)
+    if not lengths:
+        raise VocabertError("the teacher pass holds no texts to train on")
+    ptr = np.zeros(len(passed) + 1, dtype=np.int64)
     np.cumsum(np.concatenate(lengths), out=ptr[1:])
-    return TrainingData(ptr, np.concatenate(entries), np.concatenate(targets), np.concatenate(validation))
+    return TrainingData(ptr, np.concatenate(entries), passed.targets, passed.validation)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Settings of the ``train`` stage (every default lives here): :func:`train_student`'s arguments."""
+
+    epochs: int = 10
+    lr: float = 3e-3  # Adam
+    batch_size: int = 256
+    loss: str = "cosine"  # cosine, mse or cosine+mse
+    weight_decay: float = 1e-5  # on the log entry weights
+    seed: int = 0
 
 
 def train_student(
     data: TrainingData,
     store: VocabularyStore,
-    epochs: int = 20,
-    batch_size: int = 256,
-    lr: float = 3e-3,
-    loss: str = "cosine",
-    weight_decay: float = 1e-5,
-    seed: int = 0,
+    epochs: int = TrainSettings.epochs,
+    batch_size: int = TrainSettings.batch_size,
+    lr: float = TrainSettings.lr,
+    loss: str = TrainSettings.loss,
+    weight_decay: float = TrainSettings.weight_decay,
+    seed: int = TrainSettings.seed,
     show_progress_bar: bool = True,
 ) -> tuple[WeightedMean, dict]:
     """Fit a :class:`WeightedMean` student; returns it and the training history."""
@@ -101,7 +95,6 @@ def train_student(
         linear.bias.zero_()
     params = [log_weight, *linear.parameters()]
     optimizer = torch.optim.Adam(params, lr=lr)
-    targets = torch.nn.functional.normalize(torch.from_numpy(data.targets), dim=1)
 
     def forward(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         starts, ends = data.ptr[idx], data.ptr[idx + 1]
@@ -113,7 +106,8 @@ def train_student(
         pooled = torch.zeros(len(idx), dim).index_add_(0, segment, table[entry] * w[:, None])
         total = torch.zeros(len(idx)).index_add_(0, segment, w).clamp_min(1e-12)
         out = torch.nn.functional.normalize(linear(pooled / total[:, None]), dim=1)
-        return out, targets[torch.from_numpy(idx)]
+        # Targets are read from the memory-mapped teacher pass a batch at a time, never all at once.
+        return out, torch.nn.functional.normalize(torch.from_numpy(np.asarray(data.targets[idx])), dim=1)
 
     def loss_of(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         cos = (out * target).sum(dim=1)
@@ -158,3 +152,48 @@ def train_student(
     history["best_val_cosine"] = best[0]
     log_w, weight, bias = (p.numpy() for p in best[1])
     return WeightedMean(np.exp(log_w), weight, bias), history
+
+
+def run_training(ws: Workspace, settings: TrainSettings, force: bool = False) -> StudentModel:
+    """The ``train`` stage: skipped when current; else distil the student and write the model folder."""
+    from vocabert import __version__
+
+    store, store_manifest = open_store(ws)
+    key = {
+        "provenance": ws.provenance,
+        "settings": asdict(settings),
+        "inputs": {"store": digest(ws.store_dir), "teacher pass": digest(ws.teacher_dir)},
+    }
+    if not force and is_current(ws.model_dir, "model", key):
+        log(f"train: {ws.model_dir} is up to date")
+        return StudentModel.load(ws.model_dir)
+    passed = open_teacher_pass(ws)
+    vocab_manifest = read_manifest(ws.vocab_dir, "vocabulary")
+    vocab_size = int(read_manifest(ws.corpus_dir, "corpus")["vocab_size"])
+    started = time.perf_counter()
+    data = training_data(passed, store, vocab_size)
+    log(f"train: {len(data)} texts ({int(data.validation.sum())} for validation), {len(data.entries)} matches")
+    network, history = train_student(data, store, show_progress_bar=ws.show_progress_bar, **asdict(settings))
+    log(f"train: validation cosine {history['val_cosine_before']:.4f} (plain mean) -> {history['best_val_cosine']:.4f}")
+    config = {
+        "architecture": network.name,
+        "dim": store.dim,
+        "entries": len(store),
+        "max_length": ws.max_length,
+        "vocab_size": vocab_size,
+        "provenance": ws.provenance,
+        "vocabert_version": __version__,
+        "training": {
+            "settings": asdict(settings),
+            "history": history,
+            "seconds": round(time.perf_counter() - started, 1),
+        },
+        "vocabulary": vocab_manifest["key"]["settings"],
+        "store": store_manifest["key"]["settings"],
+    }
+    model = StudentModel(config, ws.tokenizer_text, store, network)
+    listing = (ws.vocab_dir / "vocabulary.tsv").read_text(encoding="utf-8")
+    model.save(ws.model_dir, vocabulary_listing=listing)
+    finish(ws.model_dir, "model", key)
+    log(f"train: model written to {ws.model_dir}")
+    return StudentModel.load(ws.model_dir)
