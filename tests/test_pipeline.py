@@ -135,6 +135,26 @@ def test_teacher_cache_is_used(workspace, tmp_path):
     np.testing.assert_array_equal(again, first[[1, 0]])
 
 
+def test_teacher_name_sources(tmp_path):
+    from vocabert.distill.teacher import teacher_name
+
+    folder = tmp_path / "my-teacher"
+    folder.mkdir()
+    assert teacher_name(folder) == "my-teacher"  # nothing to go by: the folder's name
+    (folder / "config.json").write_text(json.dumps({"_name_or_path": "org/plain-bert"}))
+    assert teacher_name(folder) == "org/plain-bert"
+    (folder / "modules.json").write_text("[]")  # a sentence-transformers folder: that is the model it came from
+    assert teacher_name(folder) == "my-teacher"
+    (folder / "README.md").write_text(
+        "---\nbase_model: org/base\n---\n```python\nmodel = SentenceTransformer('sentence_transformers_model_id')\n"
+        'model = SentenceTransformer("org/sentence-model")\n```\n'
+    )
+    assert teacher_name(folder) == "org/sentence-model"
+    cached = tmp_path / "hub" / "models--org--cached-model" / "snapshots" / "0123abcd"
+    cached.mkdir(parents=True)
+    assert teacher_name(cached) == "org/cached-model"
+
+
 # ---------------------------------------------------------------------------------------- stages
 
 
@@ -150,6 +170,7 @@ def test_finished_stages_are_not_redone(workspace, capsys):
 
 def test_artifacts_record_provenance(workspace):
     prov = workspace.provenance
+    assert prov["teacher_name"] == "sentence-transformers/all-MiniLM-L6-v2"
     for directory in (workspace.corpus_dir, workspace.vocab_dir, workspace.store_dir):
         manifest = json.loads((directory / "manifest.json").read_text())
         assert manifest["provenance"]["tokenizer"] == prov["tokenizer"]
