@@ -75,12 +75,29 @@ def test_save_load_roundtrip(model, tmp_path):
     for name in (
         "config.json",
         "tokenizer.json",
-        "embeddings.safetensors",
-        "student.safetensors",
+        "model.safetensors",
         "vocabulary.tsv",
         "README.md",
+        "modules.json",
+        "config_sentence_transformers.json",
     ):
         assert (tmp_path / "copy" / name).is_file()
+
+
+def test_sentence_transformers_loads_the_model(workspace, model):
+    from sentence_transformers import SentenceTransformer
+
+    texts = ["how long do cats live", "the side effects of ibuprofen", "", "new york city hotels " * 100]
+    st = SentenceTransformer(str(workspace.model_dir), trust_remote_code=True, device="cpu")
+    np.testing.assert_allclose(st.encode(texts), model.encode(texts), atol=1e-5)
+    assert st.get_embedding_dimension() == 384 and st.max_seq_length == model.config["max_length"]
+
+
+def test_model_card_names_the_teacher_not_its_path(workspace):
+    card = (workspace.model_dir / "README.md").read_text()
+    assert "sentence-transformers/all-MiniLM-L6-v2" in card
+    assert str(workspace.teacher_path) not in card and "site-packages" not in card
+    assert "<!-- vocabert-eval-start -->" in card and "## Training" in card
 
 
 def test_load_and_encode_without_torch(workspace):
@@ -159,13 +176,13 @@ def test_teacher_name_sources(tmp_path):
 
 
 def test_finished_stages_are_not_redone(workspace, capsys):
-    before = (workspace.model_dir / "student.safetensors").stat().st_mtime_ns
+    before = (workspace.model_dir / "model.safetensors").stat().st_mtime_ns
     pipeline.stage_mine(workspace, {"budget": 8000, "max_ngram": 4, "max_gap": 2, "min_count": 3, "min_npmi": 0.1})
     pipeline.stage_embed(workspace)
     pipeline.stage_train(workspace, {"epochs": 3, "lr": 3e-3, "batch_size": 128, "loss": "cosine", "seed": 0})
     out = capsys.readouterr().out
     assert out.count("is up to date") == 3
-    assert (workspace.model_dir / "student.safetensors").stat().st_mtime_ns == before
+    assert (workspace.model_dir / "model.safetensors").stat().st_mtime_ns == before
 
 
 def test_artifacts_record_provenance(workspace):
@@ -210,7 +227,7 @@ def test_model_with_another_tokenizer_is_refused(model, other_teacher, tmp_path)
         vocabert.load(tmp_path / "m")
 
 
-@pytest.mark.parametrize("missing", ["config.json", "tokenizer.json", "embeddings.safetensors", "student.safetensors"])
+@pytest.mark.parametrize("missing", ["config.json", "tokenizer.json", "model.safetensors"])
 def test_model_missing_a_file(model, tmp_path, missing):
     model.save(tmp_path / "m")
     (tmp_path / "m" / missing).unlink()
@@ -218,10 +235,9 @@ def test_model_missing_a_file(model, tmp_path, missing):
         vocabert.load(tmp_path / "m")
 
 
-@pytest.mark.parametrize("name", ["embeddings.safetensors", "student.safetensors"])
-def test_model_with_truncated_safetensors(model, tmp_path, name):
+def test_model_with_truncated_safetensors(model, tmp_path):
     model.save(tmp_path / "m")
-    path = tmp_path / "m" / name
+    path = tmp_path / "m" / "model.safetensors"
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(VocabertError, match="truncated"):

@@ -244,34 +244,9 @@ def stage_train(ws: Workspace, settings: dict, force: bool = False) -> StudentMo
     }
     model = StudentModel(config, ws.tokenizer_text, store, network)
     vocab_listing = (ws.vocab_dir / "vocabulary.tsv").read_text(encoding="utf-8")
-    model.save(ws.model_dir, vocabulary_listing=vocab_listing, model_card=model_card(config))
+    model.save(ws.model_dir, vocabulary_listing=vocab_listing)
     log(f"train: model written to {ws.model_dir}")
     return StudentModel.load(ws.model_dir)
-
-
-def model_card(config: dict) -> str:
-    history = config["training"]["history"]
-    return f"""# vocabert model
-
-A static-vocabulary student of the sentence encoder `{config["provenance"]["teacher_source"]}`
-(teacher fingerprint `{config["provenance"]["teacher"]}`), built with vocabert.
-
-```python
-import vocabert
-model = vocabert.load("path/to/this/folder")
-embeddings = model.encode(["how long do cats live"])  # (1, {config["dim"]}) float32, L2-normalized
-```
-
-- Architecture: `{config["architecture"]}`; {config["entries"]} vocabulary entries
-  (see `vocabulary.tsv`), dimension {config["dim"]}, max length {config["max_length"]} tokens.
-- Trained on {history["n_train"]} texts; validation cosine to the teacher {history["best_val_cosine"]:.4f}.
-
-## Evaluation
-
-<!-- vocabert-eval-start -->
-Not evaluated yet: run `vocabert evaluate`.
-<!-- vocabert-eval-end -->
-"""
 
 
 def encode_file(
