@@ -193,8 +193,8 @@ class StudentModel:
             "dtype": "int8" if self.store.scales is not None else str(np.dtype(self.store.embeddings.dtype)),
         }
 
-    def write_weights(self, directory: str | Path, vocabulary_listing: str | None = None) -> None:
-        """The files :meth:`load` reads (and ``vocabulary.tsv``) into an existing ``directory``."""
+    def write_files(self, directory: str | Path, vocabulary_listing: str | None = None) -> None:
+        """The files :meth:`load` reads, and ``vocabulary.tsv``, into an existing ``directory`` (no card)."""
         directory = Path(directory)
         write_json(directory / "config.json", self.folder_config())
         write_text(directory / "tokenizer.json", self.tokenizer_text)
@@ -218,7 +218,7 @@ class StudentModel:
         evaluation = read_evaluation(path, self.path)
         tmp = temporary_dir(path.parent, f".{path.name}.")
         try:
-            self.write_weights(tmp, vocabulary_listing)
+            self.write_files(tmp, vocabulary_listing)
             write_text(tmp / "README.md", model_card(self.folder_config(), evaluation))
             # sentence-transformers: one module, ours, at the folder's root (SentenceTransformer(path) loads it).
             write_json(tmp / "modules.json", [{"idx": 0, "name": "0", "path": "", "type": ST_MODULE}])

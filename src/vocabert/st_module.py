@@ -72,7 +72,7 @@ class VocabertEmbedding(InputModule):
 
     def save(self, output_path: str, *args: Any, safe_serialization: bool = True, **kwargs: Any) -> None:
         # sentence-transformers writes modules.json, its own config and card around this.
-        self.student.write_weights(output_path)
+        self.student.write_files(output_path)
 
     @classmethod
     def load(
