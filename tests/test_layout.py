@@ -9,6 +9,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "vocabert"
 INFERENCE = sorted(p for p in PACKAGE.glob("*.py") if p.name != "cli.py")  # the CLI is the one place that joins them
+# The sentence-transformers module is inference too, but exists to plug into torch: it alone may import it.
+TORCH_FREE = [p for p in INFERENCE if p.name != "st_module.py"]
 
 
 def _imported_modules(path: Path) -> set[str]:
@@ -33,7 +35,8 @@ def test_inference_modules_import_nothing_from_distill_or_bench():
 
 def test_inference_area_has_no_heavy_dependencies():
     """Importing the inference modules pulls in neither torch, sentence-transformers, nor the other areas."""
-    modules = ", ".join(f"vocabert.{p.stem}" for p in INFERENCE if p.stem != "__init__")
+    assert len(TORCH_FREE) == len(INFERENCE) - 1
+    modules = ", ".join(f"vocabert.{p.stem}" for p in TORCH_FREE if p.stem != "__init__")
     code = (
         f"import sys, vocabert, {modules}\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'sentence_transformers', 'transformers')"
@@ -49,3 +52,12 @@ def test_every_area_is_a_folder():
     assert (PACKAGE / "bench" / "__init__.py").is_file()
     for stage in ("corpus", "mining", "embedding", "training", "pipeline", "teacher"):
         assert (PACKAGE / "distill" / f"{stage}.py").is_file(), stage
+
+
+def test_sentence_transformers_module_imports_nothing_from_distill_or_bench():
+    code = (
+        "import sys, vocabert.st_module\n"
+        "print(','.join(sorted(m for m in sys.modules if m.startswith(('vocabert.distill', 'vocabert.bench')))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

@@ -299,7 +299,7 @@ def _tiny_student(path):
         "vocab_size": vocab,
         "provenance": {"tokenizer": tokenizer_fingerprint(tok)},
     }
-    return StudentModel(config, tok, store, network).save(path, model_card="# tiny\n")
+    return StudentModel(config, tok, store, network).save(path)
 
 
 def test_student_encoder_cache_key_and_memory(tmp_path):

@@ -84,12 +84,29 @@ def test_save_load_roundtrip(model, tmp_path):
     for name in (
         "config.json",
         "tokenizer.json",
-        "embeddings.safetensors",
-        "student.safetensors",
+        "model.safetensors",
         "vocabulary.tsv",
         "README.md",
+        "modules.json",
+        "config_sentence_transformers.json",
     ):
         assert (tmp_path / "copy" / name).is_file()
+
+
+def test_sentence_transformers_loads_the_model(workspace, model):
+    from sentence_transformers import SentenceTransformer
+
+    texts = ["how long do cats live", "the side effects of ibuprofen", "", "new york city hotels " * 100]
+    st = SentenceTransformer(str(workspace.model_dir), trust_remote_code=True, device="cpu")
+    np.testing.assert_allclose(st.encode(texts), model.encode(texts), atol=1e-5)
+    assert st.get_embedding_dimension() == 384 and st.max_seq_length == model.config["max_length"]
+
+
+def test_model_card_names_the_teacher_not_its_path(workspace):
+    card = (workspace.model_dir / "README.md").read_text()
+    assert "sentence-transformers/all-MiniLM-L6-v2" in card
+    assert str(workspace.teacher_path) not in card and "site-packages" not in card
+    assert "<!-- vocabert-eval-start -->" in card and "## Training" in card
 
 
 def test_load_and_encode_without_torch(workspace):
@@ -144,20 +161,41 @@ def test_teacher_cache_is_used(workspace, tmp_path):
     np.testing.assert_array_equal(again, first[[1, 0]])
 
 
+def test_teacher_name_sources(tmp_path):
+    from vocabert.distill.teacher import teacher_name
+
+    folder = tmp_path / "my-teacher"
+    folder.mkdir()
+    assert teacher_name(folder) == "my-teacher"  # nothing to go by: the folder's name
+    (folder / "config.json").write_text(json.dumps({"_name_or_path": "org/plain-bert"}))
+    assert teacher_name(folder) == "org/plain-bert"
+    (folder / "modules.json").write_text("[]")  # a sentence-transformers folder: that is the model it came from
+    assert teacher_name(folder) == "my-teacher"
+    (folder / "README.md").write_text(
+        "---\nbase_model: org/base\n---\n```python\nmodel = SentenceTransformer('sentence_transformers_model_id')\n"
+        'model = SentenceTransformer("org/sentence-model")\n```\n'
+    )
+    assert teacher_name(folder) == "org/sentence-model"
+    cached = tmp_path / "hub" / "models--org--cached-model" / "snapshots" / "0123abcd"
+    cached.mkdir(parents=True)
+    assert teacher_name(cached) == "org/cached-model"
+
+
 # ---------------------------------------------------------------------------------------- stages
 
 
 def test_finished_stages_are_not_redone(workspace, small_data, capsys):
-    before = (workspace.model_dir / "config.json").stat().st_mtime_ns
+    before = (workspace.model_dir / "model.safetensors").stat().st_mtime_ns
     build_model(workspace, small_data, mine=SMALL_MINE, train=SMALL_TRAIN)
     out = capsys.readouterr().out
     # mine, the teacher pass, the store and train (corpus is quiet when current)
     assert out.count("is up to date") == 4, out
-    assert (workspace.model_dir / "config.json").stat().st_mtime_ns == before
+    assert (workspace.model_dir / "model.safetensors").stat().st_mtime_ns == before
 
 
 def test_artifacts_record_provenance(workspace):
     prov = workspace.provenance
+    assert prov["teacher_name"] == "sentence-transformers/all-MiniLM-L6-v2"
     dirs = (workspace.corpus_dir, workspace.vocab_dir, workspace.teacher_dir, workspace.store_dir, workspace.model_dir)
     for directory in dirs:
         manifest = json.loads((directory / "manifest.json").read_text())
@@ -220,7 +258,7 @@ def test_model_with_another_tokenizer_is_refused(model, other_teacher, tmp_path)
         vocabert.load(tmp_path / "m")
 
 
-@pytest.mark.parametrize("missing", ["config.json", "tokenizer.json", "embeddings.safetensors", "student.safetensors"])
+@pytest.mark.parametrize("missing", ["config.json", "tokenizer.json", "model.safetensors"])
 def test_model_missing_a_file(model, tmp_path, missing):
     model.save(tmp_path / "m")
     (tmp_path / "m" / missing).unlink()
@@ -228,10 +266,9 @@ def test_model_missing_a_file(model, tmp_path, missing):
         vocabert.load(tmp_path / "m")
 
 
-@pytest.mark.parametrize("name", ["embeddings.safetensors", "student.safetensors"])
-def test_model_with_truncated_safetensors(model, tmp_path, name):
+def test_model_with_truncated_safetensors(model, tmp_path):
     model.save(tmp_path / "m")
-    path = tmp_path / "m" / name
+    path = tmp_path / "m" / "model.safetensors"
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(VocabertError, match="truncated"):

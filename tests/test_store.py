@@ -202,7 +202,7 @@ def test_truncated_file_raises_vocabert_error(store_file, tmp_path, where):
         b"\xff\xfe\x00garbage\x80\x81",  # not UTF-8
         b"{not json at all",
         b'{"a": {"dtype": "F16", "shape": [2], "data_offsets": [0, 2]}}',  # size != shape
-        b'{"a": {"dtype": "BF16", "shape": [1], "data_offsets": [0, 2]}}',  # unsupported dtype
+        b'{"a": {"dtype": "F16", "shape": [1], "data_offsets": [0, 2]}}',  # 64 bytes of data for 2
     ],
 )
 def test_garbage_header_raises_vocabert_error(tmp_path, header):
@@ -251,3 +251,44 @@ def test_header_is_what_safetensors_writes(store_file):
     n = _header_len(store_file)
     header = json.loads(store_file.read_bytes()[8 : 8 + n])
     assert header["embeddings"]["dtype"] == "F16" and header["patterns"]["dtype"] == "I32"
+
+
+def test_memory_maps_start_at_the_offsets_of_the_header(tmp_path):
+    # Tensors written in an order other than their names', of sizes that are not multiples of 8.
+    tensors = {"z": np.arange(3, dtype=np.int8), "a": np.arange(5, dtype=np.float16), "m": np.arange(7, dtype=np.int64)}
+    path = tmp_path / "order.safetensors"
+    save_safetensors(path, tensors)
+    n = _header_len(path)
+    header = json.loads(path.read_bytes()[8 : 8 + n])
+    ours, _ = load_safetensors(path)
+    for name, t in tensors.items():
+        assert ours[name].offset == 8 + n + header[name]["data_offsets"][0]
+        assert np.array_equal(np.asarray(ours[name]), t)
+
+
+def test_padded_file_raises_vocabert_error(store_file):
+    store_file.write_bytes(store_file.read_bytes() + b"\0" * 16)
+    with pytest.raises(VocabertError, match="embeddings.safetensors"):
+        VocabularyStore.load(store_file)
+
+
+def test_dtype_numpy_cannot_map_raises_vocabert_error(tmp_path):
+    header = b'{"a": {"dtype": "BF16", "shape": [1], "data_offsets": [0, 2]}}'
+    path = tmp_path / "bf16.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0\0")
+    with pytest.raises(VocabertError, match="unsupported dtype BF16"):
+        load_safetensors(path)
+
+
+def test_tensors_round_trip_and_shape_checks(vectors):
+    store = VocabularyStore.from_float(make_patterns(len(vectors)), vectors, "int8", {"k": "v"})
+    tensors = store.tensors()
+    assert set(tensors) == {"patterns", "embeddings", "scales"} and tensors["patterns"].dtype == np.int32
+    again = VocabularyStore.from_tensors(tensors, {"k": "v"}, "here")
+    assert np.array_equal(again.vectors(np.arange(len(vectors))), store.vectors(np.arange(len(vectors))))
+    with pytest.raises(VocabertError, match="here: tensor shapes"):
+        VocabularyStore.from_tensors({**tensors, "scales": tensors["scales"][:-1]}, {}, "here")
+    with pytest.raises(VocabertError, match="here: tensor shapes"):
+        VocabularyStore.from_tensors({**tensors, "embeddings": tensors["embeddings"].reshape(-1)}, {}, "here")
+    with pytest.raises(VocabertError, match="here has no 'patterns'"):
+        VocabularyStore.from_tensors({"embeddings": tensors["embeddings"]}, {}, "here")

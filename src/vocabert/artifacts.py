@@ -21,6 +21,26 @@ class VocabertError(Exception):
     """An error with a message meant for the user (the CLI prints it without a traceback)."""
 
 
+def _umask() -> int:
+    # Reading the umask means setting it (os.umask); /proc reports it without that race where it exists.
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def temporary_dir(parent: str | Path, prefix: str) -> Path:
+    """A new directory in ``parent`` with the permissions ``mkdir`` gives (mkdtemp's are 0700)."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp_path)`` and move the result into place, so readers never see half a file."""
     path = Path(path)
@@ -29,6 +49,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        # mkstemp makes the file 0600 and the rename keeps that: give it the mode open() would have,
+        # so a model built by one user can be read by a server running as another.
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -79,7 +79,6 @@ class EntryIndex:
     def __init__(self, patterns: np.ndarray, vocab_size: int):
         patterns = np.asarray(patterns, dtype=np.int64)
         self.vocab_size = vocab_size
-        self.n_entries = len(patterns)
         # Single tokens are the most common match: a direct table beats a search.
         self.token_entry = np.full(vocab_size, -1, dtype=np.int64)
         span = pattern_span(patterns)

@@ -2,21 +2,22 @@
 
 ``encode`` tokenizes a batch, finds every vocabulary entry in it (:mod:`vocabert.matching`), reads
 the entries' teacher vectors from the memory-mapped store, and runs the small network. A model
-directory holds::
+folder holds::
 
-    config.json              architecture, dimensions, tokenizer/teacher fingerprints, settings
-    tokenizer.json           the teacher's tokenizer
-    embeddings.safetensors   entry patterns and vectors (fp16 or int8)
-    student.safetensors      the network's weights
-    vocabulary.tsv           the entries, readable, with the statistics that chose them
-    README.md                model card with the evaluation table
+    config.json                        architecture, dimensions, tokenizer/teacher fingerprints, settings
+    tokenizer.json                     the teacher's tokenizer
+    model.safetensors                  entry patterns and vectors (fp16, or int8 + per-row scales) and
+                                       the network's weights (student.*)
+    vocabulary.tsv                     the entries, readable, with the statistics that chose them
+    README.md                          model card, with the evaluation table
+    modules.json                       sentence-transformers: the one module, vocabert's (see
+    config_sentence_transformers.json  :mod:`vocabert.st_module`), and its settings
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,12 +26,17 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 from tqdm.auto import tqdm
 
-from vocabert.artifacts import VocabertError, read_json, write_json, write_text
+from vocabert.artifacts import VocabertError, read_json, temporary_dir, write_json, write_text
+from vocabert.card import model_card, read_evaluation
 from vocabert.matching import EntryIndex, Matches
 from vocabert.store import VocabularyStore, load_safetensors, save_safetensors
 from vocabert.tokenizer import encode_ids, load_tokenizer, tokenizer_fingerprint
 
-MODEL_FILES = ("config.json", "tokenizer.json", "embeddings.safetensors", "student.safetensors")
+FORMAT_VERSION = 2  # 1: embeddings.safetensors + student.safetensors; 2: one model.safetensors
+MODEL_FILES = ("config.json", "tokenizer.json", "model.safetensors")  # what load() reads
+OLD_FORMAT_FILES = ("embeddings.safetensors", "student.safetensors")
+STUDENT_PREFIX = "student."  # the network's tensors in model.safetensors; the others are the entry store
+ST_MODULE = "vocabert.st_module.VocabertEmbedding"
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
@@ -60,7 +66,7 @@ class WeightedMean:
         return {"entry_weight": self.entry_weight, "weight": self.weight, "bias": self.bias}
 
     def check(self, n_entries: int, dim: int) -> None:
-        if self.entry_weight.shape != (n_entries,) or self.weight.shape[1] != dim:
+        if self.entry_weight.shape != (n_entries,) or self.weight.shape != (dim, dim) or self.bias.shape != (dim,):
             raise VocabertError(
                 f"student weights (entries {self.entry_weight.shape}, map {self.weight.shape}) do not fit the "
                 f"store ({n_entries} entries of dim {dim})"
@@ -142,12 +148,21 @@ class StudentModel:
     def encode_batch(self, texts: list[str], timings: dict[str, float] | None = None) -> np.ndarray:
         """One batch; with ``timings``, adds the seconds spent in each step to it."""
         t0 = time.perf_counter()
+        ids, offsets = self.tokenize(texts)
+        if timings is not None:
+            timings["tokenize"] = timings.get("tokenize", 0.0) + time.perf_counter() - t0
+        return self.embed_ids(ids, offsets, timings)
+
+    def tokenize(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids of ``texts`` as the teacher tokenizes them, flattened, with ``offsets`` (len(texts) + 1)."""
         try:
-            ids, offsets = encode_ids(self.tokenizer, texts)
+            return encode_ids(self.tokenizer, texts)
         except (TypeError, ValueError):
             # Lone surrogates (from undecodable bytes) cannot cross into the tokenizer: replace them.
-            clean = [t.encode("utf-8", "replace").decode("utf-8") for t in texts]
-            ids, offsets = encode_ids(self.tokenizer, clean)
+            return encode_ids(self.tokenizer, [t.encode("utf-8", "replace").decode("utf-8") for t in texts])
+
+    def embed_ids(self, ids: np.ndarray, offsets: np.ndarray, timings: dict[str, float] | None = None) -> np.ndarray:
+        """Embeddings of tokenized texts (:meth:`tokenize`): match, look up, pool; L2-normalized float32."""
         t1 = time.perf_counter()
         matches = self.index.match(ids, offsets)
         t2 = time.perf_counter()
@@ -158,27 +173,56 @@ class StudentModel:
             out = normalize(self.network.forward(vectors, matches, inverse.reshape(-1)))
         t4 = time.perf_counter()
         if timings is not None:
-            for step, seconds in (("tokenize", t1 - t0), ("match", t2 - t1), ("lookup", t3 - t2), ("network", t4 - t3)):
+            for step, seconds in (("match", t2 - t1), ("lookup", t3 - t2), ("network", t4 - t3)):
                 timings[step] = timings.get(step, 0.0) + seconds
         return out
 
     # ------------------------------------------------------------------------------- save / load
 
-    def save(self, path: str | Path, vocabulary_listing: str | None = None, model_card: str | None = None) -> Path:
-        """Write the model directory (all files into a temporary folder, then one rename)."""
+    def folder_config(self) -> dict:
+        """``config.json`` as saved: the config with the facts of this model filled in."""
+        from vocabert import __version__
+
+        return {
+            **self.config,
+            "format_version": FORMAT_VERSION,
+            "vocabert_version": __version__,
+            "architecture": self.network.name,
+            "dim": self.dim,
+            "entries": len(self.store),
+            "dtype": "int8" if self.store.scales is not None else str(np.dtype(self.store.embeddings.dtype)),
+        }
+
+    def write_files(self, directory: str | Path, vocabulary_listing: str | None = None) -> None:
+        """The files :meth:`load` reads, and ``vocabulary.tsv``, into an existing ``directory`` (no card)."""
+        directory = Path(directory)
+        write_json(directory / "config.json", self.folder_config())
+        write_text(directory / "tokenizer.json", self.tokenizer_text)
+        tensors = self.store.tensors()
+        tensors.update({STUDENT_PREFIX + k: v for k, v in self.network.tensors().items()})
+        metadata = {**{k: str(v) for k, v in self.store.metadata.items()}, "format_version": str(FORMAT_VERSION)}
+        save_safetensors(directory / "model.safetensors", tensors, {**metadata, "architecture": self.network.name})
+        if vocabulary_listing is None and self.path is not None and (self.path / "vocabulary.tsv").is_file():
+            vocabulary_listing = (self.path / "vocabulary.tsv").read_text(encoding="utf-8")
+        if vocabulary_listing is not None:
+            write_text(directory / "vocabulary.tsv", vocabulary_listing)
+
+    def save(self, path: str | Path, vocabulary_listing: str | None = None) -> Path:
+        """Write the model folder (all files into a temporary folder, then one rename).
+
+        The model card is written from the config; the evaluation section of the card already in
+        ``path`` (or else of the folder this model was loaded from) is kept.
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        evaluation = read_evaluation(path, self.path)
+        tmp = temporary_dir(path.parent, f".{path.name}.")
         try:
-            write_json(tmp / "config.json", self.config)
-            write_text(tmp / "tokenizer.json", self.tokenizer_text)
-            self.store.save(tmp / "embeddings.safetensors")
-            save_safetensors(tmp / "student.safetensors", self.network.tensors(), {"architecture": self.network.name})
-            for name, text in (("vocabulary.tsv", vocabulary_listing), ("README.md", model_card)):
-                if text is None and self.path is not None and (self.path / name).is_file():
-                    text = (self.path / name).read_text(encoding="utf-8")
-                if text is not None:
-                    write_text(tmp / name, text)
+            self.write_files(tmp, vocabulary_listing)
+            write_text(tmp / "README.md", model_card(self.folder_config(), evaluation))
+            # sentence-transformers: one module, ours, at the folder's root (SentenceTransformer(path) loads it).
+            write_json(tmp / "modules.json", [{"idx": 0, "name": "0", "path": "", "type": ST_MODULE}])
+            write_json(tmp / "config_sentence_transformers.json", sentence_transformers_config())
             if path.exists():
                 old = path.with_name(f".{path.name}.old")
                 shutil.rmtree(old, ignore_errors=True)
@@ -195,17 +239,30 @@ class StudentModel:
 
     @classmethod
     def load(cls, path: str | Path) -> StudentModel:
-        """Load a model directory; memory-maps the entry store."""
+        """Load a model folder; memory-maps the entry vectors (rows are read when a text needs them)."""
         path = Path(path)
         if not path.is_dir():
             raise VocabertError(f"model directory {path} does not exist")
+        if not (path / "model.safetensors").exists() and any((path / f).exists() for f in OLD_FORMAT_FILES):
+            raise VocabertError(
+                f"{path} is a model folder of an older vocabert format (embeddings.safetensors + student.safetensors, "
+                "no model.safetensors); get a new one with `vocabert train --force` on the work directory that built it"
+            )
         missing = [f for f in MODEL_FILES if not (path / f).is_file()]
         if missing:
             raise VocabertError(f"model directory {path} is incomplete: missing {', '.join(missing)}")
         config = read_json(path / "config.json", "model config")
-        for key in ("architecture", "max_length", "vocab_size", "provenance"):
-            if key not in config:
-                raise VocabertError(f"model config {path / 'config.json'} lacks {key!r}")
+        if not isinstance(config, dict):
+            raise VocabertError(f"model config {path / 'config.json'} is not a JSON object")
+        for key, kind in (("architecture", str), ("max_length", int), ("vocab_size", int), ("provenance", dict)):
+            if not isinstance(config.get(key), kind):
+                raise VocabertError(f"model config {path / 'config.json'} lacks {key!r} (a {kind.__name__})")
+        if not isinstance(config.get("format_version", FORMAT_VERSION), int):
+            raise VocabertError(f"model config {path / 'config.json'}: format_version is not a number")
+        if config.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+            raise VocabertError(
+                f"{path} was written by a newer vocabert (format {config['format_version']}); upgrade vocabert"
+            )
         tokenizer_text = (path / "tokenizer.json").read_text(encoding="utf-8")
         try:
             found = tokenizer_fingerprint(tokenizer_text)
@@ -217,19 +274,36 @@ class StudentModel:
                 f"{path / 'tokenizer.json'} is tokenizer {found}, but the vocabulary was built for tokenizer "
                 f"{expected} ({config['provenance'].get('tokenizer_source', '?')})"
             )
-        store = VocabularyStore.load(path / "embeddings.safetensors")
-        tensors, meta = load_safetensors(path / "student.safetensors", "student weights")
         arch = ARCHITECTURES.get(config["architecture"])
         if arch is None:
             raise VocabertError(f"unknown architecture {config['architecture']!r} in {path / 'config.json'}")
+        weights = path / "model.safetensors"
+        tensors, metadata = load_safetensors(weights, "model weights")
+        student = {k.removeprefix(STUDENT_PREFIX): v for k, v in tensors.items() if k.startswith(STUDENT_PREFIX)}
+        entries = {k: v for k, v in tensors.items() if not k.startswith(STUDENT_PREFIX)}
+        store = VocabularyStore.from_tensors(entries, metadata, f"model weights {weights}")
         try:
-            network = arch.from_tensors(tensors)
+            network = arch.from_tensors(student)
         except KeyError as e:
-            raise VocabertError(f"student weights in {path} lack tensor {e}") from None
+            raise VocabertError(f"model weights {weights} lack tensor {STUDENT_PREFIX}{e.args[0]}") from None
         network.check(len(store), store.dim)
         model = cls(config, tokenizer_text, store, network)
         model.path = path
         return model
+
+
+def sentence_transformers_config() -> dict:
+    """``config_sentence_transformers.json``: cosine similarity, and vocabert as a requirement, so that
+    sentence-transformers says what to install where vocabert is missing."""
+    from vocabert import __version__
+
+    return {
+        "model_type": "SentenceTransformer",
+        "prompts": {},
+        "default_prompt_name": None,
+        "similarity_fn_name": "cosine",
+        "requirements": {"vocabert": f">={__version__}"},
+    }
 
 
 def load(path: str | Path) -> StudentModel:

@@ -1,18 +1,18 @@
 """The entry store: one teacher vector per vocabulary entry, in safetensors, memory-mapped on load.
 
-``embeddings.safetensors`` holds ``embeddings`` (entries x dim, fp16; or int8 with per-row
-``scales``) and ``patterns`` (the entries' token patterns, see :mod:`vocabert.matching`). The file
-is opened with ``np.memmap``, so loading costs milliseconds whatever the vocabulary size, and only
-rows a text uses are ever read from disk.
+A store holds ``embeddings`` (entries x dim, fp16; or int8 with per-row ``scales``) and
+``patterns`` (the entries' token patterns, see :mod:`vocabert.matching`). The distillation keeps it
+in ``embeddings.safetensors``; a model folder keeps the same tensors in ``model.safetensors``.
+Tensors are opened with ``np.memmap``, so loading costs milliseconds whatever the vocabulary size,
+and only rows a text uses are ever read from disk.
 """
 
 from __future__ import annotations
 
-import json
-import struct
 from pathlib import Path
 
 import numpy as np
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from vocabert.artifacts import VocabertError, atomic_write
@@ -28,46 +28,34 @@ def save_safetensors(path: str | Path, tensors: dict[str, np.ndarray], metadata:
 
 
 def load_safetensors(path: str | Path, what: str = "safetensors file") -> tuple[dict[str, np.ndarray], dict]:
-    """Memory-map every tensor of a safetensors file, checking that the file is whole."""
+    """Memory-map every tensor of a safetensors file, after the safetensors library has validated it."""
     path = Path(path)
     if not path.is_file():
         raise VocabertError(f"{what}: {path} is missing")
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise VocabertError(f"{what}: {path} is truncated (only {size} bytes)")
-        (header_len,) = struct.unpack("<Q", head)
-        if header_len > size - 8:
-            raise VocabertError(f"{what}: {path} is truncated or not safetensors (header exceeds the file)")
-        try:
-            header = json.loads(f.read(header_len))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise VocabertError(f"{what}: {path} is corrupt (unreadable header)") from None
     try:
-        metadata = header.pop("__metadata__", {}) or {}
-        if not isinstance(metadata, dict):
-            raise TypeError("metadata is not an object")
-        entries = []
-        for name, info in header.items():
-            begin, end = info["data_offsets"]
-            entries.append((name, info["dtype"], tuple(info["shape"]), int(begin), int(end)))
-    except (AttributeError, TypeError, KeyError, ValueError) as e:
-        raise VocabertError(f"{what}: {path} is corrupt (unexpected header layout: {e})") from None
-    base = 8 + header_len
+        # safe_open checks the header (JSON, dtypes, shapes against offsets, tensors back to back)
+        # and that the data covers the file exactly, so a cut or padded file fails here.
+        with safe_open(str(path), framework="numpy") as f:
+            metadata = f.metadata() or {}
+            specs = [
+                (name, f.get_slice(name).get_dtype(), tuple(f.get_slice(name).get_shape())) for name in f.offset_keys()
+            ]
+    except SafetensorError as e:
+        reason = " ".join(str(e).split())
+        raise VocabertError(f"{what}: {path} is truncated or corrupt ({reason})") from None
+    with open(path, "rb") as f:
+        offset = 8 + int.from_bytes(f.read(8), "little")  # the header length, validated above
     tensors = {}
-    for name, dtype_name, shape, begin, end in entries:
+    for name, dtype_name, shape in specs:  # in file order: each tensor starts where the previous one ends
         dtype = _DTYPES.get(dtype_name)
         if dtype is None:
             raise VocabertError(f"{what}: {path}: tensor {name} has unsupported dtype {dtype_name}")
-        if base + end > size:
-            raise VocabertError(f"{what}: {path} is truncated ({size} bytes, tensor {name} needs {base + end})")
-        if not 0 <= begin <= end or int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize != end - begin:
-            raise VocabertError(f"{what}: {path} is corrupt (tensor {name} size does not match its shape)")
-        if end == begin:
+        size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        if size == 0:
             tensors[name] = np.zeros(shape, dtype=dtype)
         else:
-            tensors[name] = np.memmap(path, dtype=dtype, mode="r", offset=base + begin, shape=shape)
+            tensors[name] = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+        offset += size
     return tensors, metadata
 
 
@@ -118,16 +106,31 @@ class VocabularyStore:
             return cls(patterns, q, scales.astype(np.float32), metadata)
         raise VocabertError(f"unknown store dtype {dtype!r}: use float16 or int8")
 
-    def save(self, path: str | Path) -> None:
-        tensors = {"patterns": self.patterns.astype(np.int32), "embeddings": self.embeddings}
+    def tensors(self) -> dict[str, np.ndarray]:
+        """The store as safetensors tensors (``patterns``, ``embeddings`` and, for int8, ``scales``)."""
+        tensors = {"patterns": np.asarray(self.patterns).astype(np.int32), "embeddings": self.embeddings}
         if self.scales is not None:
-            tensors["scales"] = self.scales.astype(np.float32)
-        save_safetensors(path, tensors, {k: str(v) for k, v in self.metadata.items()})
+            tensors["scales"] = np.asarray(self.scales).astype(np.float32)
+        return tensors
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, np.ndarray], metadata: dict, where: str) -> VocabularyStore:
+        """The store in ``tensors`` (as :meth:`tensors` names them); ``where`` names the file in errors."""
+        for name in ("patterns", "embeddings"):
+            if name not in tensors:
+                raise VocabertError(f"{where} has no {name!r} tensor")
+        patterns, embeddings, scales = tensors["patterns"], tensors["embeddings"], tensors.get("scales")
+        if patterns.ndim != 2 or embeddings.ndim != 2 or (scales is not None and scales.shape != (len(embeddings),)):
+            raise VocabertError(
+                f"{where}: tensor shapes do not fit (patterns {patterns.shape}, embeddings {embeddings.shape}, "
+                f"scales {None if scales is None else scales.shape})"
+            )
+        return cls(np.asarray(patterns), embeddings, scales, metadata)
+
+    def save(self, path: str | Path) -> None:
+        save_safetensors(path, self.tensors(), {k: str(v) for k, v in self.metadata.items()})
 
     @classmethod
     def load(cls, path: str | Path) -> VocabularyStore:
         tensors, metadata = load_safetensors(path, "entry store")
-        for name in ("patterns", "embeddings"):
-            if name not in tensors:
-                raise VocabertError(f"entry store {path} has no {name!r} tensor")
-        return cls(np.asarray(tensors["patterns"]), tensors["embeddings"], tensors.get("scales"), metadata)
+        return cls.from_tensors(tensors, metadata, f"entry store {path}")

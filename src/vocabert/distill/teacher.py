@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,8 @@ from vocabert.tokenizer import tokenizer_fingerprint
 # Files whose content decides what the teacher computes. Weights are hashed in full.
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _CONFIG_FILES = ("config.json", "modules.json", "sentence_bert_config.json", "1_Pooling/config.json")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+_LOADED_ID = re.compile(r"""(?:SentenceTransformer|from_pretrained)\(\s*["']([^"']+)["']""")
 
 
 def default_teacher_path() -> Path:
@@ -93,11 +96,40 @@ def teacher_fingerprint(path: Path) -> str:
     return _teacher_fingerprint(str(path), stamp)
 
 
+def teacher_name(path: str | Path) -> str:
+    """The teacher's public name, e.g. ``sentence-transformers/all-MiniLM-L6-v2``; never a local path.
+
+    Taken from a Hugging Face cache path (``models--owner--name``), else from the model id the
+    folder's README loads in its usage example, else (for a plain transformers folder) from
+    ``_name_or_path`` in config.json; failing all, the folder's name.
+    """
+    path = Path(path)
+    for part in reversed(path.parts):
+        if part.startswith("models--") and part.count("--") >= 2:
+            return part.removeprefix("models--").replace("--", "/", 1)
+    readme = path / "README.md"
+    if readme.is_file():
+        for found in _LOADED_ID.findall(readme.read_text(encoding="utf-8", errors="replace")):
+            if _HUB_ID.fullmatch(found):
+                return found
+    config = path / "config.json"
+    # In a sentence-transformers folder, _name_or_path names the model it was fine-tuned from.
+    if config.is_file() and not (path / "modules.json").is_file():
+        try:
+            name = json.loads(config.read_text(encoding="utf-8")).get("_name_or_path")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            name = None
+        if isinstance(name, str) and _HUB_ID.fullmatch(name) and not Path(name).exists():
+            return name
+    return path.name
+
+
 def provenance(path: str | Path | None) -> dict:
     """Fingerprints of the teacher and its tokenizer, recorded in every artifact's manifest."""
     path = resolve_teacher_path(path)
     return {
         "teacher": teacher_fingerprint(path),
+        "teacher_name": teacher_name(path),
         "teacher_source": str(path),
         "tokenizer": tokenizer_fingerprint(tokenizer_json(path)),
         "tokenizer_source": str(path),

@@ -1,0 +1,90 @@
+"""Synthetic building blocks for the inference tests: a tiny BERT-style tokenizer and a tiny model.
+
+No teacher and no data: everything is built in memory in milliseconds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tokenizers import Tokenizer
+from tokenizers.models import WordPiece
+from tokenizers.normalizers import BertNormalizer
+from tokenizers.pre_tokenizers import BertPreTokenizer
+from tokenizers.processors import TemplateProcessing
+
+from vocabert.matching import PAD, WILDCARD
+from vocabert.model import StudentModel, WeightedMean
+from vocabert.store import VocabularyStore
+from vocabert.tokenizer import tokenizer_fingerprint
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+WORDS = (
+    "the a cat cats dog sat on mat big small house car red blue runs fast in park how long do live what is "
+    "good day of new york city ##s ##ing"
+).split()
+VOCAB = {token: i for i, token in enumerate(SPECIALS + WORDS)}
+DIM = 8
+
+
+def tokenizer_text() -> str:
+    """tokenizer.json of a WordPiece tokenizer over ``WORDS`` that wraps texts in [CLS] ... [SEP]."""
+    tokenizer = Tokenizer(WordPiece(VOCAB, unk_token="[UNK]"))
+    tokenizer.normalizer = BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = BertPreTokenizer()
+    tokenizer.post_processor = TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", VOCAB["[CLS]"]), ("[SEP]", VOCAB["[SEP]"])],
+    )
+    tokenizer.add_special_tokens(SPECIALS)
+    return tokenizer.to_str()
+
+
+def ids(*tokens: str) -> list[int]:
+    return [WILDCARD if t == "*" else VOCAB[t] for t in tokens]
+
+
+# Every word, and phrases of each shape: n-grams of 2 and 3, skip-grams with gaps of 1 and 2.
+PHRASES = [("new", "york"), ("new", "york", "city"), ("how", "long"), ("the", "*", "sat"), ("big", "*", "*", "car")]
+
+
+def patterns() -> np.ndarray:
+    rows = [ids(w) for w in WORDS] + [ids(*p) for p in PHRASES]
+    out = np.full((len(rows), 4), PAD, dtype=np.int32)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
+    return out
+
+
+def config(tokenizer: str, max_length: int = 16) -> dict:
+    return {
+        "architecture": WeightedMean.name,
+        "max_length": max_length,
+        "vocab_size": len(VOCAB),
+        "provenance": {
+            "teacher": "0123456789abcdef",
+            "teacher_name": "example-org/tiny-teacher",
+            "teacher_source": "/home/builder/private/tiny-teacher",
+            "tokenizer": tokenizer_fingerprint(tokenizer),
+            "tokenizer_source": "/home/builder/private/tiny-teacher",
+        },
+        "training": {
+            "settings": {"epochs": 2, "lr": 0.01},
+            "history": {"n_train": 90, "n_val": 10, "val_cosine_before": 0.5, "best_val_cosine": 0.75},
+            "seconds": 1.5,
+        },
+    }
+
+
+def tiny_model(dtype: str = "float16", max_length: int = 16, seed: int = 0) -> StudentModel:
+    """An untrained student over ``WORDS`` and ``PHRASES`` with random vectors of dimension ``DIM``."""
+    rng = np.random.default_rng(seed)
+    text = tokenizer_text()
+    p = patterns()
+    store = VocabularyStore.from_float(p, rng.normal(size=(len(p), DIM)).astype(np.float32), dtype, {"dim": DIM})
+    network = WeightedMean(
+        rng.uniform(0.5, 2.0, size=len(p)),
+        np.eye(DIM) + 0.1 * rng.normal(size=(DIM, DIM)),
+        0.01 * rng.normal(size=DIM),
+    )
+    return StudentModel(config(text, max_length), text, store, network)
