@@ -47,7 +47,8 @@ def small_data(data_dir: Path, tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def workspace(small_data, tmp_path_factory):
     """Every stage once on the small slices, with a private teacher cache."""
-    from vocabert.distill.pipeline import Workspace, build_model
+    from vocabert.distill.pipeline import build_model
+    from vocabert.distill.workspace import Workspace
 
     root = tmp_path_factory.mktemp("run")
     ws = Workspace(root / "work", None, cache_dir=root / "cache", show_progress_bar=False)

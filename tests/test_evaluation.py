@@ -1,3 +1,6 @@
+"""Quality metrics: fidelity, STS Spearman (scipy) and ranking metrics (ir-measures), on hand-computed cases
+and on the published TREC DL 2019 figures of the bundled runs."""
+
 import gzip
 import json
 import math
@@ -6,29 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy.stats import spearmanr
 
 from vocabert.artifacts import VocabertError
-from vocabert.bench.metrics import (
-    RetrievalTask,
-    average_ranks,
-    dl19_task,
-    evaluate_ranking,
-    evaluate_retrieval,
-    evaluate_sts,
-    fidelity,
-    make_task,
-    mrr_at_k,
-    ndcg_at_k,
-    read_beir,
-    read_corpus,
-    read_qrels,
-    read_queries,
-    read_sts,
-    recall_at_k,
-    search,
-    spearman,
-)
+from vocabert.bench.datasets import RetrievalTask, dl19_task, make_task, read_beir, relevance_threshold
+from vocabert.bench.metrics import evaluate_ranking, evaluate_retrieval, evaluate_sts, fidelity, search
 
 DATA = Path(os.environ.get("VOCABERT_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 needs_data = pytest.mark.skipif(
@@ -39,53 +23,71 @@ needs_data = pytest.mark.skipif(
 # ---------------------------------------------------------------------------------------------- metrics
 
 
+def _one(qrels: dict[str, int], ranked: list[str], min_grade: int = 2, k: int = 100) -> dict:
+    """The metrics of one query ``q`` ranked as given."""
+    corpus = {pid: pid for pid in [*qrels, *ranked]}
+    return evaluate_ranking(RetrievalTask("t", corpus, {"q": "q"}, {"q": qrels}, min_grade), {"q": ranked}, k)
+
+
 def test_ndcg_graded_hand_computed():
     qrels = {"a": 3, "b": 2, "c": 0, "d": 1}
-    ranked = ["c", "b", "x", "a"]
-    # k=3: top 3 grades are 0, 2, 0 -> DCG = 2/log2(3) = 1.26186
-    # IDCG uses all judged grades 3, 2, 1 (a and d are not in the top 3 but still count):
-    #   3/log2(2) + 2/log2(3) + 1/log2(4) = 3 + 1.26186 + 0.5 = 4.76186
-    assert ndcg_at_k(ranked, qrels, k=3) == pytest.approx((2 / math.log2(3)) / (3 + 2 / math.log2(3) + 0.5))
-    assert ndcg_at_k(ranked, qrels, k=3) == pytest.approx(0.264993, abs=1e-6)
-    # k=10: a (grade 3) at rank 4 adds 3/log2(5) = 1.29203 -> 2.55389 / 4.76186 = 0.536322
-    assert ndcg_at_k(ranked, qrels, k=10) == pytest.approx(0.536322, abs=1e-6)
-    # The ideal ranking scores 1; no positive grade (IDCG = 0) scores 0.
-    assert ndcg_at_k(["a", "b", "d"], qrels) == pytest.approx(1.0)
-    assert ndcg_at_k(["c", "x"], {"c": 0}) == 0.0
-    assert ndcg_at_k([], {}) == 0.0
+    # Top 10 grades 0, 2, 0, 3 -> DCG = 2/log2(3) + 3/log2(5) = 1.26186 + 1.29203 = 2.55389.
+    # IDCG uses all judged grades 3, 2, 1 (d is never retrieved but still counts):
+    #   3/log2(2) + 2/log2(3) + 1/log2(4) = 4.76186 -> 0.536322
+    expected = (2 / math.log2(3) + 3 / math.log2(5)) / (3 + 2 / math.log2(3) + 0.5)
+    assert _one(qrels, ["c", "b", "x", "a"])["ndcg@10"] == pytest.approx(expected, abs=1e-9)
+    assert expected == pytest.approx(0.536322, abs=1e-6)
+    # The ideal ranking scores 1; a negative grade counts as 0; a repeated id counts once.
+    assert _one(qrels, ["a", "b", "d"])["ndcg@10"] == pytest.approx(1.0)
+    assert _one(qrels | {"c": -1}, ["c", "b", "x", "a"])["ndcg@10"] == pytest.approx(expected, abs=1e-9)
+    assert _one(qrels, ["b", "b", "a"])["ndcg@10"] == _one(qrels, ["b", "a"])["ndcg@10"]
+    # Only passages past rank 10 or none at all: 0.
+    assert _one({"p11": 3}, [f"p{i}" for i in range(1, 12)])["ndcg@10"] == 0.0
 
 
 def test_mrr_cutoff_and_min_grade():
     ranked = [f"p{i}" for i in range(1, 12)]  # p11 is at rank 11
-    assert mrr_at_k(ranked, {"p11": 3}, k=10) == 0.0
-    assert mrr_at_k(ranked, {"p11": 3}, k=11) == pytest.approx(1 / 11)
+    assert _one({"p11": 3}, ranked)["mrr@10"] == 0.0
+    assert _one({"p10": 3}, ranked)["mrr@10"] == pytest.approx(1 / 10)
     # p1 has grade 1, below min_grade=2: the first relevant one is p3.
-    assert mrr_at_k(ranked, {"p1": 1, "p3": 2}, k=10) == pytest.approx(1 / 3)
-    assert mrr_at_k(ranked, {"p1": 1, "p3": 2}, k=10, min_grade=1) == 1.0
+    assert _one({"p1": 1, "p3": 2}, ranked)["mrr@10"] == pytest.approx(1 / 3)
+    assert _one({"p1": 1, "p3": 2}, ranked, min_grade=1)["mrr@10"] == 1.0
 
 
 def test_recall_small_case():
     qrels = {"a": 2, "b": 3, "c": 1, "d": 2}  # relevant at min_grade=2: a, b, d
-    assert recall_at_k(["a", "x", "c", "b", "d"], qrels, k=4) == pytest.approx(2 / 3)
-    assert recall_at_k(["a", "x", "c", "b", "d"], qrels, k=5) == 1.0
-    assert recall_at_k(["c"], qrels, k=5, min_grade=1) == pytest.approx(1 / 4)
-    assert math.isnan(recall_at_k(["a"], {"a": 1}, k=5))  # nothing relevant: undefined
+    assert _one(qrels, ["a", "x", "c", "b", "d"], k=4)["recall@4"] == pytest.approx(2 / 3)
+    assert _one(qrels, ["a", "x", "c", "b", "d"], k=5)["recall@5"] == 1.0
+    assert _one(qrels, ["c"], min_grade=1, k=5)["recall@5"] == pytest.approx(1 / 4)
+    assert math.isnan(_one({"a": 1}, ["a"])["recall@100"])  # nothing relevant at grade 2: undefined
 
 
-def test_spearman_ties_hand_computed():
-    assert average_ranks(np.array([10, 20, 20, 30])).tolist() == [1.0, 2.5, 2.5, 4.0]
-    # x ranks 1, 2.5, 2.5, 4; y ranks 1, 3, 2, 4; centred: (-1.5, 0, 0, 1.5) and (-1.5, .5, -.5, 1.5)
-    # sum of products 4.5, sums of squares 4.5 and 5 -> 4.5 / sqrt(22.5) = 3 / sqrt(10)
-    assert spearman([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(3 / math.sqrt(10))
-    assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
+def test_query_missing_from_run_scores_zero():
+    task = RetrievalTask("t", {"a": "", "b": ""}, {"q1": "", "q2": ""}, {"q1": {"a": 2}, "q2": {"b": 2}})
+    r = evaluate_ranking(task, {"q1": ["a"]})
+    assert (r["ndcg@10"], r["mrr@10"], r["recall@100"]) == (0.5, 0.5, 0.5)
+    assert r["per_query_ndcg@10"] == {"q1": 1.0, "q2": 0.0} and r["relevance_threshold"] == 2
 
 
-def test_spearman_matches_scipy():
-    rng = np.random.default_rng(0)
-    for _ in range(5):
-        x = rng.integers(0, 6, 200).astype(float)  # many ties, like STS gold scores
-        y = x + rng.normal(0, 2, 200).round(1)
-        assert spearman(x, y) == pytest.approx(spearmanr(x, y).statistic, abs=1e-12)
+def _pairs_encoder(cosines: dict[str, float]):
+    """Sentence "a" is the unit x vector; every other sentence is at the given cosine to it."""
+
+    def encode(texts):
+        angles = [math.acos(1.0 if t == "a" else cosines[t]) for t in texts]
+        return np.array([[math.cos(x), math.sin(x)] for x in angles], dtype=np.float32)
+
+    return encode
+
+
+@pytest.mark.filterwarnings("ignore::scipy.stats.ConstantInputWarning")
+def test_sts_spearman_ties_hand_computed():
+    # cosines rank 1, 2.5, 2.5, 4 (a tie); gold ranks 1, 3, 2, 4; centred: (-1.5, 0, 0, 1.5) and
+    # (-1.5, .5, -.5, 1.5): sum of products 4.5, sums of squares 4.5 and 5 -> 4.5 / sqrt(22.5) = 3 / sqrt(10)
+    encode = _pairs_encoder({"w": 0.1, "x": 0.5, "y": 0.5, "z": 0.9})
+    r = evaluate_sts(encode, ["a"] * 4, ["w", "x", "y", "z"], np.array([1.0, 3.0, 2.0, 4.0]))
+    assert r["spearman"] == pytest.approx(3 / math.sqrt(10), abs=1e-6) and r["n"] == 4
+    constant = evaluate_sts(encode, ["a"] * 3, ["x", "y", "x"], np.array([1.0, 2.0, 3.0]))
+    assert math.isnan(constant["spearman"])  # constant cosines: no rank correlation
 
 
 def test_search_is_exact_top_k():
@@ -180,80 +182,29 @@ def test_evaluate_ranking_and_retrieval():
     assert r["mrr@10"] == 1.0 and r["recall@100"] == 1.0
 
 
-# ---------------------------------------------------------------------------------------------- readers
+def test_beir_binary_qrels_count_grade_one_as_relevant(tmp_path):
+    """A SciFact-style BEIR folder (binary qrels): MRR and recall must see the grade-1 documents."""
+    docs = [("d1", "Cats", "aaaa"), ("d2", "", "bbbb"), ("d3", "", "cccc"), ("d4", "", "dddd")]
+    (tmp_path / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": i, "title": t, "text": x}) + "\n" for i, t, x in docs)
+    )
+    queries = [("q1", "aaa"), ("q2", "bbb"), ("q3", "ccc"), ("q9", "unjudged")]
+    (tmp_path / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in queries))
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t1\nq3\td3\t1\n")
+    task = make_task(tmp_path.name, *read_beir(tmp_path))
+    assert task.min_grade == 1 and list(task.queries) == ["q1", "q2", "q3"]
+    r = evaluate_retrieval(task, _bag_of_letters, _bag_of_letters)  # ranks each query's document first
+    assert r["mrr@10"] == 1.0 and r["recall@100"] == 1.0 and r["ndcg@10"] == pytest.approx(1.0)
+    assert r["relevance_threshold"] == 1
 
 
-def _write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.name.endswith(".gz"):
-        with gzip.open(path, "wt", encoding="utf-8") as f:
-            f.write(text)
-    else:
-        path.write_text(text, encoding="utf-8")
-    return path
-
-
-def test_qrels_trec_and_beir_forms(tmp_path):
-    trec = _write(tmp_path / "qrels.trec.gz", "1 Q0 10 3\n1 Q0 11 0\n2 0 10 1\n\n")
-    assert read_qrels(trec) == {"1": {"10": 3, "11": 0}, "2": {"10": 1}}
-    beir = _write(tmp_path / "test.tsv", "query-id\tcorpus-id\tscore\nq1\tdoc1\t1\nq1\tdoc2\t2\n")
-    assert read_qrels(beir) == {"q1": {"doc1": 1, "doc2": 2}}
-
-
-def test_tsv_and_jsonl_queries_and_corpus(tmp_path):
-    assert read_queries(_write(tmp_path / "q.tsv", "1\thello world\textra\n2\t bye\n")) == {
-        "1": "hello world",
-        "2": "bye",
-    }
-    assert read_corpus(_write(tmp_path / "c.tsv.gz", "7\tsome passage\n")) == {"7": "some passage"}
-    jsonl = '{"id": 3, "text": "three"}\n{"_id": "q4", "text": "four"}\n'
-    assert read_queries(_write(tmp_path / "q.jsonl", jsonl)) == {"3": "three", "q4": "four"}
-
-
-def test_read_beir_folder(tmp_path):
-    docs = [
-        {"_id": "d1", "title": "Paris", "text": "Capital of France."},
-        {"_id": "d2", "title": "", "text": "No title here."},
-    ]
-    _write(tmp_path / "corpus.jsonl.gz", "".join(json.dumps(d) + "\n" for d in docs))
-    queries = [{"_id": "q1", "text": "capital?"}, {"_id": "q2", "text": "unjudged"}]
-    _write(tmp_path / "queries.jsonl", "".join(json.dumps(q) + "\n" for q in queries))
-    _write(tmp_path / "qrels" / "test.tsv", "query-id\tcorpus-id\tscore\nq1\td1\t1\n")
-    corpus, queries, qrels = read_beir(tmp_path)
-    assert corpus == {"d1": "Paris Capital of France.", "d2": "No title here."}
-    assert queries == {"q1": "capital?"}  # q2 has no qrels
-    assert qrels == {"q1": {"d1": 1}}
-    (tmp_path / "qrels" / "test.tsv").unlink()
-    with pytest.raises(VocabertError, match="test qrels"):
-        read_beir(tmp_path)
-
-
-def test_reader_errors(tmp_path):
-    with pytest.raises(VocabertError, match="missing"):
-        read_sts(tmp_path / "nope.csv")
-    with pytest.raises(VocabertError, match="empty"):
-        read_sts(_write(tmp_path / "empty.csv.gz", "\n"))
-    good = "g\tf\t2012\t0001\t4.0\tA man.\tA guy.\n"
-    with pytest.raises(VocabertError, match=r"short\.csv:2: expected at least 7"):
-        read_sts(_write(tmp_path / "short.csv", good + "g\tf\t2012\t0002\t4.0\tonly one\n"))
-    with pytest.raises(VocabertError, match=r"score\.csv:3: score 'high'"):
-        read_sts(_write(tmp_path / "score.csv", good + good + "g\tf\t2012\t3\thigh\ta\tb\n"))
-    with pytest.raises(VocabertError, match=r"q\.tsv:1:"):
-        read_queries(_write(tmp_path / "q.tsv", "no tab here\n"))
-    with pytest.raises(VocabertError, match=r"bad\.jsonl:2: not valid JSON"):
-        read_corpus(_write(tmp_path / "bad.jsonl", '{"_id": "1", "text": "x"}\n{oops\n'))
-    with pytest.raises(VocabertError, match=r"qrels\.txt:1: grade"):
-        read_qrels(_write(tmp_path / "qrels.txt", "1 Q0 10 high\n"))
-    with pytest.raises(VocabertError, match=r"qrels5\.txt:1: expected"):
-        read_qrels(_write(tmp_path / "qrels5.txt", "1 Q0 10 1 extra\n"))
-
-
-@needs_data
-def test_real_sts_dev():
-    s1, s2, gold = read_sts(DATA / "sts" / "stsbenchmark" / "sts-dev.csv.gz")
-    assert len(s1) == len(s2) == len(gold) == 1500
-    assert gold.min() >= 0 and gold.max() <= 5
-    assert s1[0] == "A man with a hard hat is dancing."
+def test_relevance_threshold_follows_the_qrels():
+    assert relevance_threshold({"q": {"a": 1, "b": 0}}) == 1  # binary (BEIR)
+    assert relevance_threshold({"q": {"a": 3, "b": 1}, "r": {"c": 2}}) == 2  # graded (TREC DL)
+    assert make_task("t", {"a": "x"}, {"q": "x"}, {"q": {"a": 1}}, min_grade=2).min_grade == 2  # explicit wins
+    with pytest.raises(VocabertError, match="none of its 1 queries has a relevant document"):
+        make_task("t", {"a": "x"}, {"q": "x"}, {"q": {"zz": 1}})
 
 
 @needs_data
@@ -262,18 +213,22 @@ def test_real_dl19_task():
     assert len(task.queries) == 43 and len(task.corpus) == 31_362
     assert task.n_dropped_queries == 0 and set(task.qrels) == set(task.queries)
     assert {g for q in task.qrels.values() for g in q.values()} == {0, 1, 2, 3}
+    assert task.min_grade == 2
 
 
 @needs_data
-def test_dl19_bm25_run_matches_published_ndcg():
-    # The staged BM25 top-100 run must reproduce Anserini's published DL19 nDCG@10 (0.5058), which
-    # checks the graded nDCG against trec_eval on real data.
+@pytest.mark.parametrize("system, published", [("BM25", 0.5058), ("D_BERT_KD_TASB", 0.7210)])
+def test_dl19_runs_match_published_ndcg(system, published):
+    # The bundled top-100 runs must reproduce the published DL19 nDCG@10 of Anserini's BM25 (0.5058)
+    # and of TAS-B (0.7210): graded nDCG on real data, against trec_eval's published figures.
     run: dict[str, list[tuple[int, str]]] = {}
     with gzip.open(DATA / "msmarco_passage" / "runs.dl19.top100.tsv.gz", "rt", encoding="utf-8") as f:
         next(f)
         for line in f:
-            system, _, qid, pid, rank, _ = line.split("\t")
-            if system == "BM25":
+            name, _, qid, pid, rank, _ = line.split("\t")
+            if name == system:
                 run.setdefault(qid, []).append((int(rank), pid))
     ranked = {qid: [pid for _, pid in sorted(hits)] for qid, hits in run.items()}
-    assert evaluate_ranking(dl19_task(DATA), ranked)["ndcg@10"] == pytest.approx(0.5058, abs=5e-5)
+    r = evaluate_ranking(dl19_task(DATA), ranked)
+    assert r["ndcg@10"] == pytest.approx(published, abs=5e-5)
+    assert 0 < r["mrr@10"] <= 1 and 0 < r["recall@100"] <= 1 and r["n_queries"] == 43

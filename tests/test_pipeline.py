@@ -19,12 +19,12 @@ from conftest import SMALL_MINE, SMALL_TRAIN
 import vocabert
 from vocabert.artifacts import VocabertError
 from vocabert.cli import main
-from vocabert.distill import pipeline
-from vocabert.distill.corpus import CorpusSettings, run_corpus
+from vocabert.distill.corpus import CorpusSettings, open_corpus, run_corpus
 from vocabert.distill.embedding import EmbedSettings, open_teacher_pass, run_embedding, teacher_texts
 from vocabert.distill.mining import run_mining
-from vocabert.distill.pipeline import Workspace, build_model
+from vocabert.distill.pipeline import build_model
 from vocabert.distill.training import run_training
+from vocabert.distill.workspace import Workspace
 
 # ------------------------------------------------------------------------------------- model API
 
@@ -42,7 +42,7 @@ def test_encode_shape_dtype_and_norm(model):
 def test_student_is_close_to_teacher_on_heldout(workspace, model):
     from vocabert.bench.metrics import fidelity
 
-    texts = pipeline.open_corpus(workspace).texts("heldout", "passages")
+    texts = open_corpus(workspace).texts("heldout", "passages")
     assert len(texts) >= 20
     target = workspace.teacher_cache().encode(texts, workspace.teacher().encode)
     result = fidelity(model.encode(texts), target)
@@ -216,7 +216,7 @@ def test_training_reads_only_the_work_directory(workspace, tmp_path):
 
 def test_teacher_pass_matches_the_teacher(workspace):
     passed = open_teacher_pass(workspace)
-    corpus = pipeline.open_corpus(workspace)
+    corpus = open_corpus(workspace)
     texts = [t for shard, _ in teacher_texts(corpus, EmbedSettings().teacher_share) for t in shard.texts]
     assert len(passed) == len(texts) and sorted(passed.text_index.tolist()) == list(range(len(texts)))
     sample = np.arange(0, len(texts), 37)

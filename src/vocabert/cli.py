@@ -15,7 +15,7 @@ DEFAULT_WORKDIR = Path("runs") / "minilm-msmarco"
 
 
 def _workspace(args: argparse.Namespace):
-    from vocabert.distill.pipeline import Workspace
+    from vocabert.distill.workspace import Workspace
 
     kwargs = {"show_progress_bar": not args.no_progress}
     if args.cache_dir:
@@ -79,29 +79,29 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from vocabert.distill.pipeline import stage_evaluate
-
-    stage_evaluate(_workspace(args), Path(args.model) if args.model else None, max_texts=args.max_eval_texts)
+    cmd_bench(args, peers=False)
 
 
-def cmd_bench(args: argparse.Namespace) -> None:
+def cmd_bench(args: argparse.Namespace, peers: bool | None = None) -> None:
+    """``vocabert bench``; with ``peers=False`` ``vocabert evaluate`` (reports into <workdir>/eval)."""
     from vocabert.bench.benchmark import SpeedPlan, run_bench
 
     ws = _workspace(args)
-    model_dir = Path(args.model) if args.model else ws.model_dir
-    plan = SpeedPlan(repeats=args.repeats)
+    # `vocabert run` has no --model or --out: it evaluates the model it trained.
+    model, out = getattr(args, "model", None), getattr(args, "out", None)
+    peers = not args.no_peers if peers is None else peers
     run_bench(
         ws,
-        model_dir,
-        Path(args.out) if args.out else ws.root / "bench",
+        Path(model) if model else ws.model_dir,
+        Path(out) if out else ws.root / ("bench" if peers else "eval"),
         data_dir=args.data_dir,
-        sts_files=[Path(f) for f in args.sts],
-        beir_dirs=[Path(d) for d in args.beir],
-        trec_sets=[tuple(Path(x) for x in t) for t in args.trec],
+        sts_files=args.sts,
+        beir_dirs=args.beir,
+        trec_sets=args.trec,
         max_fidelity_texts=args.max_eval_texts,
-        peers=not args.no_peers,
+        peers=peers,
         dl19=not args.no_dl19,
-        speed=plan,
+        speed=SpeedPlan(repeats=args.repeats),
     )
 
 
@@ -128,8 +128,9 @@ def cmd_run(args: argparse.Namespace) -> None:
     from vocabert.distill.corpus import CorpusSettings
     from vocabert.distill.embedding import EmbedSettings
     from vocabert.distill.mining import MineSettings
-    from vocabert.distill.pipeline import build_model, log
+    from vocabert.distill.pipeline import build_model
     from vocabert.distill.training import TrainSettings
+    from vocabert.distill.workspace import log
 
     ws = _workspace(args)
     times = build_model(
@@ -142,7 +143,6 @@ def cmd_run(args: argparse.Namespace) -> None:
         force=args.force,
     )
     started = time.perf_counter()
-    args.model = None
     cmd_evaluate(args)
     times["evaluate"] = time.perf_counter() - started
     log("wall time per stage: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()))
@@ -268,8 +268,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-eval-texts",
         type=int,
         default=None,
-        help="evaluate on at most this many held-out passages and as many queries (default: all)",
+        help="fidelity and speed on at most this many held-out passages and as many queries (default: all)",
     )
+    g.add_argument(
+        "--sts",
+        action="append",
+        default=[],
+        metavar="[NAME=]FILE",
+        help="extra STS set, layout detected: STS-B (tab-separated, score in field 5, sentences 6-7), SICK, "
+        "score<TAB>sentence1<TAB>sentence2, or CSV/TSV with a header naming sentence1, sentence2, score",
+    )
+    g.add_argument(
+        "--beir",
+        action="append",
+        default=[],
+        metavar="[NAME=]DIR",
+        help="extra BEIR folder: corpus.jsonl[.gz], queries.jsonl[.gz], qrels/test.tsv (named after the folder)",
+    )
+    g.add_argument(
+        "--trec",
+        action="append",
+        default=[],
+        nargs=3,
+        metavar=("[NAME=]QUERIES", "QRELS", "CORPUS"),
+        help="extra retrieval set: queries TSV, qrels (TREC or BEIR form), corpus TSV (gz or plain); named "
+        "after the queries file unless NAME= is given, e.g. --trec dl20=queries.dl20.tsv qrels.dl20.txt corpus.tsv",
+    )
+    g.add_argument("--no-dl19", action="store_true", help="skip TREC DL 2019 (e.g. to measure only your own sets)")
+    g.add_argument("--repeats", type=int, default=3, help="timed runs per speed figure (default: %(default)s)")
 
     def add(name, func, help_text, parents):
         p = sub.add_parser(name, help=help_text, description=help_text, parents=parents)
@@ -299,11 +325,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "evaluate",
         cmd_evaluate,
-        "Fidelity to the teacher on held-out passages and queries, and speed of "
-        "student and teacher measured in the same run.",
+        "Measure the model next to its teacher (no other peers): fidelity to the teacher on held-out passages "
+        "and queries, STS-B dev Spearman, TREC DL 2019 retrieval (nDCG@10, MRR@10, Recall@100), speed, memory "
+        "and size. Writes bench.json, bench.md and plots to <workdir>/eval and the table into the model card; "
+        "`vocabert bench` is the same with BM25 and Model2Vec.",
         [common, evaluate],
     )
     p.add_argument("--model", default=None, help="model directory (default: <workdir>/model)")
+    p.add_argument("--out", default=None, help="report folder (default: <workdir>/eval)")
+    p.add_argument("--data-dir", default=None, help="folder with msmarco_passage/ and sts/ (default: as corpus)")
     p = add("encode", cmd_encode, "Encode a file of texts (TSV, JSONL or lines) into a .npy matrix.", [common])
     p.add_argument("--model", required=True, help="model directory")
     p.add_argument("--input", required=True, help="texts to encode")
@@ -319,31 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="model directory (default: <workdir>/model)")
     p.add_argument("--out", default=None, help="report folder (default: <workdir>/bench)")
     p.add_argument("--data-dir", default=None, help="folder with msmarco_passage/ and sts/ (default: as corpus)")
-    p.add_argument(
-        "--sts",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="extra STS set in the STS-B format (tab-separated: ..., score, sentence1, sentence2)",
-    )
-    p.add_argument(
-        "--beir",
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="extra BEIR folder: corpus.jsonl[.gz], queries.jsonl[.gz], qrels/test.tsv",
-    )
-    p.add_argument(
-        "--trec",
-        action="append",
-        default=[],
-        nargs=3,
-        metavar=("QUERIES", "QRELS", "CORPUS"),
-        help="extra retrieval set: queries TSV, qrels (TREC or BEIR form), corpus TSV (gz or plain)",
-    )
     p.add_argument("--no-peers", action="store_true", help="only the student and the teacher (no BM25, Model2Vec)")
-    p.add_argument("--no-dl19", action="store_true", help="skip TREC DL 2019 (e.g. to bench only your own sets)")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per speed figure (default: %(default)s)")
     add(
         "run",
         cmd_run,

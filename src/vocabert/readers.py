@@ -69,22 +69,33 @@ def text_format(path: str | Path) -> str:
     return "jsonl" if name.endswith((".jsonl", ".json")) else "tsv" if name.endswith(".tsv") else "lines"
 
 
-def read_texts(path: str | Path, what: str = "input file") -> Iterator[tuple[str, str]]:
-    """Stream ``(id, text)`` pairs from TSV (``id<TAB>text``), JSONL (``text`` field) or plain text."""
-    fmt = text_format(path)
+def read_json_lines(path: str | Path, what: str = "input file") -> Iterator[tuple[int, object]]:
+    """``(line_number, value)`` of every non-blank line of a JSON-lines file; callers check the value's shape."""
+    for lineno, line in read_lines(path, what):
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise VocabertError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+
+
+def read_texts(path: str | Path, what: str = "input file", fmt: str | None = None) -> Iterator[tuple[str, str]]:
+    """Stream ``(id, text)`` pairs from TSV (``id<TAB>text``), JSONL (``text`` field) or plain text.
+
+    ``fmt`` (``tsv``, ``jsonl`` or ``lines``) overrides :func:`text_format`, for files whose layout is
+    known whatever their name (e.g. MS MARCO's ``queries.dev.txt`` is ``id<TAB>text``).
+    """
+    fmt = fmt or text_format(path)
+    if fmt == "jsonl":
+        for lineno, record in read_json_lines(path, what):
+            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                raise VocabertError(f"{path}:{lineno}: expected a JSON object with a 'text' string")
+            yield str(record.get("_id", record.get("id", lineno))), record["text"]
+        return
     for lineno, line in read_lines(path, what):
         if fmt == "tsv":
             parts = line.split("\t")
             if len(parts) < 2:
                 raise VocabertError(f"{path}:{lineno}: expected 'id<TAB>text', found no tab")
             yield parts[0], parts[1]
-        elif fmt == "jsonl":
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise VocabertError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise VocabertError(f"{path}:{lineno}: expected a JSON object with a 'text' string")
-            yield str(record.get("_id", record.get("id", lineno))), record["text"]
         else:
             yield str(lineno), line

@@ -3,18 +3,19 @@
 Every model is measured on the same texts in one run:
 
 - fidelity to the teacher on held-out passages and queries (models in the teacher's space only);
-- STS-B dev Spearman (and any ``--sts`` file in the same format);
+- STS-B dev Spearman (and any ``--sts`` file: STS-B, SICK, plain or CSV/TSV with a header);
 - retrieval: TREC DL 2019 over the bundled passages (and any ``--beir`` folder or TREC-style set);
 - texts/s at batch 1 and 64 for passages and queries (median of 3 after a warm-up), peak RSS and cold
   load time in a fresh process, size on disk, and the student's time per step.
 
 Quality goes through the embedding cache (teacher and peer outputs are computed once per text);
-speed is always measured on the raw encoders.
+speed is always measured on the raw encoders. ``vocabert evaluate`` is this same run without peers.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,24 +23,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from vocabert.artifacts import VocabertError
-from vocabert.bench.metrics import (
-    RetrievalTask,
-    dl19_task,
-    evaluate_ranking,
-    evaluate_retrieval,
-    evaluate_sts,
-    fidelity,
-    make_task,
-    read_beir,
-    read_corpus,
-    read_qrels,
-    read_queries,
-    read_sts,
-)
+from vocabert.bench.datasets import RetrievalTask, StsData, dl19_task, make_task, read_beir, read_sts, trec_task
+from vocabert.bench.metrics import evaluate_ranking, evaluate_retrieval, evaluate_sts, fidelity
 from vocabert.bench.peers import BM25Retriever, Encoder, PeerUnavailable, build_peers, cached, try_peer
 from vocabert.bench.report import markdown_table, update_model_card, write_report
 from vocabert.bench.speed import measure_memory, measure_throughput
-from vocabert.distill.pipeline import Workspace, log, open_corpus
+from vocabert.distill.corpus import open_corpus
+from vocabert.distill.workspace import Workspace, check_same_teacher, log
 
 
 @dataclass
@@ -54,8 +44,78 @@ class SpeedPlan:
     memory_texts: int = 512
 
 
-def trec_task(name: str, queries: Path, qrels: Path, corpus: Path) -> RetrievalTask:
-    return make_task(name, read_corpus(corpus), read_queries(queries), read_qrels(qrels))
+def split_name(arg: str | Path) -> tuple[str | None, Path]:
+    """``NAME=PATH`` -> ``(NAME, PATH)``; a plain path -> ``(None, PATH)``.
+
+    The ``=`` belongs to the path when the whole argument exists or the part before it holds a ``/``.
+    """
+    text = str(arg)
+    name, sep, rest = text.partition("=")
+    if not sep or not name or "/" in name or Path(text).exists():
+        return None, Path(text)
+    return name, Path(rest)
+
+
+def _file_stem(path: Path) -> str:
+    """``queries.dl20.tsv.gz`` -> ``queries.dl20``: the default name of a set read from a file."""
+    return Path(path.name.removesuffix(".gz")).stem or path.name
+
+
+class _Names:
+    """Set names in use, so that two sets never overwrite each other's results."""
+
+    def __init__(self, option: str):
+        self.option = option
+        self.sources: dict[str, str] = {}
+
+    def claim(self, name: str, source: str) -> str:
+        if name in self.sources:
+            raise VocabertError(
+                f"two sets are named {name!r} ({self.sources[name]} and {source}): "
+                f"give one another name with {self.option} NAME=..."
+            )
+        self.sources[name] = source
+        return name
+
+
+def load_sets(
+    data_dir: Path,
+    dl19: bool = True,
+    sts_files: Sequence[str | Path] = (),
+    beir_dirs: Sequence[str | Path] = (),
+    trec_sets: Sequence[tuple[str | Path, str | Path, str | Path]] = (),
+) -> tuple[list[RetrievalTask], dict[str, StsData]]:
+    """Every evaluation set, read before any model is loaded so that a bad file fails in seconds.
+
+    STS-B dev is always first. ``sts_files`` and ``beir_dirs`` entries, and the queries file of each
+    ``(queries, qrels, corpus)`` in ``trec_sets``, may carry a ``NAME=`` prefix; otherwise a set is
+    named after its file (a TREC set after its queries file) or folder. Two sets of a kind with one
+    name are an error.
+    """
+    sts_names, task_names = _Names("--sts"), _Names("--trec/--beir")
+    sts_dev = data_dir / "sts" / "stsbenchmark" / "sts-dev.csv.gz"
+    sts_sets = {sts_names.claim("sts-b dev", str(sts_dev)): read_sts(sts_dev)}
+    for arg in sts_files:
+        name, path = split_name(arg)
+        sts_sets[sts_names.claim(name or path.name, str(path))] = read_sts(path)
+    tasks = []
+    if dl19:
+        tasks.append(dl19_task(data_dir))
+        task_names.claim("dl19", str(data_dir / "msmarco_passage"))
+    for arg in beir_dirs:
+        name, path = split_name(arg)
+        tasks.append(make_task(task_names.claim(name or path.name, str(path)), *read_beir(path)))
+    for queries, qrels, corpus in trec_sets:
+        name, path = split_name(queries)
+        tasks.append(trec_task(task_names.claim(name or _file_stem(path), str(path)), path, qrels, corpus))
+    for name, data in sts_sets.items():
+        log(f"sts: {name}: {data.layout}, {len(data.scores):,} pairs")
+    for task in tasks:
+        log(
+            f"retrieval: {task.name}: {len(task.queries):,} queries ({task.n_dropped_queries:,} without a relevant "
+            f"document dropped), {len(task.corpus):,} documents, relevant at grade >= {task.min_grade}"
+        )
+    return tasks, sts_sets
 
 
 def run_bench(
@@ -63,23 +123,33 @@ def run_bench(
     model_dir: Path,
     out_dir: Path,
     data_dir: Path | None = None,
-    sts_files: list[Path] = (),
-    beir_dirs: list[Path] = (),
-    trec_sets: list[tuple[Path, Path, Path]] = (),
+    sts_files: Sequence[str | Path] = (),
+    beir_dirs: Sequence[str | Path] = (),
+    trec_sets: Sequence[tuple[str | Path, str | Path, str | Path]] = (),
     max_fidelity_texts: int | None = None,
     peers: bool = True,
     dl19: bool = True,
     speed: SpeedPlan | None = None,
     seed: int = 0,
 ) -> dict:
-    """Measure everything, write bench.json / bench.md / plots into ``out_dir`` and the model card."""
+    """Measure everything, write bench.json / bench.md / plots into ``out_dir`` and the model card.
+
+    With ``peers=False`` only the student and the teacher are measured (``vocabert evaluate``).
+    Sets are named as :func:`load_sets` says.
+    """
     from vocabert.distill.corpus import default_data_dir
 
     started = time.perf_counter()
     speed = speed or SpeedPlan()
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise VocabertError(f"model folder {model_dir} does not exist")
     data_dir = Path(data_dir) if data_dir else default_data_dir()
-    if data_dir is None or not (data_dir / "msmarco_passage").is_dir():
-        raise VocabertError("bench needs the MS MARCO data folder (msmarco_passage/): use --data-dir or VOCABERT_DATA")
+    if data_dir is None or not data_dir.is_dir():
+        raise VocabertError(
+            "bench needs the bundled data folder (sts/, msmarco_passage/): use --data-dir or VOCABERT_DATA"
+        )
+    tasks, sts_sets = load_sets(data_dir, dl19, sts_files, beir_dirs, trec_sets)
     corpus = open_corpus(ws)
     heldout = {s: corpus.texts("heldout", s)[:max_fidelity_texts] for s in corpus.sources}
     heldout = {s: t for s, t in heldout.items() if t}
@@ -95,12 +165,12 @@ def run_bench(
     teacher = next((m for m in models if m.kind == "teacher"), None)
     if teacher is None or not teacher.available:
         raise VocabertError(f"the teacher could not be loaded: {getattr(teacher, 'reason', '?')}")
+    # The model under test is no optional peer: it must load, and be a student of this teacher.
+    student = next(m for m in models if m.kind == "student")
+    if not student.available:
+        raise VocabertError(f"model {model_dir} could not be loaded: {student.reason}")
+    check_same_teacher(ws.provenance, student.model.config.get("provenance", {}), f"model {model_dir}")
     bm25 = try_peer("bm25", "bm25", BM25Retriever) if peers else None
-    tasks = [dl19_task(data_dir)] if dl19 else []
-    tasks += [make_task(Path(d).name, *read_beir(d)) for d in beir_dirs]
-    tasks += [trec_task(Path(c).stem, q, r, c) for q, r, c in trec_sets]
-    sts_sets = {"sts-b dev": read_sts(data_dir / "sts" / "stsbenchmark" / "sts-dev.csv.gz")}
-    sts_sets.update({Path(f).name: read_sts(f) for f in sts_files})
 
     results: dict = {"meta": {}, "models": {}}
     quality = {m.name: cached(m, ws.cache_dir) for m in models if m.available}
@@ -119,13 +189,14 @@ def run_bench(
     results["meta"] = {
         "seed": seed,
         "teacher": str(ws.teacher_path),
-        "model": str(Path(model_dir).resolve()),
+        "model": str(model_dir.resolve()),
         "samples": {
             **{f"fidelity_{s}": len(t) for s, t in heldout.items()},
-            **{f"sts {name}": len(s[2]) for name, s in sts_sets.items()},
+            **{f"sts {name}": len(s.scores) for name, s in sts_sets.items()},
             **{f"{t.name} queries": len(t.queries) for t in tasks},
             **{f"{t.name} docs": len(t.corpus) for t in tasks},
         },
+        "sts_layouts": {name: s.layout for name, s in sts_sets.items()},
         "speed_plan": vars(speed),
         "notes": (
             "Fidelity and speed use the held-out split (never seen by mining, the teacher pass or training). "
@@ -138,9 +209,9 @@ def run_bench(
     }
     paths = write_report(results, out_dir)
     table = markdown_table(results)
-    update_model_card(Path(model_dir), table)
+    update_model_card(model_dir, table)
     print(table, flush=True)
-    log(f"bench: {', '.join(str(p) for p in paths.values())}; model card {Path(model_dir) / 'README.md'}")
+    log(f"bench: {', '.join(str(p) for p in paths.values())}; model card {model_dir / 'README.md'}")
     log(f"bench: wall time {time.perf_counter() - started:.0f}s")
     return results
 
@@ -152,7 +223,7 @@ def measure_model(
     teacher_vectors: dict[str, np.ndarray],
     heldout: dict[str, list[str]],
     tasks: list[RetrievalTask],
-    sts_sets: dict,
+    sts_sets: dict[str, StsData],
     plan: SpeedPlan,
 ) -> dict:
     """Every figure of one model; ``quality`` is its cached twin (quality only), ``model`` is timed."""
@@ -169,7 +240,10 @@ def measure_model(
         for source, texts in heldout.items():
             vectors = quality.encode(texts)
             entry["fidelity"][source] = fidelity(vectors, teacher_vectors[source], per_text=True)
-    entry["sts"] = {name: evaluate_sts(quality.encode, *pairs) for name, pairs in sts_sets.items()}
+    entry["sts"] = {
+        name: evaluate_sts(quality.encode, data.sentences1, data.sentences2, data.scores)
+        for name, data in sts_sets.items()
+    }
     entry["sts"] = next(iter(entry["sts"].values())) | {"sets": entry["sts"]}
     entry["retrieval"] = {}
     for task in tasks:

@@ -1,307 +1,31 @@
-"""Quality evaluation: dataset readers, ranking metrics, and routines that score any encoder.
+"""Quality metrics: fidelity to the teacher, STS Spearman and retrieval, for any encoder.
 
 An *encoder* is any callable ``encode(texts: list[str]) -> np.ndarray`` of shape ``(n, dim)``.
-Rows need not be normalized: every cosine here normalizes first. Everything is plain numpy, so the
-student, the teacher and the peers are scored by exactly the same code.
+Rows need not be normalized: every cosine here normalizes first, so the student, the teacher and the
+peers are scored by exactly the same code. Spearman is scipy's; the ranking metrics are computed by
+ir-measures with the reference implementations behind it (trec_eval via pytrec_eval for nDCG@10 and
+recall, the MS MARCO evaluation script for MRR@10):
 
-Readers stream their files line by line (``.gz`` is decided by the suffix) and raise
-:class:`VocabertError` with ``file:line`` for anything they cannot parse.
+- nDCG@10: linear gains (the grade), divided by the ideal DCG of all the query's judged grades, so
+  judged passages that were not retrieved (or are missing from the corpus) still count; negative
+  grades count as 0 (trec_eval's ``ndcg_cut``);
+- MRR@10 and Recall@k: a passage is relevant at grade >= the task's ``min_grade``
+  (:func:`vocabert.bench.datasets.relevance_threshold`).
 """
 
 from __future__ import annotations
 
-import gzip
-import json
 import math
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import IO
+from collections.abc import Callable
 
 import numpy as np
+from scipy.stats import spearmanr
 
 from vocabert.artifacts import VocabertError
+from vocabert.bench.datasets import RetrievalTask
 from vocabert.model import normalize
 
 Encoder = Callable[[list[str]], np.ndarray]
-Qrels = dict[str, dict[str, int]]
-
-# ----------------------------------------------------------------------------------------------
-# Readers
-
-
-def _open(path: Path) -> IO[str]:
-    # errors="replace": MS MARCO has mojibake and a stray bad byte must not stop an evaluation.
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
-    return open(path, encoding="utf-8", errors="replace")
-
-
-def _lines(path: str | Path, what: str) -> Iterator[tuple[int, str]]:
-    """Yield ``(line_number, line)`` for the non-blank lines; error if the file is missing or has none."""
-    path = Path(path)
-    if not path.is_file():
-        raise VocabertError(f"{what}: {path} is missing")
-    empty = True
-    try:
-        with _open(path) as f:
-            for number, line in enumerate(f, 1):
-                line = line.rstrip("\r\n")
-                if line.strip():
-                    empty = False
-                    yield number, line
-    except (OSError, EOFError) as e:  # a truncated or non-gzip .gz file
-        raise VocabertError(f"{what}: cannot read {path} ({e})") from None
-    if empty:
-        raise VocabertError(f"{what}: {path} is empty")
-
-
-def _is_jsonl(path: str | Path) -> bool:
-    name = Path(path).name
-    return name.endswith(".jsonl") or name.endswith(".jsonl.gz")
-
-
-def _json_records(path: str | Path, what: str) -> Iterator[tuple[int, dict]]:
-    for number, line in _lines(path, what):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise VocabertError(f"{what}: {path}:{number}: not valid JSON ({e.msg})") from None
-        if not isinstance(record, dict):
-            raise VocabertError(f"{what}: {path}:{number}: expected a JSON object")
-        yield number, record
-
-
-def _json_id(record: dict, path: str | Path, number: int, what: str) -> str:
-    key = record.get("_id", record.get("id"))
-    if key is None:
-        raise VocabertError(f"{what}: {path}:{number}: no '_id' or 'id' field")
-    return str(key)
-
-
-def _tsv_pairs(path: str | Path, what: str) -> dict[str, str]:
-    # Extra columns are ignored: only id and text are needed.
-    out: dict[str, str] = {}
-    for number, line in _lines(path, what):
-        fields = line.split("\t")
-        if len(fields) < 2:
-            raise VocabertError(f"{what}: {path}:{number}: expected 'id<TAB>text', got {len(fields)} field(s)")
-        out[fields[0].strip()] = fields[1].strip()
-    return out
-
-
-def read_sts(path: str | Path) -> tuple[list[str], list[str], np.ndarray]:
-    """STS Benchmark file -> (sentences1, sentences2, gold scores 0..5).
-
-    Fields are split on tab with no quote handling (sentences contain ``"``); columns after the
-    7th are ignored.
-    """
-    sent1: list[str] = []
-    sent2: list[str] = []
-    scores: list[float] = []
-    for number, line in _lines(path, "STS data"):
-        fields = line.split("\t")
-        if len(fields) < 7:
-            raise VocabertError(
-                f"STS data: {path}:{number}: expected at least 7 tab-separated fields, got {len(fields)}"
-            )
-        try:
-            score = float(fields[4])
-        except ValueError:
-            raise VocabertError(f"STS data: {path}:{number}: score {fields[4]!r} is not a number") from None
-        if not math.isfinite(score):
-            raise VocabertError(f"STS data: {path}:{number}: score {fields[4]!r} is not finite")
-        sent1.append(fields[5])
-        sent2.append(fields[6])
-        scores.append(score)
-    return sent1, sent2, np.asarray(scores, dtype=np.float64)
-
-
-def read_queries(path: str | Path) -> dict[str, str]:
-    """Queries: ``qid<TAB>text`` TSV, or BEIR ``queries.jsonl[.gz]`` (``_id``/``id`` and ``text``)."""
-    if not _is_jsonl(path):
-        return _tsv_pairs(path, "queries")
-    out: dict[str, str] = {}
-    for number, record in _json_records(path, "queries"):
-        if "text" not in record:
-            raise VocabertError(f"queries: {path}:{number}: no 'text' field")
-        out[_json_id(record, path, number, "queries")] = str(record["text"]).strip()
-    return out
-
-
-def read_corpus(path: str | Path) -> dict[str, str]:
-    """Passages: ``pid<TAB>text`` TSV, or BEIR ``corpus.jsonl[.gz]`` (text is ``title + " " + text``)."""
-    if not _is_jsonl(path):
-        return _tsv_pairs(path, "corpus")
-    out: dict[str, str] = {}
-    for number, record in _json_records(path, "corpus"):
-        if "text" not in record:
-            raise VocabertError(f"corpus: {path}:{number}: no 'text' field")
-        title = str(record.get("title") or "").strip()
-        text = str(record["text"]).strip()
-        out[_json_id(record, path, number, "corpus")] = f"{title} {text}" if title else text
-    return out
-
-
-def read_qrels(path: str | Path) -> Qrels:
-    """Relevance judgments -> ``{qid: {pid: grade}}``.
-
-    Accepts TREC ``qid Q0 pid grade`` (4 columns, any whitespace) and BEIR
-    ``query-id<TAB>corpus-id<TAB>score`` (3 columns; a header line is skipped).
-    """
-    qrels: Qrels = {}
-    first = True
-    for number, line in _lines(path, "qrels"):
-        fields = line.split()
-        if first and fields[:2] == ["query-id", "corpus-id"]:
-            first = False
-            continue
-        first = False
-        if len(fields) == 4:
-            qid, _, pid, grade = fields
-        elif len(fields) == 3:
-            qid, pid, grade = fields
-        else:
-            raise VocabertError(
-                f"qrels: {path}:{number}: expected 'qid Q0 pid grade' or "
-                f"'query-id corpus-id score', got {len(fields)} field(s)"
-            )
-        try:
-            qrels.setdefault(qid, {})[pid] = int(grade)
-        except ValueError:
-            raise VocabertError(f"qrels: {path}:{number}: grade {grade!r} is not an integer") from None
-    if not qrels:
-        raise VocabertError(f"qrels: {path} has no judgments")
-    return qrels
-
-
-def _find(directory: Path, names: tuple[str, ...], what: str) -> Path:
-    for name in names:
-        if (directory / name).is_file():
-            return directory / name
-    raise VocabertError(f"BEIR folder {directory}: no {what} (looked for {', '.join(names)})")
-
-
-def read_beir(directory: str | Path) -> tuple[dict[str, str], dict[str, str], Qrels]:
-    """A BEIR folder -> (corpus, queries, test qrels); only queries that have qrels are kept."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise VocabertError(f"BEIR folder {directory} is missing")
-    corpus = read_corpus(_find(directory, ("corpus.jsonl", "corpus.jsonl.gz"), "corpus"))
-    queries = read_queries(_find(directory, ("queries.jsonl", "queries.jsonl.gz"), "queries"))
-    qrels = read_qrels(_find(directory, ("qrels/test.tsv", "qrels/test.tsv.gz"), "test qrels"))
-    queries = {qid: text for qid, text in queries.items() if qid in qrels}
-    return corpus, queries, qrels
-
-
-@dataclass
-class RetrievalTask:
-    """A corpus, queries and graded qrels. ``min_grade`` is the grade that counts as relevant for
-    MRR and recall (2 for TREC DL; 1 for binary qrels)."""
-
-    name: str
-    corpus: dict[str, str]
-    queries: dict[str, str]
-    qrels: Qrels
-    min_grade: int = 2
-    n_dropped_queries: int = 0  # queries with no relevant (grade > 0) passage in the corpus
-
-
-def make_task(
-    name: str, corpus: dict[str, str], queries: dict[str, str], qrels: Qrels, min_grade: int = 2
-) -> RetrievalTask:
-    """Build a task, dropping queries that have no relevant (grade > 0) passage in the corpus.
-
-    Such queries would score 0 whatever the encoder does (a partial corpus can lack their
-    passages), which only adds noise. The qrels themselves are kept whole, so IDCG still counts
-    judged passages missing from the corpus.
-    """
-    kept = {
-        qid: text
-        for qid, text in queries.items()
-        if any(grade > 0 and pid in corpus for pid, grade in qrels.get(qid, {}).items())
-    }
-    return RetrievalTask(name, corpus, kept, {qid: qrels[qid] for qid in kept}, min_grade, len(queries) - len(kept))
-
-
-def dl19_task(data_dir: str | Path) -> RetrievalTask:
-    """TREC DL 2019 passage queries over ``data_dir/msmarco_passage/collection_subset.tsv.gz``."""
-    root = Path(data_dir) / "msmarco_passage"
-    return make_task(
-        "dl19",
-        read_corpus(root / "collection_subset.tsv.gz"),
-        read_queries(root / "queries.dl19.tsv.gz"),
-        read_qrels(root / "qrels.dl19.tsv.gz"),
-        min_grade=2,
-    )
-
-
-# ----------------------------------------------------------------------------------------------
-# Metrics
-
-
-def ndcg_at_k(ranked_ids: list[str], qrels: dict[str, int], k: int = 10) -> float:
-    """nDCG@k with linear gains: sum(grade / log2(rank + 1)) over the top k, divided by the same
-    sum for the ideal ordering of all judged grades of the query (judged-but-not-retrieved
-    passages count). Same as trec_eval's ``ndcg_cut``. Negative grades count as 0; 0 if IDCG is 0.
-    """
-    discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    gains = np.array([max(qrels.get(pid, 0), 0) for pid in ranked_ids[:k]], dtype=np.float64)
-    ideal = np.sort(np.array([g for g in qrels.values() if g > 0], dtype=np.float64))[::-1][:k]
-    idcg = float(ideal @ discounts[: len(ideal)])
-    if idcg == 0.0:
-        return 0.0
-    return float(gains @ discounts[: len(gains)]) / idcg
-
-
-def mrr_at_k(ranked_ids: list[str], qrels: dict[str, int], k: int = 10, min_grade: int = 2) -> float:
-    """1 / rank of the first passage with grade >= min_grade within the top k, else 0."""
-    for rank, pid in enumerate(ranked_ids[:k], 1):
-        if qrels.get(pid, 0) >= min_grade:
-            return 1.0 / rank
-    return 0.0
-
-
-def recall_at_k(ranked_ids: list[str], qrels: dict[str, int], k: int = 100, min_grade: int = 2) -> float:
-    """Share of the passages with grade >= min_grade found in the top k.
-
-    NaN when the query has no such passage: recall is undefined there, and the aggregates
-    (:func:`evaluate_ranking`) leave NaN queries out rather than count them as 0 or 1.
-    """
-    relevant = {pid for pid, grade in qrels.items() if grade >= min_grade}
-    if not relevant:
-        return math.nan
-    return len(relevant.intersection(ranked_ids[:k])) / len(relevant)
-
-
-def average_ranks(x: np.ndarray) -> np.ndarray:
-    """Ranks 1..n of ``x``, tied values sharing the mean of the ranks they span."""
-    x = np.asarray(x)
-    order = np.argsort(x, kind="stable")
-    xs = x[order]
-    starts_run = np.r_[True, xs[1:] != xs[:-1]]
-    starts = np.flatnonzero(starts_run)
-    ends = np.r_[starts[1:], len(x)]  # exclusive
-    run_rank = (starts + ends + 1) / 2.0  # mean of the 1-based ranks starts+1 .. ends
-    ranks = np.empty(len(x), dtype=np.float64)
-    ranks[order] = run_rank[np.cumsum(starts_run) - 1]
-    return ranks
-
-
-def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman rank correlation (Pearson correlation of average ranks); NaN if either is constant."""
-    x, y = np.asarray(x).ravel(), np.asarray(y).ravel()
-    if len(x) != len(y):
-        raise VocabertError(f"spearman: inputs have different lengths ({len(x)} and {len(y)})")
-    rx, ry = average_ranks(x), average_ranks(y)
-    rx -= rx.mean()
-    ry -= ry.mean()
-    denom = math.sqrt(float(rx @ rx) * float(ry @ ry))
-    return float(rx @ ry) / denom if denom > 0 else math.nan
-
-
-# ----------------------------------------------------------------------------------------------
-# Evaluation routines
 
 
 def _encode(encode: Encoder, texts: list[str], what: str) -> np.ndarray:
@@ -339,7 +63,8 @@ def evaluate_sts(encode: Encoder, sent1: list[str], sent2: list[str], gold: np.n
     a = vecs[[index[t] for t in sent1]]
     b = vecs[[index[t] for t in sent2]]
     cos = np.einsum("ij,ij->i", a, b)
-    return {"spearman": spearman(cos, gold), "n": len(gold)}
+    # Ties (STS gold scores have many) share their average rank; NaN when either side is constant.
+    return {"spearman": float(spearmanr(cos, gold).statistic), "n": len(gold)}
 
 
 def search(
@@ -368,23 +93,38 @@ def search(
 
 
 def evaluate_ranking(task: RetrievalTask, run: dict[str, list[str]], k: int = 100) -> dict:
-    """nDCG@10, MRR@10 and Recall@k (means over the task's queries) from precomputed rankings.
+    """nDCG@10, MRR@10 and Recall@k (means over the task's queries) from rankings, best first.
 
     A query missing from ``run`` scores 0. Queries with no passage of grade >= ``task.min_grade``
-    are left out of the recall mean (recall is undefined there).
+    are left out of the recall mean (recall is undefined there; trec_eval would count them as 0).
     """
+    try:
+        import ir_measures
+        from ir_measures import RR, R, nDCG
+    except ImportError:
+        raise VocabertError("ir-measures is not installed: pip install 'vocabert[bench]'") from None
     qids = list(task.queries)
-    ndcg = {qid: ndcg_at_k(run.get(qid, []), task.qrels.get(qid, {}), 10) for qid in qids}
-    mrr = [mrr_at_k(run.get(qid, []), task.qrels.get(qid, {}), 10, task.min_grade) for qid in qids]
-    recall = np.array([recall_at_k(run.get(qid, []), task.qrels.get(qid, {}), k, task.min_grade) for qid in qids])
-    recall = recall[~np.isnan(recall)]
+    qrels = {qid: task.qrels.get(qid, {}) for qid in qids}
+    # The libraries rank by score: descending scores keep the given order (a repeated id counts once).
+    scored = {
+        qid: {pid: -float(rank) for rank, pid in enumerate(dict.fromkeys(run[qid]))} for qid in qids if run.get(qid)
+    }
+    ndcg, mrr, recall = nDCG @ 10, RR(rel=task.min_grade) @ 10, R(rel=task.min_grade) @ k
+    per_query: dict = {ndcg: {}, mrr: {}, recall: {}}
+    # Each metric from its reference implementation, never a fallback chosen by what happens to be installed.
+    for provider, measures in ((ir_measures.pytrec_eval, [ndcg, recall]), (ir_measures.msmarco, [mrr])):
+        for metric in provider.iter_calc(measures, qrels, scored):
+            per_query[metric.measure][metric.query_id] = float(metric.value)
+    judged = [qid for qid in qids if any(g >= task.min_grade for g in qrels[qid].values())]
+    per_query_ndcg = {qid: per_query[ndcg].get(qid, 0.0) for qid in qids}
     return {
-        "ndcg@10": float(np.mean(list(ndcg.values()))) if qids else math.nan,
-        "mrr@10": float(np.mean(mrr)) if qids else math.nan,
-        f"recall@{k}": float(recall.mean()) if len(recall) else math.nan,
+        "ndcg@10": float(np.mean(list(per_query_ndcg.values()))) if qids else math.nan,
+        "mrr@10": float(np.mean([per_query[mrr].get(qid, 0.0) for qid in qids])) if qids else math.nan,
+        f"recall@{k}": float(np.mean([per_query[recall].get(qid, 0.0) for qid in judged])) if judged else math.nan,
         "n_queries": len(qids),
         "n_docs": len(task.corpus),
-        "per_query_ndcg@10": ndcg,
+        "relevance_threshold": task.min_grade,
+        "per_query_ndcg@10": per_query_ndcg,
     }
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.metadata
 import io
 import os
 import shutil
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from vocabert.artifacts import VocabertError, read_json, sha256_file, write_json
+from vocabert.bench.report import package_version
 from vocabert.distill.cache import EmbeddingCache, default_cache_dir
 from vocabert.distill.teacher import resolve_teacher_path, teacher_fingerprint
 from vocabert.model import normalize
@@ -117,7 +117,7 @@ class TeacherEncoder(Encoder):
         self.dim = self.teacher.dim
         self.size_bytes = folder_bytes(self.path)
         self.model_key = self.teacher.cache_key  # shared with the pipeline's cache of training targets
-        self.description = f"sentence-transformers {_version('sentence-transformers')}, {self.path}"
+        self.description = f"sentence-transformers {package_version('sentence-transformers')}, {self.path}"
 
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         if not texts:
@@ -143,7 +143,7 @@ class Model2VecEncoder(Encoder):
         self.size_bytes = folder_bytes(self.path)
         self.model_key = model_key or f"model2vec-{folder_hash(self.path)}"
         pca = self.model.config.get("apply_pca")
-        self.description = f"model2vec {_version('model2vec')}, PCA {pca or 'none'}, {self.dim} dims"
+        self.description = f"model2vec {package_version('model2vec')}, PCA {pca or 'none'}, {self.dim} dims"
 
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         if not texts:
@@ -195,7 +195,7 @@ def _m2v_settings(teacher: Path, pca_dims: int | None) -> dict:
     return {
         "teacher": teacher_fingerprint(teacher),
         "pca_dims": pca_dims,
-        "model2vec_version": _version("model2vec"),
+        "model2vec_version": package_version("model2vec"),
     }
 
 
@@ -375,7 +375,7 @@ class BM25Retriever:
         self._bm25s = bm25s
         self.name = name
         self.stemmer, stemming = _stemmer()
-        self.description = f"bm25s {_version('bm25s')}, Lucene BM25 k1=1.5 b=0.75, English stopwords, {stemming}"
+        self.description = f"bm25s {package_version('bm25s')}, Lucene BM25 k1=1.5 b=0.75, English stopwords, {stemming}"
         self.retriever = None
         self.n_docs = 0
         self.index_seconds: float | None = None
@@ -406,10 +406,3 @@ class BM25Retriever:
             return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
         docs, scores = self.retriever.retrieve(self._tokenize(query_texts), k=k, show_progress=False)
         return np.asarray(docs, dtype=np.int64), np.asarray(scores, dtype=np.float32)
-
-
-def _version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"

@@ -1,4 +1,5 @@
-"""What a reviewer reads: ``bench.json``, ``bench.md``, two plots, and the model card's eval section.
+"""What a reviewer reads: ``bench.json``, ``bench.md``, the plots (drawn by :mod:`vocabert.bench.plots`), and
+the model card's eval section.
 
 The bench hands :func:`write_report` one ``results`` dict. Every field but ``models`` is optional
 and anything missing prints as "—"::
@@ -19,8 +20,9 @@ and anything missing prints as "—"::
             "passages": {"cosine_mean": .., "cosine_p5": .., "n": .., "cosines": [per-text cosines]},
             "queries": {...},  # "mean"/"p5" are read too
           },
-          "sts": {"spearman": .., "n": ..},
-          "retrieval": {"dl19": {"ndcg@10": .., "mrr@10": .., "recall@100": .., "n_queries": ..}},
+          "sts": {"spearman": .., "n": .., "sets": {"<set>": {"spearman": .., "n": ..}}},  # first set on top
+          "retrieval": {"dl19": {"ndcg@10": .., "mrr@10": .., "recall@100": .., "n_queries": ..,
+                                 "relevance_threshold": 2}},  # grade from which MRR/recall count a passage
           "speed": {                                  # vocabert.bench.speed.measure_throughput dicts
             "passages_b64": {"texts_per_s": .., ...}, "passages_b1": .., "queries_b64": .., "queries_b1": ..,
           },
@@ -55,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from vocabert.artifacts import VocabertError, atomic_write, write_text
+from vocabert.artifacts import VocabertError, write_text
 
 DASH = "—"
 EVAL_START = "<!-- vocabert-eval-start -->"
@@ -63,15 +65,9 @@ EVAL_END = "<!-- vocabert-eval-end -->"
 SPEED_KEYS = ("passages_b1", "passages_b64", "queries_b1", "queries_b64")
 LIBRARIES = (
     "vocabert", "numpy", "scipy", "tokenizers", "torch", "transformers", "sentence-transformers",
-    "model2vec", "bm25s", "matplotlib",
+    "model2vec", "bm25s", "matplotlib", "ir-measures", "pytrec-eval-terrier",
 )  # fmt: skip
 _KIND_ORDER = {"teacher": 0, "student": 1, "model2vec": 2, "bm25": 3}
-_KIND_STYLE = {  # colour, marker, legend label
-    "teacher": ("black", "*", "teacher"),
-    "student": ("tab:red", "o", "vocabert student"),
-    "model2vec": ("tab:blue", "s", "Model2Vec"),
-    "bm25": ("tab:gray", "^", "BM25"),
-}
 
 
 # --- preparing the results ------------------------------------------------------------------------
@@ -92,7 +88,7 @@ def machine_info() -> dict:
         info["memory_gib"] = None
     if "torch" in sys.modules:  # only report, never import torch for this
         info["torch_threads"] = sys.modules["torch"].get_num_threads()
-    info["libraries"] = {name: _version(name) for name in LIBRARIES}
+    info["libraries"] = {name: package_version(name) for name in LIBRARIES}
     return info
 
 
@@ -107,7 +103,8 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _version(name: str) -> str | None:
+def package_version(name: str) -> str | None:
+    """The installed version of a distribution, None if it is not installed."""
     try:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
@@ -131,7 +128,8 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def _get(d: Any, *keys: str) -> Any:
+def lookup(d: Any, *keys: str) -> Any:
+    """``d[k1][k2]...``, or None where a level is missing or not a dict."""
     for key in keys:
         if not isinstance(d, dict):
             return None
@@ -154,7 +152,7 @@ def prepare(results: dict) -> dict:
     results.setdefault("models", {})
     teacher = teacher_name(results)
     for m in results["models"].values():
-        for part in (_get(m, "fidelity") or {}).values():
+        for part in (lookup(m, "fidelity") or {}).values():
             cos = part.get("cosines") if isinstance(part, dict) else None
             if cos:
                 # NaN became None above; a broken vector is counted, not averaged in.
@@ -166,8 +164,8 @@ def prepare(results: dict) -> dict:
                 part.setdefault("cosine_p5", part.get("p5", float(np.percentile(cos, 5))))
                 part.setdefault("n", len(cos))
         for key in SPEED_KEYS:
-            mine = _get(m, "speed", key, "texts_per_s")
-            ref = _get(results["models"], teacher, "speed", key, "texts_per_s") if teacher else None
+            mine = lookup(m, "speed", key, "texts_per_s")
+            ref = lookup(results["models"], teacher, "speed", key, "texts_per_s") if teacher else None
             if mine and ref:
                 m["speed"][key]["x_teacher"] = mine / ref
     return results
@@ -188,7 +186,7 @@ def bench_json(results: dict) -> dict:
     """What goes into bench.json: :func:`prepare` d results, raw cosine lists replaced by summaries."""
     out = prepare(results)
     for m in out["models"].values():
-        for part in (_get(m, "fidelity") or {}).values():
+        for part in (lookup(m, "fidelity") or {}).values():
             if isinstance(part, dict) and part.get("cosines"):
                 part["cosines_summary"] = _cosines_summary(part.pop("cosines"))
             elif isinstance(part, dict):
@@ -239,7 +237,8 @@ def _stat(part: dict, stat: str) -> Any:
     return part.get(f"cosine_{stat}", part.get(stat))
 
 
-def _ordered(results: dict) -> list[tuple[str, dict]]:
+def ordered_models(results: dict) -> list[tuple[str, dict]]:
+    """``(name, entry)`` of every model: teacher, students, Model2Vec, BM25, then anything else."""
     models = list(results["models"].items())
     return sorted(models, key=lambda item: _KIND_ORDER.get(item[1].get("kind"), len(_KIND_ORDER)))
 
@@ -247,17 +246,17 @@ def _ordered(results: dict) -> list[tuple[str, dict]]:
 def markdown_table(results: dict) -> str:
     """Quality and speed/cost tables (plus breakdowns and unavailable peers) as markdown."""
     results = prepare(results)
-    available = [(n, m) for n, m in _ordered(results) if not m.get("error")]
-    unavailable = [(n, m) for n, m in _ordered(results) if m.get("error")]
+    available = [(n, m) for n, m in ordered_models(results) if not m.get("error")]
+    unavailable = [(n, m) for n, m in ordered_models(results) if m.get("error")]
 
     quality = []
     for name, m in available:
-        fp, fq = _get(m, "fidelity", "passages") or {}, _get(m, "fidelity", "queries") or {}
-        dl19 = _get(m, "retrieval", "dl19") or {}
+        fp, fq = lookup(m, "fidelity", "passages") or {}, lookup(m, "fidelity", "queries") or {}
+        dl19 = lookup(m, "retrieval", "dl19") or {}
         quality.append([
             name, m.get("kind") or DASH,
             _num(_stat(fp, "mean")), _num(_stat(fp, "p5")), _num(_stat(fq, "mean")), _num(_stat(fq, "p5")),
-            _num(_get(m, "sts", "spearman")),
+            _num(lookup(m, "sts", "spearman")),
             _num(dl19.get("ndcg@10")), _num(dl19.get("mrr@10")), _num(dl19.get("recall@100")),
         ])  # fmt: skip
     quality_header = [
@@ -268,13 +267,13 @@ def markdown_table(results: dict) -> str:
     cost = []
     for name, m in available:
         speeds = [
-            _rate(_get(m, "speed", k, "texts_per_s")) + _ratio(_get(m, "speed", k, "x_teacher")) for k in SPEED_KEYS
+            _rate(lookup(m, "speed", k, "texts_per_s")) + _ratio(lookup(m, "speed", k, "x_teacher")) for k in SPEED_KEYS
         ]
         size = m.get("size_bytes")
         cost.append([
             name, *speeds,
-            _num(_get(m, "memory", "peak_rss_mib"), 0),
-            _num(_get(m, "memory", "import_seconds"), 2),
+            _num(lookup(m, "memory", "peak_rss_mib"), 0),
+            _num(lookup(m, "memory", "import_seconds"), 2),
             _num(m.get("load_seconds"), 2),
             _num(size / 1e6 if isinstance(size, int | float) else None, 1),
         ])  # fmt: skip
@@ -287,7 +286,7 @@ def markdown_table(results: dict) -> str:
     fidelity_rows = [
         [name, source, str(part.get("n", DASH)), _num(_stat(part, "mean")), _num(_stat(part, "median")),
          _num(_stat(part, "p5")), _num(_stat(part, "min")), _num(part.get("euclidean_mean"))]
-        for name, m in available for source, part in (_get(m, "fidelity") or {}).items() if isinstance(part, dict)
+        for name, m in available for source, part in (lookup(m, "fidelity") or {}).items() if isinstance(part, dict)
     ]  # fmt: skip
     if fidelity_rows:
         header = ["Model", "held-out set", "texts", "cos mean", "cos median", "cos p5", "cos min", "Euclidean mean"]
@@ -307,7 +306,7 @@ def markdown_table(results: dict) -> str:
         breakdown = m.get("breakdown")
         if isinstance(breakdown, dict) and breakdown:
             columns = list(dict.fromkeys(c for row in breakdown.values() if isinstance(row, dict) for c in row))
-            rows = [[str(r)] + [_auto(_get(v, c)) for c in columns] for r, v in breakdown.items()]
+            rows = [[str(r)] + [_auto(lookup(v, c)) for c in columns] for r, v in breakdown.items()]
             parts += ["", f"### Breakdown: {name}", "", _table(["", *columns], rows)]
     if unavailable:
         parts += ["", "### Unavailable", ""]
@@ -321,17 +320,19 @@ def _extra_sets(available: list[tuple[str, dict]]) -> str:
     for name, m in available:
         for task, r in (m.get("retrieval") or {}).items():
             if task != "dl19" and isinstance(r, dict):
+                # The relevance threshold is shown: binary and graded qrels count different grades.
+                grade = f", relevant at grade ≥ {r['relevance_threshold']}" if r.get("relevance_threshold") else ""
                 rows.append(
                     [
                         name,
-                        f"{task} (retrieval)",
+                        f"{task} (retrieval{grade})",
                         _num(r.get("ndcg@10")),
                         _num(r.get("mrr@10")),
                         _num(r.get("recall@100")),
                         str(r.get("n_queries", DASH)),
                     ]
                 )
-        sets = _get(m, "sts", "sets") or {}
+        sets = lookup(m, "sts", "sets") or {}
         for task, r in list(sets.items())[1:]:  # the first is STS-B dev, already in the quality table
             rows.append([name, f"{task} (STS Spearman)", _num(r.get("spearman")), DASH, DASH, str(r.get("n", DASH))])
     if not rows:
@@ -356,124 +357,10 @@ def _meta_markdown(results: dict) -> str:
     for key in ("teacher", "notes"):
         if meta.get(key):
             lines.append(f"- {key}: {meta[key]}")
-    descriptions = [(n, m.get("description")) for n, m in _ordered(results) if m.get("description")]
+    descriptions = [(n, m.get("description")) for n, m in ordered_models(results) if m.get("description")]
     if descriptions:
         lines += ["", "Models:", ""] + [f"- **{n}**: {d}" for n, d in descriptions]
     return "\n".join(lines) + "\n"
-
-
-# --- plots ----------------------------------------------------------------------------------------------
-
-
-def _figure(width: float, height: float):
-    # The object API with the Agg canvas: no pyplot, no global backend switch in the caller's process.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig, path: Path) -> None:
-    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110))
-
-
-def plot_pareto(results: dict, path: Path) -> None:
-    """Quality (DL19 nDCG@10, STS Spearman) against passages/s at batch 64, one point per model."""
-    results = prepare(results)
-    panels = [(("retrieval", "dl19", "ndcg@10"), "DL19 nDCG@10"), (("sts", "spearman"), "STS Spearman ρ")]
-    fig = _figure(11, 5.0)
-    axes = fig.subplots(1, 2)
-    handles: dict[str, Any] = {}
-    left_out: set[str] = set()
-    for ax, (keys, label) in zip(axes, panels, strict=True):
-        points = []
-        for name, m in _ordered(results):
-            x, y = _get(m, "speed", "passages_b64", "texts_per_s"), _get(m, *keys)
-            if m.get("error"):
-                continue
-            if isinstance(x, int | float) and x > 0 and isinstance(y, int | float):
-                points.append((x, y, name, m.get("kind")))
-            elif isinstance(y, int | float) and m.get("kind") == "bm25":
-                # BM25 has no encoding speed: its quality is a reference line, not a point.
-                handles["BM25"] = ax.axhline(y, color="tab:gray", linestyle="--", linewidth=1)
-                ax.annotate(
-                    f"{name} {y:.3f}",
-                    (0.01, y),
-                    xycoords=("axes fraction", "data"),
-                    xytext=(0, 3),
-                    textcoords="offset points",
-                    fontsize=9,
-                    color="tab:gray",
-                )
-            else:
-                left_out.add(name)
-        # Alternate labels above and below the point, in order of height, so close points stay legible.
-        for i, (x, y, name, kind) in enumerate(sorted(points, key=lambda p: p[1])):
-            colour, marker, legend = _KIND_STYLE.get(kind, ("tab:green", "D", kind or "other"))
-            handles[legend] = ax.scatter([x], [y], c=colour, marker=marker, s=180 if marker == "*" else 70, zorder=3)
-            offset = (7, 4) if i % 2 else (7, -11)
-            ax.annotate(name, (x, y), xytext=offset, textcoords="offset points", fontsize=9)
-        ax.set_xscale("log")
-        if points:
-            xs = [p[0] for p in points]
-            ax.set_xlim(min(xs) / 2, max(xs) * 4)  # room for the labels right of the points
-            ax.margins(y=0.15)
-        else:
-            ax.text(0.5, 0.5, "no model has both figures", transform=ax.transAxes, ha="center", color="gray")
-        ax.set_xlabel("passages encoded per second (batch 64, log scale)")
-        ax.set_ylabel(label)
-        ax.set_title(f"{label} vs speed")
-        ax.grid(True, which="both", alpha=0.3)
-    if handles:
-        known = [style[2] for style in _KIND_STYLE.values()]
-        order = [k for k in known if k in handles] + [k for k in handles if k not in known]
-        fig.legend([handles[k] for k in order], order, loc="outside lower center", ncol=len(order))
-    machine = _get(results, "meta", "machine") or {}
-    cpus = machine.get("cpu_affinity") or machine.get("cpu_count")
-    title = f"Quality vs CPU speed{f' ({cpus} cores)' if cpus else ''}: up and right is better"
-    if left_out:
-        title += f"\nnot shown where a figure is missing: {', '.join(sorted(left_out))}"
-    fig.suptitle(title)
-    _save(fig, path)
-
-
-def _hist_models(results: dict) -> list[tuple[str, dict]]:
-    def has_cosines(m: dict) -> bool:
-        return any(_get(m, "fidelity", part, "cosines") for part in ("passages", "queries"))
-
-    models = [(n, m) for n, m in _ordered(results) if not m.get("error") and has_cosines(m)]
-    students = [(n, m) for n, m in models if m.get("kind") == "student"]
-    return students or [(n, m) for n, m in models if m.get("kind") != "teacher"]
-
-
-def plot_fidelity_hist(results: dict, path: Path) -> bool:
-    """Histogram of per-text cosine to the teacher for the student(s); False when no model has cosines."""
-    results = prepare(results)
-    models = _hist_models(results)[:4]
-    if not models:
-        return False
-    fig = _figure(6.5 * len(models), 4.4)
-    axes = np.atleast_1d(fig.subplots(1, len(models), squeeze=False)[0])
-    for ax, (name, m) in zip(axes, models, strict=True):
-        parts = {p: np.asarray(_get(m, "fidelity", p, "cosines") or [], float) for p in ("passages", "queries")}
-        low = min(float(np.percentile(c, 0.5)) for c in parts.values() if len(c))
-        bins = np.linspace(max(-1.0, low - 0.02), 1.0, 41)
-        for (part, cos), colour in zip(parts.items(), ("tab:blue", "tab:orange"), strict=True):
-            if not len(cos):
-                continue
-            ax.hist(np.clip(cos, bins[0], 1.0), bins=bins, weights=np.full(len(cos), 100 / len(cos)),
-                    alpha=0.5, color=colour, label=f"{part} (n={len(cos):,})")  # fmt: skip
-            mean = float(cos.mean())
-            ax.axvline(mean, color=colour, linestyle="--", linewidth=1.5, label=f"{part} mean {mean:.3f}")
-        ax.set_xlabel("cosine(model vector, teacher vector) per text")
-        ax.set_ylabel("% of texts")
-        ax.set_title(f"{name}: fidelity to the teacher")
-        ax.legend(loc="upper left", fontsize=9)
-        ax.grid(True, alpha=0.3)
-    _save(fig, path)
-    return True
 
 
 # --- writing -------------------------------------------------------------------------------------------
@@ -485,6 +372,8 @@ def write_report(results: dict, out_dir: Path) -> dict[str, Path]:
     Returns the paths written by name ("json", "markdown", "pareto", "fidelity_hist"); the histogram
     is left out when no model carries per-text cosines.
     """
+    from vocabert.bench.plots import plot_fidelity_hist, plot_pareto  # plots builds on this module: no cycle
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = prepare(results)
@@ -530,11 +419,3 @@ def update_model_card(model_dir: Path, markdown: str) -> Path:
         )
     write_text(card, text)
     return card
-
-
-def load_bench(path: Path) -> dict:
-    """Read a bench.json back (it can be passed to :func:`markdown_table` again)."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise VocabertError(f"cannot read bench results {path}: {e}") from None

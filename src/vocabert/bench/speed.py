@@ -142,7 +142,7 @@ def measure_memory(spec: dict, texts: list[str], batch_size: int = 64, timeout: 
     result = {"kind": kind, "path": str(path), "n_texts": len(texts), "batch_size": batch_size}
     if kind not in ("teacher", "model2vec", "student") or not path:
         return {**result, "error": f"unsupported model spec {spec!r}"}
-    package_root = str(Path(__file__).resolve().parent.parent)  # so the child imports this vocabert
+    package_root = str(Path(__file__).resolve().parents[2])  # src/: so the child imports this vocabert
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
