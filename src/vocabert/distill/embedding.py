@@ -24,6 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from vocabert.artifacts import VocabertError, read_json, write_json, write_npy
+from vocabert.distill.cache import EmbeddingCache
 from vocabert.distill.corpus import Corpus, Shard, hash_fraction, open_corpus
 from vocabert.distill.mining import open_vocabulary
 from vocabert.distill.teacher import Teacher
@@ -148,9 +149,13 @@ def run_teacher_pass(
     teacher: Teacher,
     key: dict,
     settings: EmbedSettings,
+    cache: EmbeddingCache | None = None,
     show_progress_bar: bool = True,
 ) -> TeacherPass:
-    """Send the teacher-pass texts through the teacher, appending each batch durably; resumes."""
+    """Send the teacher-pass texts through the teacher, appending each batch durably; resumes.
+
+    With ``cache``, the targets also go into the user's embedding cache, so that evaluating on
+    those texts later (e.g. the retrieval corpus) costs no second teacher call."""
     out_dir = begin(out_dir)
     progress_file = out_dir / "progress.json"
     done_texts = done_tokens = 0
@@ -180,7 +185,8 @@ def run_teacher_pass(
                 seen += len(batch)
                 if seen <= done_texts:
                     continue
-                sentences, ids, vectors = teacher.forward([shard.texts[i] for i in batch], batch_size=len(batch))
+                texts = [shard.texts[i] for i in batch]
+                sentences, ids, vectors = teacher.forward(texts, batch_size=len(batch))
                 expected = [shard.ids[shard.offsets[i] : shard.offsets[i + 1]] for i in batch]
                 if any(len(a) != len(b) or not np.array_equal(a, b) for a, b in zip(ids, expected, strict=True)):
                     raise VocabertError(
@@ -196,12 +202,16 @@ def run_teacher_pass(
                     f.sync()
                 done_texts, done_tokens = seen, done_tokens + int(lengths[batch].sum())
                 write_json(progress_file, {"key": key, "texts": done_texts, "tokens": done_tokens})
+                if cache is not None:
+                    cache.put(texts, sentences)
                 bar.update(len(batch))
             first_index += len(shard)
     finally:
         for f in files.values():
             f.close()
         bar.close()
+        if cache is not None:
+            cache.flush()
     if done_texts == 0:
         raise VocabertError("no training texts for the teacher pass (is the held-out fraction or share too high?)")
     finish(out_dir, "teacher pass", key, texts=done_texts, tokens=done_tokens, dim=teacher.dim)
@@ -282,7 +292,10 @@ def run_embedding(ws: Workspace, settings: EmbedSettings, force: bool = False) -
         passed = TeacherPass.open(ws.teacher_dir)
         log(f"embed: teacher pass {ws.teacher_dir} is up to date ({len(passed)} texts)")
     else:
-        passed = run_teacher_pass(corpus, ws.teacher_dir, ws.teacher(), pass_key, settings, ws.show_progress_bar)
+        teacher = ws.teacher()
+        passed = run_teacher_pass(
+            corpus, ws.teacher_dir, teacher, pass_key, settings, ws.teacher_cache(), ws.show_progress_bar
+        )
         log(f"embed: {len(passed)} texts, {len(passed.token_ids)} tokens through the teacher -> {ws.teacher_dir}")
 
     store_key = {
