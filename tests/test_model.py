@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures import DIM, PHRASES, VOCAB, WORDS, tiny_model, tokenizer_text
+from fixtures import DIM, PHRASES, VOCAB, WORDS, tiny_context_model, tiny_model, tokenizer_text
 
 import vocabert
 from vocabert.artifacts import VocabertError, write_text
@@ -48,6 +48,40 @@ def brute_force(model: StudentModel, text: str) -> np.ndarray:
         pooled = weights @ model.store.vectors(np.array(found)) / weights.sum()
     out = model.network.weight.astype(np.float64) @ pooled + model.network.bias
     return out / np.linalg.norm(out)
+
+
+def brute_force_context(model: StudentModel, text: str) -> np.ndarray:
+    """``context_pool`` by its docstring, one text, in float64 with math.erf-free GELU (tanh form)."""
+    ids = model.tokenizer.encode(text).ids
+    rows = [[int(x) for x in p if x != PAD] for p in np.asarray(model.store.patterns)]
+    found = [
+        e
+        for start in range(len(ids))
+        for e, row in enumerate(rows)
+        if start + len(row) <= len(ids) and all(r in (WILDCARD, t) for r, t in zip(row, ids[start:], strict=False))
+    ]
+    t = {k: v.astype(np.float64) for k, v in model.network.tensors().items()}
+    w = t["entry_weight"][found]
+    q = w @ t["entry_query"][found] / w.sum()
+    w = w * np.exp(t["entry_key"][found] @ q)
+    m = w @ model.store.vectors(np.array(found)).astype(np.float64) / w.sum()
+    out = t["weight"] @ m + t["bias"] + (t["special_weight"] @ m + t["special_bias"]) / max(len(ids) - 2, 1)
+    if "mlp_in" in t:
+        h = t["mlp_in"] @ m + t["mlp_in_bias"]
+        h = 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h**3)))
+        out += t["mlp_out"] @ h + t["mlp_out_bias"]
+    return out / np.linalg.norm(out)
+
+
+@pytest.mark.parametrize("rank, hidden", [(3, 5), (0, 0), (2, 0)])
+def test_context_pool_matches_its_definition(rank, hidden, tmp_path):
+    model = tiny_context_model(rank, hidden)
+    out = model.encode(TEXTS)
+    for text, row in zip(TEXTS, out, strict=True):
+        np.testing.assert_allclose(row, brute_force_context(model, text), atol=1e-5)
+    again = vocabert.load(model.save(tmp_path / "m"))
+    np.testing.assert_allclose(again.encode(TEXTS), out, atol=1e-6)
+    assert again.config["architecture"] == "context_pool"
 
 
 # ------------------------------------------------------------------------------------------- encode

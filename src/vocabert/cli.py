@@ -253,6 +253,25 @@ def build_parser() -> argparse.ArgumentParser:
     train = argparse.ArgumentParser(add_help=False)
     g = train.add_argument_group("training")
     t = TrainSettings
+    g.add_argument(
+        "--arch",
+        choices=["weighted_mean", "context_pool"],
+        default=t.arch,
+        help="the student: weighted_mean (one weight per entry, linear map) or context_pool (weights that depend "
+        "on the text, a [CLS]/[SEP] term, optional MLP) (default: %(default)s)",
+    )
+    g.add_argument(
+        "--attention-rank",
+        type=int,
+        default=t.attention_rank,
+        help="context_pool: rank of the per-entry attention keys and queries, 0 for none (default: %(default)s)",
+    )
+    g.add_argument(
+        "--mlp-hidden",
+        type=int,
+        default=t.mlp_hidden,
+        help="context_pool: units of the residual MLP on the pooled vector, 0 for none (default: %(default)s)",
+    )
     g.add_argument("--epochs", type=int, default=t.epochs, help="(default: %(default)s)")
     g.add_argument("--lr", type=float, default=t.lr, help="Adam learning rate (default: %(default)s)")
     g.add_argument("--train-batch-size", type=int, default=t.batch_size, help="(default: %(default)s)")

@@ -45,6 +45,38 @@ def normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
+def pool(vectors: np.ndarray, matches: Matches, inverse: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Weighted mean of each text's matched vectors: (n_texts, dim).
+
+    ``vectors`` are the batch's distinct entries, ``vectors[inverse[i]]`` is the vector of match ``i``
+    and ``weight[i]`` its weight. Pooling is a dense (texts x distinct entries) weight matrix times the
+    vectors: one GEMM, cheaper than summing a row per match. Rows go in chunks so the matrix stays small.
+    """
+    n, u = matches.n_texts, len(vectors)
+    pooled = np.zeros((n, vectors.shape[1]), dtype=np.float32)
+    rows_per_chunk = max(1, (1 << 22) // max(u, 1))
+    bounds = np.searchsorted(matches.text, np.arange(0, n + rows_per_chunk, rows_per_chunk))
+    for c, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        first = c * rows_per_chunk
+        rows = min(rows_per_chunk, n - first)
+        if rows <= 0:
+            break
+        flat = (matches.text[lo:hi] - first) * u + inverse[lo:hi]
+        weights = np.bincount(flat, weights=weight[lo:hi], minlength=rows * u).reshape(rows, u)
+        totals = weights.sum(axis=1, keepdims=True)
+        weights = (weights / np.maximum(totals, 1e-12)).astype(np.float32)
+        pooled[first : first + rows] = weights @ vectors
+    return pooled
+
+
+def _check_shapes(name: str, tensors: dict[str, np.ndarray], expected: dict[str, tuple]) -> None:
+    for key, shape in expected.items():
+        if tensors[key].shape != shape:
+            raise VocabertError(
+                f"student weights ({name}): {key} has shape {tensors[key].shape}, the store needs {shape}"
+            )
+
+
 class WeightedMean:
     """Learned weighted mean of the matched entries' vectors, then a linear map to the teacher's space.
 
@@ -66,42 +98,113 @@ class WeightedMean:
         return {"entry_weight": self.entry_weight, "weight": self.weight, "bias": self.bias}
 
     def check(self, n_entries: int, dim: int) -> None:
-        if self.entry_weight.shape != (n_entries,) or self.weight.shape != (dim, dim) or self.bias.shape != (dim,):
-            raise VocabertError(
-                f"student weights (entries {self.entry_weight.shape}, map {self.weight.shape}) do not fit the "
-                f"store ({n_entries} entries of dim {dim})"
+        _check_shapes(self.name, self.tensors(), {"entry_weight": (n_entries,), "weight": (dim, dim), "bias": (dim,)})
+
+    def flops(self, matches: float, distinct: float, dim: int) -> float:
+        """Multiply-adds per text, given matches and distinct entries per text."""
+        return matches + distinct * dim + dim * dim
+
+    def forward(self, vectors: np.ndarray, matches: Matches, inverse: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """(n_texts, dim), not normalized. ``lengths`` are the texts' token counts (unused here)."""
+        return pool(vectors, matches, inverse, self.entry_weight[matches.entry]) @ self.weight.T + self.bias
+
+
+class ContextPool:
+    """Context-aware pooling: each match's weight depends on the text it is in.
+
+    - weight of match ``e`` in text ``t``: ``w_e * exp(q_t . k_e)``, where ``k_e`` (entry key) and
+      ``p_e`` (entry query) are rank-``r`` projections of the entry's vector, stored per entry, and
+      ``q_t`` is the ``w``-weighted mean of the ``p_e`` of the text: O(r) per match, no d x d work;
+    - the pooled mean ``m`` goes through a linear map, plus a term for the teacher's [CLS] and [SEP]
+      vectors, which depend on the whole text and weigh ``2 / (n + 2)`` in its mean over ``n`` tokens:
+      ``(S m + s) / n``;
+    - plus a residual MLP on ``m`` (``hidden`` units, GELU), where ``hidden > 0``.
+
+    ``out = W m + b + (S m + s) / n + B gelu(A m + a) + c`` with ``n`` the text's tokens but [CLS] and
+    [SEP]. Everything d x d happens once per text.
+    """
+
+    name = "context_pool"
+    KEYS = ("entry_weight", "entry_key", "entry_query", "weight", "bias", "special_weight", "special_bias")
+    MLP_KEYS = ("mlp_in", "mlp_in_bias", "mlp_out", "mlp_out_bias")
+
+    def __init__(self, tensors: dict[str, np.ndarray]):
+        self.t = {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, np.ndarray]) -> ContextPool:
+        keys = cls.KEYS + (cls.MLP_KEYS if "mlp_in" in tensors else ())
+        return cls({k: tensors[k] for k in keys})
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        return dict(self.t)
+
+    @property
+    def rank(self) -> int:
+        return self.t["entry_key"].shape[1]
+
+    @property
+    def hidden(self) -> int:
+        return self.t["mlp_in"].shape[0] if "mlp_in" in self.t else 0
+
+    def check(self, n_entries: int, dim: int) -> None:
+        r, h = self.rank, self.hidden
+        expected = {
+            "entry_weight": (n_entries,),
+            "entry_key": (n_entries, r),
+            "entry_query": (n_entries, r),
+            "weight": (dim, dim),
+            "bias": (dim,),
+            "special_weight": (dim, dim),
+            "special_bias": (dim,),
+        }
+        if h:
+            expected |= {"mlp_in": (h, dim), "mlp_in_bias": (h,), "mlp_out": (dim, h), "mlp_out_bias": (dim,)}
+        _check_shapes(self.name, self.t, expected)
+
+    def flops(self, matches: float, distinct: float, dim: int) -> float:
+        """Multiply-adds per text, given matches and distinct entries per text."""
+        return 3 * matches * (self.rank + 1) + distinct * dim + 2 * dim * dim + 2 * dim * self.hidden
+
+    def forward(self, vectors: np.ndarray, matches: Matches, inverse: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """(n_texts, dim), not normalized. ``lengths`` are the texts' token counts, [CLS] and [SEP] included."""
+        t, n = self.t, matches.n_texts
+        w = t["entry_weight"][matches.entry]
+        if self.rank:
+            # q_t: weighted mean of the entry queries of text t (rank-r pooling, a bincount per column).
+            total = np.maximum(np.bincount(matches.text, weights=w, minlength=n), 1e-12)
+            q = (
+                np.stack(
+                    [
+                        np.bincount(matches.text, weights=w * col, minlength=n)
+                        for col in t["entry_query"][matches.entry].T
+                    ],
+                    axis=1,
+                )
+                / total[:, None]
             )
-
-    def forward(self, vectors: np.ndarray, matches: Matches, inverse: np.ndarray) -> np.ndarray:
-        """(n_texts, dim), not normalized. ``vectors`` are the distinct entries of the batch and
-        ``vectors[inverse[i]]`` is the vector of match ``i``."""
-        # Pooling as a dense (texts x distinct entries) weight matrix times the vectors: one GEMM,
-        # cheaper than summing a row per match. Rows go in chunks so the matrix stays small.
-        n, u = matches.n_texts, len(vectors)
-        pooled = np.zeros((n, vectors.shape[1]), dtype=np.float32)
-        w = self.entry_weight[matches.entry]
-        rows_per_chunk = max(1, (1 << 22) // max(u, 1))
-        bounds = np.searchsorted(matches.text, np.arange(0, n + rows_per_chunk, rows_per_chunk))
-        for c, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-            first = c * rows_per_chunk
-            rows = min(rows_per_chunk, n - first)
-            if rows <= 0:
-                break
-            flat = (matches.text[lo:hi] - first) * u + inverse[lo:hi]
-            weights = np.bincount(flat, weights=w[lo:hi], minlength=rows * u).reshape(rows, u)
-            totals = weights.sum(axis=1, keepdims=True)
-            weights = (weights / np.maximum(totals, 1e-12)).astype(np.float32)
-            pooled[first : first + rows] = weights @ vectors
-        return pooled @ self.weight.T + self.bias
+            score = np.einsum("ij,ij->i", q[matches.text], t["entry_key"][matches.entry])
+            # The score is bounded by the projections' scale; subtracting each text's max keeps exp finite anyway.
+            top = np.full(n, -np.inf)
+            np.maximum.at(top, matches.text, score)
+            w = w * np.exp(score - top[matches.text])
+        m = pool(vectors, matches, inverse, w)
+        body = np.maximum(np.asarray(lengths, dtype=np.float32) - 2, 1)[:, None]
+        out = m @ t["weight"].T + t["bias"] + (m @ t["special_weight"].T + t["special_bias"]) / body
+        if self.hidden:
+            h = m @ t["mlp_in"].T + t["mlp_in_bias"]
+            h = 0.5 * h * (1 + np.tanh(0.7978845608 * (h + 0.044715 * h**3)))  # GELU, tanh form (as trained)
+            out += h @ t["mlp_out"].T + t["mlp_out_bias"]
+        return out
 
 
-ARCHITECTURES = {WeightedMean.name: WeightedMean}
+ARCHITECTURES = {WeightedMean.name: WeightedMean, ContextPool.name: ContextPool}
 
 
 class StudentModel:
     """A trained vocabert model: ``StudentModel.load(path).encode(texts)``."""
 
-    def __init__(self, config: dict, tokenizer_text: str, store: VocabularyStore, network: WeightedMean):
+    def __init__(self, config: dict, tokenizer_text: str, store: VocabularyStore, network: WeightedMean | ContextPool):
         self.config = config
         self.tokenizer_text = tokenizer_text
         self.tokenizer = load_tokenizer(tokenizer_text, int(config["max_length"]))
@@ -170,7 +273,7 @@ class StudentModel:
         vectors = self.store.vectors(entries)
         t3 = time.perf_counter()
         with self._blas.limit(limits=1, user_api="blas"):
-            out = normalize(self.network.forward(vectors, matches, inverse.reshape(-1)))
+            out = normalize(self.network.forward(vectors, matches, inverse.reshape(-1), np.diff(offsets)))
         t4 = time.perf_counter()
         if timings is not None:
             for step, seconds in (("match", t2 - t1), ("lookup", t3 - t2), ("network", t4 - t3)):

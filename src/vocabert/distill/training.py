@@ -1,8 +1,10 @@
 """Stage 4 (``vocabert train``): distil the student from the teacher pass (PyTorch, CPU).
 
 The entry vectors stay fixed (they are the teacher's); the student learns one weight per entry
-and a linear map. Loss: cosine distance to the teacher's sentence embedding, optionally plus the
-squared Euclidean distance between the normalized vectors. A small validation share of the
+and a linear map (``weighted_mean``), or context-aware pooling weights, a term for the teacher's
+[CLS] and [SEP] vectors and an optional residual MLP (``context_pool``); see :mod:`vocabert.model`.
+Loss: cosine distance to the teacher's sentence embedding, optionally plus the squared Euclidean
+distance between the normalized vectors. A small validation share of the
 training texts picks the best epoch.
 """
 
@@ -18,17 +20,18 @@ from vocabert.artifacts import VocabertError
 from vocabert.distill.embedding import TeacherPass, open_store, open_teacher_pass
 from vocabert.distill.workspace import Workspace, digest, finish, is_current, log, read_manifest
 from vocabert.matching import EntryIndex
-from vocabert.model import StudentModel, WeightedMean
+from vocabert.model import ContextPool, StudentModel, WeightedMean
 from vocabert.store import VocabularyStore
 
 
 @dataclass
 class TrainingData:
-    """Matched entries of every training text (CSR: ``entries[ptr[i]:ptr[i+1]]``), its target, and
-    whether it is a validation text."""
+    """Matched entries of every training text (CSR: ``entries[ptr[i]:ptr[i+1]]``), its token count, its
+    target, and whether it is a validation text."""
 
     ptr: np.ndarray
     entries: np.ndarray
+    lengths: np.ndarray
     targets: np.ndarray
     validation: np.ndarray
 
@@ -39,22 +42,29 @@ class TrainingData:
 def training_data(passed: TeacherPass, store: VocabularyStore, vocab_size: int) -> TrainingData:
     """Match every text of the teacher pass; targets stay memory-mapped in the work directory."""
     index = EntryIndex(np.asarray(store.patterns), vocab_size)
-    lengths, entries = [], []
+    counts, entries = [], []
     for rows, ids, offsets in passed.chunks():
         matches = index.match(ids, offsets)
-        lengths.append(np.bincount(matches.text, minlength=rows.stop - rows.start))
+        counts.append(np.bincount(matches.text, minlength=rows.stop - rows.start))
         entries.append(matches.entry)
-    if not lengths:
+    if not counts:
         raise VocabertError("the teacher pass holds no texts to train on")
     ptr = np.zeros(len(passed) + 1, dtype=np.int64)
-    np.cumsum(np.concatenate(lengths), out=ptr[1:])
-    return TrainingData(ptr, np.concatenate(entries), passed.targets, passed.validation)
+    np.cumsum(np.concatenate(counts), out=ptr[1:])
+    lengths = np.diff(passed.token_offsets)
+    return TrainingData(ptr, np.concatenate(entries), lengths, passed.targets, passed.validation)
+
+
+ARCHS = (WeightedMean.name, ContextPool.name)
 
 
 @dataclass(frozen=True)
 class TrainSettings:
     """Settings of the ``train`` stage (every default lives here): :func:`train_student`'s arguments."""
 
+    arch: str = WeightedMean.name  # weighted_mean or context_pool (see vocabert.model)
+    attention_rank: int = 32  # context_pool: rank of the per-entry keys and queries (0: no attention)
+    mlp_hidden: int = 0  # context_pool: units of the residual MLP on the pooled vector (0: none)
     epochs: int = 10
     lr: float = 3e-3  # Adam
     batch_size: int = 256
@@ -63,9 +73,98 @@ class TrainSettings:
     seed: int = 0
 
 
+def _student_module(table, arch: str, rank: int, hidden: int):
+    """The student in torch, mirroring the numpy network of :mod:`vocabert.model` it exports to."""
+    import torch
+    from torch import nn
+
+    dim = table.shape[1]
+
+    class Student(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.log_weight = nn.Parameter(torch.zeros(len(table)))
+            self.linear = nn.Linear(dim, dim)
+            with torch.no_grad():
+                self.linear.weight.copy_(torch.eye(dim))
+                self.linear.bias.zero_()
+            self.context = arch == ContextPool.name
+            self.rank = rank if self.context else 0
+            if self.context:
+                self.special = nn.Linear(dim, dim)
+                nn.init.zeros_(self.special.weight)
+                nn.init.zeros_(self.special.bias)
+                if self.rank:
+                    self.key = nn.Linear(dim, self.rank, bias=False)
+                    self.query = nn.Linear(dim, self.rank, bias=False)
+                if hidden:
+                    self.mlp = nn.Sequential(
+                        nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim)
+                    )
+                    nn.init.zeros_(self.mlp[2].weight)  # starts as the identity residual
+                    nn.init.zeros_(self.mlp[2].bias)
+            self.hidden = hidden if self.context else 0
+
+        def forward(self, entry, segment, n: int, lengths):
+            distinct, inverse = torch.unique(entry, return_inverse=True)
+            vectors = table[distinct]
+            w = self.log_weight[entry].exp()
+            if self.rank:
+                total = torch.zeros(n).index_add_(0, segment, w).clamp_min(1e-12)
+                p = self.query(vectors)[inverse]
+                q = torch.zeros(n, self.rank).index_add_(0, segment, p * w[:, None]) / total[:, None]
+                score = (q[segment] * self.key(vectors)[inverse]).sum(dim=1)
+                top = torch.full((n,), -torch.inf).scatter_reduce(0, segment, score.detach(), "amax")
+                w = w * (score - top[segment]).exp()
+            pooled = torch.zeros(n, dim).index_add_(0, segment, vectors[inverse] * w[:, None])
+            m = pooled / torch.zeros(n).index_add_(0, segment, w).clamp_min(1e-12)[:, None]
+            out = self.linear(m)
+            if self.context:
+                out = out + self.special(m) / (lengths - 2).clamp_min(1)[:, None]
+            if self.hidden:
+                out = out + self.mlp(m)
+            return out
+
+        def export(self) -> WeightedMean | ContextPool:
+            def np_(x):
+                return x.detach().numpy().astype(np.float32)
+
+            weight = np.exp(np_(self.log_weight))
+            if not self.context:
+                return WeightedMean(weight, np_(self.linear.weight), np_(self.linear.bias))
+            t = {
+                "entry_weight": weight,
+                "weight": np_(self.linear.weight),
+                "bias": np_(self.linear.bias),
+                "special_weight": np_(self.special.weight),
+                "special_bias": np_(self.special.bias),
+            }
+            with torch.no_grad():
+                for name in ("key", "query"):
+                    proj = getattr(self, name, None)
+                    t[f"entry_{name}"] = (
+                        np.concatenate([np_(proj(table[i : i + 65536])) for i in range(0, len(table), 65536)])
+                        if proj is not None
+                        else np.zeros((len(table), 0), np.float32)
+                    )
+            if self.hidden:
+                t |= {
+                    "mlp_in": np_(self.mlp[0].weight),
+                    "mlp_in_bias": np_(self.mlp[0].bias),
+                    "mlp_out": np_(self.mlp[2].weight),
+                    "mlp_out_bias": np_(self.mlp[2].bias),
+                }
+            return ContextPool(t)
+
+    return Student()
+
+
 def train_student(
     data: TrainingData,
     store: VocabularyStore,
+    arch: str = TrainSettings.arch,
+    attention_rank: int = TrainSettings.attention_rank,
+    mlp_hidden: int = TrainSettings.mlp_hidden,
     epochs: int = TrainSettings.epochs,
     batch_size: int = TrainSettings.batch_size,
     lr: float = TrainSettings.lr,
@@ -73,12 +172,14 @@ def train_student(
     weight_decay: float = TrainSettings.weight_decay,
     seed: int = TrainSettings.seed,
     show_progress_bar: bool = True,
-) -> tuple[WeightedMean, dict]:
-    """Fit a :class:`WeightedMean` student; returns it and the training history."""
+) -> tuple[WeightedMean | ContextPool, dict]:
+    """Fit a student of architecture ``arch``; returns its numpy network and the training history."""
     import torch
 
     if loss not in ("cosine", "cosine+mse", "mse"):
         raise VocabertError(f"unknown loss {loss!r}: use cosine, mse or cosine+mse")
+    if arch not in ARCHS:
+        raise VocabertError(f"unknown architecture {arch!r}: use one of {', '.join(ARCHS)}")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     val_idx, train_idx = np.flatnonzero(data.validation), np.flatnonzero(~data.validation)
@@ -87,14 +188,9 @@ def train_student(
         raise VocabertError("no training texts outside the validation share")
 
     table = torch.from_numpy(store.vectors(np.arange(len(store))))
-    dim = table.shape[1]
-    log_weight = torch.zeros(len(store), requires_grad=True)
-    linear = torch.nn.Linear(dim, dim)
-    with torch.no_grad():
-        linear.weight.copy_(torch.eye(dim))
-        linear.bias.zero_()
-    params = [log_weight, *linear.parameters()]
-    optimizer = torch.optim.Adam(params, lr=lr)
+    student = _student_module(table, arch, attention_rank, mlp_hidden)
+    optimizer = torch.optim.Adam(student.parameters(), lr=lr)
+    lengths = torch.from_numpy(np.asarray(data.lengths, dtype=np.float32))
 
     def forward(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         starts, ends = data.ptr[idx], data.ptr[idx + 1]
@@ -102,10 +198,7 @@ def train_student(
         flat = np.arange(counts.sum()) + np.repeat(starts - np.cumsum(counts) + counts, counts)
         entry = torch.from_numpy(data.entries[flat])
         segment = torch.from_numpy(np.repeat(np.arange(len(idx)), counts))
-        w = log_weight[entry].exp()
-        pooled = torch.zeros(len(idx), dim).index_add_(0, segment, table[entry] * w[:, None])
-        total = torch.zeros(len(idx)).index_add_(0, segment, w).clamp_min(1e-12)
-        out = torch.nn.functional.normalize(linear(pooled / total[:, None]), dim=1)
+        out = torch.nn.functional.normalize(student(entry, segment, len(idx), lengths[idx]), dim=1)
         # Targets are read from the memory-mapped teacher pass a batch at a time, never all at once.
         return out, torch.nn.functional.normalize(torch.from_numpy(np.asarray(data.targets[idx])), dim=1)
 
@@ -122,8 +215,9 @@ def train_student(
         return float(torch.cat(cos).mean()) if cos else float("nan")
 
     history = {"epochs": [], "n_train": int(len(train_idx)), "n_val": int(n_val)}
-    best = (evaluate(val_idx) if n_val else -1.0, None)
-    history["val_cosine_before"] = best[0]
+    best_val, best_state = (evaluate(val_idx) if n_val else -1.0), None
+    history["val_cosine_before"] = best_val
+    initial = {k: v.detach().clone() for k, v in student.state_dict().items()}
     steps = epochs * ((len(train_idx) + batch_size - 1) // batch_size)
     bar = tqdm(total=steps, desc="train", unit="step", disable=not show_progress_bar)
     for epoch in range(epochs):
@@ -131,7 +225,7 @@ def train_student(
         losses = []
         for start in range(0, len(train_idx), batch_size):
             out, target = forward(train_idx[start : start + batch_size])
-            value = loss_of(out, target) + weight_decay * (log_weight**2).sum()
+            value = loss_of(out, target) + weight_decay * (student.log_weight**2).sum()
             optimizer.zero_grad()
             value.backward()
             optimizer.step()
@@ -140,18 +234,12 @@ def train_student(
         val = evaluate(val_idx) if n_val else float("nan")
         history["epochs"].append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_cosine": val})
         bar.set_postfix(loss=f"{np.mean(losses):.4f}", val_cos=f"{val:.4f}")
-        if not n_val or val > best[0]:
-            best = (val, [p.detach().clone() for p in params])
+        if not n_val or val > best_val:
+            best_val, best_state = val, {k: v.detach().clone() for k, v in student.state_dict().items()}
     bar.close()
-    if best[1] is None:  # no epoch beat the untrained mean: keep it
-        best = (best[0], [p.detach().clone() for p in params])
-        with torch.no_grad():
-            best[1][0].zero_()
-            best[1][1].copy_(torch.eye(dim))
-            best[1][2].zero_()
-    history["best_val_cosine"] = best[0]
-    log_w, weight, bias = (p.numpy() for p in best[1])
-    return WeightedMean(np.exp(log_w), weight, bias), history
+    student.load_state_dict(best_state or initial)  # no epoch beat the untrained mean: keep it
+    history["best_val_cosine"] = best_val
+    return student.export(), history
 
 
 def run_training(ws: Workspace, settings: TrainSettings, force: bool = False) -> StudentModel:
