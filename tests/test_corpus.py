@@ -247,7 +247,7 @@ def test_build_corpus(tmp_path, sources, tok):
                     s.text_ids[j],
                     s.texts[j],
                     s.ids[s.offsets[j] : s.offsets[j + 1]].tolist(),
-                    bool(s.heldout[j]),
+                    bool(s.split[j]),
                 )
             )
     assert [(src, i, t) for src, i, t, _, _ in rows] == expected
@@ -281,9 +281,9 @@ def test_build_corpus(tmp_path, sources, tok):
     assert sorted(train + held) == sorted((r[0], r[1]) for r in rows)
     assert not set(train) & set(held)
     assert train == [(r[0], r[1]) for r in rows if not r[4]]
-    assert all(not sh.heldout.any() for sh in reopened.shards("train"))
+    assert all(not sh.split.any() for sh in reopened.shards("train"))
     for sh in reopened.shards("heldout"):
-        assert sh.heldout.all()
+        assert (sh.split == 1).all()
         for j in range(len(sh)):
             assert sh.ids[sh.offsets[j] : sh.offsets[j + 1]].tolist() == reference_ids(
                 tok["text"], sh.texts[j], max_length
@@ -300,7 +300,7 @@ def test_max_length_counts_special_tokens(tmp_path, sources, tok):
     (shard,) = list(corpus.shards())
     lengths = np.diff(shard.offsets)
     assert lengths.max() == 8
-    assert not shard.heldout.any()
+    assert not shard.split.any()
     for j in range(len(shard)):
         ids = shard.ids[shard.offsets[j] : shard.offsets[j + 1]]
         assert ids[0] == 101 and ids[-1] == 102
@@ -325,7 +325,7 @@ def test_deleted_manifest_resumes_from_shards(tmp_path, sources, tok):
     out = tmp_path / "corpus"
     kwargs = dict(heldout_fraction=0.2, shard_size=4, show_progress_bar=False)
     first = build_corpus(sources, out, tok["prov"], tok["text"], 64, **kwargs)
-    before = [(s.texts, s.ids.tolist(), s.heldout.tolist()) for s in first.shards()]
+    before = [(s.texts, s.ids.tolist(), s.split.tolist()) for s in first.shards()]
     shards = shard_mtimes(out)
     (out / MANIFEST).unlink()
     with pytest.raises(VocabertError, match="interrupted"):
@@ -337,7 +337,7 @@ def test_deleted_manifest_resumes_from_shards(tmp_path, sources, tok):
     after = shard_mtimes(out)
     assert {k: v for k, v in after.items() if k != last.name} == {k: v for k, v in shards.items() if k != last.name}
     assert last.name in after
-    assert [(s.texts, s.ids.tolist(), s.heldout.tolist()) for s in resumed.shards()] == before
+    assert [(s.texts, s.ids.tolist(), s.split.tolist()) for s in resumed.shards()] == before
     assert resumed.manifest["counts"] == first.manifest["counts"]
 
 
@@ -430,3 +430,48 @@ def test_atomic_write_interrupt_leaves_nothing(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         atomic_write(target, interrupted)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_unseen_topics_and_duplicates(tmp_path, sources, tok):
+    """Passages listed in a run are held out as unseen topics; a text repeated in another source is read once."""
+    run = tmp_path / "run.tsv"
+    run.write_text("system\ttopicset\tqid\tpid\trank\tscore\nBM25\tdl19\t1\tp1\t1\t9.0\nBM25\tdl19\t1\tp3\t2\t8.0\n")
+    first_passage = expected_texts(sources)[0][2]
+    dup = tmp_path / "dup.tsv"
+    dup.write_text(f"d1\t  {first_passage.upper()}  \nd2\ta text of its own\n")
+    corpus = build_corpus(
+        {**sources, "more": dup},
+        tmp_path / "c",
+        tok["prov"],
+        tok["text"],
+        64,
+        heldout_fraction=0.0,
+        unseen_topics=run,
+        show_progress_bar=False,
+    )
+    counts = corpus.manifest["counts"]
+    assert counts["passages"]["unseen"] == 2 and counts["more"]["duplicates"] == 1 and counts["more"]["texts"] == 1
+    unseen = [
+        (corpus.sources[s], i) for sh in corpus.shards("unseen") for s, i in zip(sh.source, sh.text_ids, strict=True)
+    ]
+    assert sorted(unseen) == [("passages", "p1"), ("passages", "p3")]
+    train_ids = {i for sh in corpus.shards("train") for i in sh.text_ids}
+    assert not train_ids & {"p1", "p3"} and "d2" in train_ids
+    assert corpus.texts("heldout") == []
+    with pytest.raises(VocabertError, match="unknown split"):
+        list(corpus.shards("test"))
+    # Without dedup the repeated text is kept.
+    again = build_corpus(
+        {**sources, "more": dup}, tmp_path / "c2", tok["prov"], tok["text"], 64, dedup=False, show_progress_bar=False
+    )
+    assert again.manifest["counts"]["more"]["texts"] == 2
+
+
+def test_read_id_list_formats(tmp_path):
+    from vocabert.distill.corpus import read_id_list
+
+    trec = tmp_path / "trec.run"
+    trec.write_text("1 Q0 p7 1 3.2 bm25\n1 Q0 p9 2 3.1 bm25\n")
+    plain = tmp_path / "ids.txt"
+    plain.write_text("p1\np2\n")
+    assert read_id_list(trec) == {"p7", "p9"} and read_id_list(plain) == {"p1", "p2"}

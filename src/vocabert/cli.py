@@ -57,7 +57,7 @@ def _settings(cls, args: argparse.Namespace):
 def cmd_corpus(args: argparse.Namespace) -> None:
     from vocabert.distill.corpus import CorpusSettings, run_corpus
 
-    run_corpus(_workspace(args), _sources(args), _settings(CorpusSettings, args), force=args.force)
+    run_corpus(_workspace(args), _sources(args), _settings(CorpusSettings, args), args.force, args.data_dir)
 
 
 def cmd_mine(args: argparse.Namespace) -> None:
@@ -141,6 +141,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         _settings(EmbedSettings, args),
         _settings(TrainSettings, args),
         force=args.force,
+        data_dir=args.data_dir,
     )
     started = time.perf_counter()
     cmd_evaluate(args)
@@ -206,6 +207,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of texts held out from training, chosen by a hash of the id (default: %(default)s)",
     )
     g.add_argument("--shard-size", type=int, default=c.shard_size, help="texts per shard (default: %(default)s)")
+    g.add_argument(
+        "--unseen-topics",
+        default=c.unseen_topics,
+        metavar="FILE",
+        help="passage ids to hold out with their topics, for a topic-disjoint check: a TREC run, a run with a "
+        "'pid' header, or one id per line; 'none' for no such split (default: the TREC DL 2019 pools of the "
+        "bundled data, runs.dl19.top100)",
+    )
+    g.add_argument(
+        "--no-dedup",
+        dest="dedup",
+        action="store_false",
+        help="keep texts that repeat one already read (by default they are skipped: the query files overlap)",
+    )
 
     mine = argparse.ArgumentParser(add_help=False)
     g = mine.add_argument_group("mining")

@@ -26,7 +26,7 @@ from vocabert.artifacts import VocabertError
 from vocabert.bench.datasets import RetrievalTask, StsData, dl19_task, make_task, read_beir, read_sts, trec_task
 from vocabert.bench.metrics import evaluate_ranking, evaluate_retrieval, evaluate_sts, fidelity
 from vocabert.bench.peers import BM25Retriever, Encoder, PeerUnavailable, build_peers, cached, try_peer
-from vocabert.bench.report import markdown_table, update_model_card, write_report
+from vocabert.bench.report import UNSEEN_PASSAGES, markdown_table, update_model_card, write_report
 from vocabert.bench.speed import measure_memory, measure_throughput
 from vocabert.distill.corpus import open_corpus
 from vocabert.distill.workspace import Workspace, check_same_teacher, log
@@ -151,7 +151,11 @@ def run_bench(
         )
     tasks, sts_sets = load_sets(data_dir, dl19, sts_files, beir_dirs, trec_sets)
     corpus = open_corpus(ws)
+    # Fidelity sets: every source's random held-out texts, and the passages held out with their topics.
     heldout = {s: corpus.texts("heldout", s)[:max_fidelity_texts] for s in corpus.sources}
+    heldout[UNSEEN_PASSAGES] = (
+        corpus.texts("unseen", "passages")[:max_fidelity_texts] if "passages" in corpus.sources else []
+    )
     heldout = {s: t for s, t in heldout.items() if t}
 
     log("bench: loading models")

@@ -63,6 +63,7 @@ DASH = "—"
 EVAL_START = "<!-- vocabert-eval-start -->"
 EVAL_END = "<!-- vocabert-eval-end -->"
 SPEED_KEYS = ("passages_b1", "passages_b64", "queries_b1", "queries_b64")
+UNSEEN_PASSAGES = "passages-unseen"  # fidelity set of the passages held out with their topics (DL19 pools)
 LIBRARIES = (
     "vocabert", "numpy", "scipy", "tokenizers", "torch", "transformers", "sentence-transformers",
     "model2vec", "bm25s", "matplotlib", "ir-measures", "pytrec-eval-terrier",
@@ -252,15 +253,18 @@ def markdown_table(results: dict) -> str:
     quality = []
     for name, m in available:
         fp, fq = lookup(m, "fidelity", "passages") or {}, lookup(m, "fidelity", "queries") or {}
+        fu = lookup(m, "fidelity", UNSEEN_PASSAGES) or {}
         dl19 = lookup(m, "retrieval", "dl19") or {}
         quality.append([
             name, m.get("kind") or DASH,
-            _num(_stat(fp, "mean")), _num(_stat(fp, "p5")), _num(_stat(fq, "mean")), _num(_stat(fq, "p5")),
+            _num(_stat(fp, "mean")), _num(_stat(fp, "p5")), _num(_stat(fu, "mean")), _num(_stat(fu, "p5")),
+            _num(_stat(fq, "mean")), _num(_stat(fq, "p5")),
             _num(lookup(m, "sts", "spearman")),
             _num(dl19.get("ndcg@10")), _num(dl19.get("mrr@10")), _num(dl19.get("recall@100")),
         ])  # fmt: skip
     quality_header = [
-        "Model", "kind", "passages cos mean", "passages cos p5", "queries cos mean", "queries cos p5",
+        "Model", "kind", "passages cos mean", "passages cos p5", "unseen-topic passages cos mean",
+        "unseen-topic passages cos p5", "queries cos mean", "queries cos p5",
         "STS Spearman", "DL19 nDCG@10", "DL19 MRR@10", "DL19 R@100",
     ]  # fmt: skip
 

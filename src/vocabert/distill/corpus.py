@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from vocabert.artifacts import VocabertError, atomic_write, write_json
+from vocabert.artifacts import VocabertError, atomic_write, sha256_file, write_json
 from vocabert.distill.workspace import (
     MANIFEST,
     Workspace,
@@ -30,7 +30,7 @@ from vocabert.distill.workspace import (
     log,
     read_manifest,
 )
-from vocabert.readers import read_texts, require_file
+from vocabert.readers import read_lines, read_texts, require_file
 from vocabert.tokenizer import encode_ids, load_tokenizer
 
 MSMARCO_HINT = (
@@ -52,19 +52,53 @@ def default_data_dir() -> Path | None:
     return next((c for c in candidates if c.is_dir()), None)
 
 
-def default_sources(data_dir: str | Path | None = None) -> dict[str, Path]:
-    """The bundled MS MARCO passages and distillation queries."""
+def _data_root(data_dir: str | Path | None) -> Path:
     root = Path(data_dir) if data_dir else default_data_dir()
     if root is None or not root.is_dir():
         raise VocabertError(f"no data folder found (looked for ../shared/data). {MSMARCO_HINT}")
+    return root
+
+
+def default_sources(data_dir: str | Path | None = None) -> dict[str, Path]:
+    """The bundled texts: MS MARCO passages, two sets of MS MARCO queries (the 101k dev queries and
+    12.7k others), and WordNet glosses, which cover every topic of the language in plain sentences."""
+    root = _data_root(data_dir)
     sources = {
         "passages": root / "msmarco_passage" / "collection_subset.tsv.gz",
         "queries": root / "msmarco_queries_extra" / "queries.extra.tsv.gz",
+        "dev_queries": root / "msmarco_queries_dev" / "queries.dev.txt.gz",
+        "glosses": root / "general_text" / "wordnet_glosses.txt.gz",
     }
     for path in sources.values():
         if not path.is_file():
             raise VocabertError(f"{path} is missing. {MSMARCO_HINT}")
     return sources
+
+
+def default_unseen_topics(data_dir: str | Path | None = None) -> Path:
+    """The TREC DL 2019 candidate pools (their passages are held out as unseen topics by default)."""
+    path = _data_root(data_dir) / "msmarco_passage" / "runs.dl19.top100.tsv.gz"
+    if not path.is_file():
+        raise VocabertError(f"{path} is missing: give --unseen-topics FILE or --unseen-topics none")
+    return path
+
+
+def read_id_list(path: str | Path) -> set[str]:
+    """Passage ids from a file: a TREC run (``qid Q0 pid rank score tag``), a run with a header naming a
+    ``pid`` column (the bundled ``runs.dl19.top100``), or one id per line."""
+    ids: set[str] = set()
+    column = None
+    for number, line in read_lines(path, "id list"):
+        fields = line.split()
+        if number == 1 and "pid" in fields:
+            column = fields.index("pid")
+            continue
+        if column is None:
+            column = 2 if len(fields) == 6 else 0
+        if len(fields) <= column:
+            raise VocabertError(f"{path}:{number}: expected a passage id in column {column + 1}")
+        ids.add(fields[column])
+    return ids
 
 
 def hash_fraction(key: str, salt: str = "") -> float:
@@ -73,9 +107,20 @@ def hash_fraction(key: str, salt: str = "") -> float:
     return int.from_bytes(digest, "little") / 2**64
 
 
+# What ``Shard.split`` holds for a text. Held-out texts never reach mining, the teacher pass or training.
+TRAIN, HELDOUT, UNSEEN = 0, 1, 2  # UNSEEN: held out with its whole topic (a DL19 pool, say)
+SPLITS = {"train": TRAIN, "heldout": HELDOUT, "unseen": UNSEEN}
+
+
 def is_heldout(text_key: str, fraction: float) -> bool:
     """Held-out texts never reach training; ``text_key`` is ``source:id``."""
     return hash_fraction(text_key) < fraction
+
+
+def dedup_key(text: str) -> int:
+    """Identity of a text up to case and spacing: the same query in two files is one text."""
+    normal = " ".join(text.lower().split())
+    return int.from_bytes(hashlib.blake2b(normal.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
 
 
 # --------------------------------------------------------------------------------------------- shards
@@ -90,7 +135,7 @@ class Shard:
     texts: list[str]
     text_ids: list[str]
     source: np.ndarray  # index into the corpus manifest's "sources"
-    heldout: np.ndarray
+    split: np.ndarray  # int8: TRAIN, HELDOUT or UNSEEN
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -109,7 +154,7 @@ class Shard:
             [self.texts[i] for i in idx],
             [self.text_ids[i] for i in idx],
             self.source[idx],
-            self.heldout[idx],
+            self.split[idx],
         )
 
 
@@ -141,7 +186,7 @@ def _save_shard(path: Path, shard: Shard, id_dtype: np.dtype) -> None:
                 text_ids=text_ids,
                 text_id_offsets=text_id_offsets,
                 source=shard.source.astype(np.int8),
-                heldout=shard.heldout,
+                split=shard.split.astype(np.int8),
             )
 
     atomic_write(path, _write)
@@ -156,7 +201,7 @@ def load_shard(path: Path) -> Shard:
                 _unpack_strings(z["texts"], z["text_offsets"]),
                 _unpack_strings(z["text_ids"], z["text_id_offsets"]),
                 z["source"],
-                z["heldout"],
+                z["split"],
             )
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise VocabertError(f"corpus shard {path} is corrupt or truncated ({e}); rebuild the corpus") from None
@@ -183,14 +228,15 @@ class Corpus:
         return self.manifest["key"]["provenance"]
 
     def shards(self, split: str = "all", progress: str | None = None) -> Iterator[Shard]:
-        """Shards restricted to ``split``: "all", "train" or "heldout"."""
+        """Shards restricted to ``split``: "all", "train", "heldout" (a random share of every source) or
+        "unseen" (held out with their topic)."""
+        if split != "all" and split not in SPLITS:
+            raise VocabertError(f"unknown split {split!r}: use all, {', '.join(SPLITS)}")
         paths = tqdm(self.shard_paths, desc=progress, unit="shard", disable=progress is None)
         for path in paths:
             shard = load_shard(path)
-            if split == "train":
-                shard = shard.select(~shard.heldout)
-            elif split == "heldout":
-                shard = shard.select(shard.heldout)
+            if split != "all":
+                shard = shard.select(shard.split == SPLITS[split])
             yield shard
 
     def texts(self, split: str, source: str | None = None) -> list[str]:
@@ -208,10 +254,30 @@ class CorpusSettings:
 
     heldout_fraction: float = 0.1  # share of texts never used for training, chosen by a hash of source:id
     shard_size: int = 20_000  # texts per shard: the unit of streaming and of resuming
+    unseen_topics: str | None = None  # file of passage ids held out with their topics (None: the DL19 pools)
+    dedup: bool = True  # a text already read (up to case and spacing) is not read again
 
 
-def run_corpus(ws: Workspace, sources: dict[str, Path], settings: CorpusSettings, force: bool = False) -> Corpus:
-    """The ``corpus`` stage over a work directory."""
+NO_UNSEEN_TOPICS = "none"  # --unseen-topics none: no topic-disjoint split
+
+
+def run_corpus(
+    ws: Workspace,
+    sources: dict[str, Path],
+    settings: CorpusSettings,
+    force: bool = False,
+    data_dir: str | Path | None = None,
+) -> Corpus:
+    """The ``corpus`` stage over a work directory. Unless ``settings.unseen_topics`` says otherwise, the
+    passages of the DL19 pools (from ``data_dir``) are held out as unseen topics, when that file exists."""
+    unseen: Path | None = None
+    if settings.unseen_topics and settings.unseen_topics != NO_UNSEEN_TOPICS:
+        unseen = require_file(settings.unseen_topics, "unseen-topics file")
+    elif settings.unseen_topics is None and "passages" in sources:
+        try:
+            unseen = default_unseen_topics(data_dir)
+        except VocabertError:
+            unseen = None  # own data without the bundled runs: a random split only
     if force:  # without a manifest and the recorded state, every shard is rebuilt
         for name in (MANIFEST, "state.json"):
             (ws.corpus_dir / name).unlink(missing_ok=True)
@@ -224,10 +290,15 @@ def run_corpus(ws: Workspace, sources: dict[str, Path], settings: CorpusSettings
         ws.max_length,
         heldout_fraction=settings.heldout_fraction,
         shard_size=settings.shard_size,
+        unseen_topics=unseen,
+        dedup=settings.dedup,
         show_progress_bar=ws.show_progress_bar,
     )
     for name, c in corpus.manifest["counts"].items():
-        log(f"corpus: {name}: {c['texts']} texts ({c['heldout']} held out), {c['tokens']} tokens")
+        log(
+            f"corpus: {name}: {c['texts']} texts ({c['heldout']} held out at random, {c['unseen']} with unseen "
+            f"topics, {c['duplicates']} duplicates skipped), {c['tokens']} tokens"
+        )
     return corpus
 
 
@@ -246,11 +317,17 @@ def build_corpus(
     max_length: int,
     heldout_fraction: float = CorpusSettings.heldout_fraction,
     shard_size: int = CorpusSettings.shard_size,
+    unseen_topics: Path | None = None,
+    dedup: bool = CorpusSettings.dedup,
     batch_size: int = 2_000,
     show_progress_bar: bool = True,
 ) -> Corpus:
     """Tokenize every source into shards in ``out_dir``; skipped when current, resumes after the last
-    finished shard otherwise."""
+    finished shard otherwise.
+
+    Passages (source ``passages``) whose id is listed in ``unseen_topics`` are held out as UNSEEN; of
+    the others, ``heldout_fraction`` of every source is held out at random. With ``dedup``, a text
+    already read (up to case and spacing, in any source) is skipped: the query files overlap."""
     out_dir = Path(out_dir)
     for p in sources.values():
         if not Path(p).exists():
@@ -263,6 +340,8 @@ def build_corpus(
         "heldout_fraction": heldout_fraction,
         "max_length": max_length,
         "shard_size": shard_size,
+        "dedup": dedup,
+        "unseen_topics": [str(unseen_topics), sha256_file(unseen_topics)] if unseen_topics else None,
     }
     key = {"provenance": provenance, "settings": settings}
     if is_current(out_dir, "corpus", key):
@@ -280,7 +359,9 @@ def build_corpus(
 
     names = list(sources)
     shard_names: list[str] = []
-    counts = {name: {"texts": 0, "heldout": 0, "tokens": 0} for name in names}
+    counts = {name: {"texts": 0, "heldout": 0, "unseen": 0, "duplicates": 0, "tokens": 0} for name in names}
+    unseen_ids = read_id_list(unseen_topics) if unseen_topics else set()
+    seen: set[int] = set()  # 8-byte keys: ~60 bytes a text in a Python set, fine for 10^7 texts
     buffer: list[tuple[str, str, int]] = []
     bar = tqdm(desc="corpus: tokenizing", unit="text", disable=not show_progress_bar)
 
@@ -289,7 +370,17 @@ def build_corpus(
         path = out_dir / f"shard-{index:05d}.npz"
         texts = [t for _, t, _ in buffer]
         ids_, srcs = [i for i, _, _ in buffer], np.array([s for _, _, s in buffer], dtype=np.int8)
-        heldout = np.array([is_heldout(f"{names[s]}:{i}", heldout_fraction) for i, _, s in buffer], dtype=bool)
+        split = np.array(
+            [
+                UNSEEN
+                if names[s] == "passages" and i in unseen_ids
+                else HELDOUT
+                if is_heldout(f"{names[s]}:{i}", heldout_fraction)
+                else TRAIN
+                for i, _, s in buffer
+            ],
+            dtype=np.int8,
+        )
         if path.is_file():
             shard = load_shard(path)
             if shard.text_ids != ids_:
@@ -300,12 +391,13 @@ def build_corpus(
             lengths = np.concatenate([np.diff(p[1]) for p in parts])
             offsets = np.zeros(len(texts) + 1, dtype=np.int64)
             np.cumsum(lengths, out=offsets[1:])
-            shard = Shard(ids, offsets, texts, ids_, srcs, heldout)
+            shard = Shard(ids, offsets, texts, ids_, srcs, split)
             _save_shard(path, shard, id_dtype)
         for s, name in enumerate(names):
             mine = shard.source == s
             counts[name]["texts"] += int(mine.sum())
-            counts[name]["heldout"] += int((mine & shard.heldout).sum())
+            counts[name]["heldout"] += int((mine & (shard.split == HELDOUT)).sum())
+            counts[name]["unseen"] += int((mine & (shard.split == UNSEEN)).sum())
             counts[name]["tokens"] += int(np.diff(shard.offsets)[mine].sum())
         shard_names.append(path.name)
         bar.update(len(buffer))
@@ -313,6 +405,12 @@ def build_corpus(
 
     for s, name in enumerate(names):
         for text_id, text in read_texts(sources[name]):
+            if dedup:
+                identity = dedup_key(text)
+                if identity in seen:
+                    counts[name]["duplicates"] += 1
+                    continue
+                seen.add(identity)
             buffer.append((text_id, text, s))
             if len(buffer) >= shard_size:
                 flush()

@@ -173,7 +173,7 @@ def run_teacher_pass(
         log(f"embed: resuming the teacher pass after {done_texts} texts")
 
     counts = corpus.manifest["counts"].values()  # the bar's total is an estimate: counting would read every shard
-    total = round(settings.teacher_share * sum(c["texts"] - c["heldout"] for c in counts))
+    total = round(settings.teacher_share * sum(c["texts"] - c["heldout"] - c.get("unseen", 0) for c in counts))
     bar = tqdm(total=total, initial=done_texts, desc="embed: teacher pass", unit="text", disable=not show_progress_bar)
     seen = first_index = 0
     try:

@@ -30,13 +30,14 @@ def build_model(
     embed: EmbedSettings | None = None,
     train: TrainSettings | None = None,
     force: bool = False,
+    data_dir: str | Path | None = None,
 ) -> dict[str, float]:
     """Every building stage in order (finished ones are skipped); returns the wall seconds of each."""
     corpus, mine = corpus or CorpusSettings(), mine or MineSettings()
     embed, train = embed or EmbedSettings(), train or TrainSettings()
     times: dict[str, float] = {}
     for name, stage in (
-        ("corpus", lambda: run_corpus(ws, sources, corpus, force=force)),
+        ("corpus", lambda: run_corpus(ws, sources, corpus, force=force, data_dir=data_dir)),
         ("mine", lambda: run_mining(ws, mine, force=force)),
         ("embed", lambda: run_embedding(ws, embed, force=force)),
         ("train", lambda: run_training(ws, train, force=force)),
