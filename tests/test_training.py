@@ -35,7 +35,7 @@ def synthetic_data(model, seed: int = 0) -> TrainingData:
 def test_exported_network_computes_what_was_trained(arch, rank, hidden):
     model = tiny_model()
     data = synthetic_data(model)
-    network, history = train_student(
+    network, _, history = train_student(
         data,
         model.store,
         arch=arch,
@@ -63,7 +63,7 @@ def test_training_learns_on_synthetic_targets():
     model = tiny_model()
     data = synthetic_data(model)
     data.targets[:] = model.encode(TEXTS * 8) @ np.diag(np.linspace(0.5, 2.0, model.dim)).astype(np.float32)
-    _, history = train_student(
+    _, _, history = train_student(
         data,
         model.store,
         arch="context_pool",
@@ -80,3 +80,23 @@ def test_unknown_architecture_is_refused():
     model = tiny_model()
     with pytest.raises(VocabertError, match="unknown architecture"):
         train_student(synthetic_data(model), model.store, arch="transformer", show_progress_bar=False)
+
+
+def test_tuned_entry_vectors_move_toward_the_targets_and_are_exported():
+    model = tiny_model()
+    data = synthetic_data(model)
+    frozen = train_student(data, model.store, epochs=5, batch_size=8, lr=0.01, show_progress_bar=False)
+    tuned = train_student(
+        data, model.store, epochs=5, batch_size=8, lr=0.01, tune_entries=1e-3, show_progress_bar=False
+    )
+    assert frozen[1] is None
+    vectors = tuned[1]
+    original = model.store.vectors(np.arange(len(model.store)))
+    assert vectors.shape == original.shape and not np.allclose(vectors, original)
+    # The exported model, with the tuned vectors in its store, gives the validation cosine training reported.
+    model.store = type(model.store).from_float(np.asarray(model.store.patterns), vectors, "float16")
+    model.network = tuned[0]
+    val = np.flatnonzero(data.validation)
+    target = data.targets[val] / np.linalg.norm(data.targets[val], axis=1, keepdims=True)
+    cos = np.einsum("ij,ij->i", model.encode([(TEXTS * 8)[i] for i in val]), target).mean()
+    assert cos == pytest.approx(tuned[2]["best_val_cosine"], abs=2e-3)  # fp16 store

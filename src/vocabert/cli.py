@@ -287,6 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=t.mlp_hidden,
         help="context_pool: units of the residual MLP on the pooled vector, 0 for none (default: %(default)s)",
     )
+    g.add_argument(
+        "--tune-entries",
+        type=float,
+        default=t.tune_entries,
+        help="fine-tune the entry vectors with this L2 pull toward the teacher's; 0 keeps them frozen "
+        "(default: %(default)s)",
+    )
     g.add_argument("--epochs", type=int, default=t.epochs, help="(default: %(default)s)")
     g.add_argument("--lr", type=float, default=t.lr, help="Adam learning rate (default: %(default)s)")
     g.add_argument("--train-batch-size", type=int, default=t.batch_size, help="(default: %(default)s)")

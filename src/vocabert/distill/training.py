@@ -65,6 +65,7 @@ class TrainSettings:
     arch: str = WeightedMean.name  # weighted_mean or context_pool (see vocabert.model)
     attention_rank: int = 32  # context_pool: rank of the per-entry keys and queries (0: no attention)
     mlp_hidden: int = 0  # context_pool: units of the residual MLP on the pooled vector (0: none)
+    tune_entries: float = 0.0  # > 0: fine-tune the entry vectors, with this L2 pull toward the teacher's (0: frozen)
     epochs: int = 10
     lr: float = 3e-3  # Adam
     batch_size: int = 256
@@ -73,7 +74,7 @@ class TrainSettings:
     seed: int = 0
 
 
-def _student_module(table, arch: str, rank: int, hidden: int):
+def _student_module(table, arch: str, rank: int, hidden: int, tune: float):
     """The student in torch, mirroring the numpy network of :mod:`vocabert.model` it exports to."""
     import torch
     from torch import nn
@@ -104,10 +105,20 @@ def _student_module(table, arch: str, rank: int, hidden: int):
                     nn.init.zeros_(self.mlp[2].weight)  # starts as the identity residual
                     nn.init.zeros_(self.mlp[2].bias)
             self.hidden = hidden if self.context else 0
+            self.tune = tune
+            if tune:
+                self.delta = nn.Parameter(torch.zeros_like(table))  # the change to each entry's vector
+
+        def vectors(self, rows):
+            return table[rows] + self.delta[rows] if self.tune else table[rows]
+
+        def penalty(self, entry):
+            """The pull of the tuned vectors toward the teacher's: mean squared change of the batch's entries."""
+            return self.tune * (self.delta[torch.unique(entry)] ** 2).sum(dim=1).mean() if self.tune else 0.0
 
         def forward(self, entry, segment, n: int, lengths):
             distinct, inverse = torch.unique(entry, return_inverse=True)
-            vectors = table[distinct]
+            vectors = self.vectors(distinct)
             w = self.log_weight[entry].exp()
             if self.rank:
                 total = torch.zeros(n).index_add_(0, segment, w).clamp_min(1e-12)
@@ -124,6 +135,10 @@ def _student_module(table, arch: str, rank: int, hidden: int):
             if self.hidden:
                 out = out + self.mlp(m)
             return out
+
+        def entry_vectors(self) -> np.ndarray | None:
+            """The tuned entry vectors (None when they were frozen)."""
+            return (table + self.delta).detach().numpy() if self.tune else None
 
         def export(self) -> WeightedMean | ContextPool:
             def np_(x):
@@ -143,7 +158,12 @@ def _student_module(table, arch: str, rank: int, hidden: int):
                 for name in ("key", "query"):
                     proj = getattr(self, name, None)
                     t[f"entry_{name}"] = (
-                        np.concatenate([np_(proj(table[i : i + 65536])) for i in range(0, len(table), 65536)])
+                        np.concatenate(
+                            [
+                                np_(proj(self.vectors(torch.arange(i, min(i + 65536, len(table))))))
+                                for i in range(0, len(table), 65536)
+                            ]
+                        )
                         if proj is not None
                         else np.zeros((len(table), 0), np.float32)
                     )
@@ -165,6 +185,7 @@ def train_student(
     arch: str = TrainSettings.arch,
     attention_rank: int = TrainSettings.attention_rank,
     mlp_hidden: int = TrainSettings.mlp_hidden,
+    tune_entries: float = TrainSettings.tune_entries,
     epochs: int = TrainSettings.epochs,
     batch_size: int = TrainSettings.batch_size,
     lr: float = TrainSettings.lr,
@@ -172,8 +193,9 @@ def train_student(
     weight_decay: float = TrainSettings.weight_decay,
     seed: int = TrainSettings.seed,
     show_progress_bar: bool = True,
-) -> tuple[WeightedMean | ContextPool, dict]:
-    """Fit a student of architecture ``arch``; returns its numpy network and the training history."""
+) -> tuple[WeightedMean | ContextPool, np.ndarray | None, dict]:
+    """Fit a student of architecture ``arch``; returns its numpy network, the tuned entry vectors (None
+    when frozen) and the training history."""
     import torch
 
     if loss not in ("cosine", "cosine+mse", "mse"):
@@ -188,11 +210,12 @@ def train_student(
         raise VocabertError("no training texts outside the validation share")
 
     table = torch.from_numpy(store.vectors(np.arange(len(store))))
-    student = _student_module(table, arch, attention_rank, mlp_hidden)
+    student = _student_module(table, arch, attention_rank, mlp_hidden, tune_entries)
     optimizer = torch.optim.Adam(student.parameters(), lr=lr)
     lengths = torch.from_numpy(np.asarray(data.lengths, dtype=np.float32))
 
-    def forward(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Student and teacher vectors of texts ``idx``, and the entries matched in them."""
         starts, ends = data.ptr[idx], data.ptr[idx + 1]
         counts = ends - starts
         flat = np.arange(counts.sum()) + np.repeat(starts - np.cumsum(counts) + counts, counts)
@@ -200,7 +223,7 @@ def train_student(
         segment = torch.from_numpy(np.repeat(np.arange(len(idx)), counts))
         out = torch.nn.functional.normalize(student(entry, segment, len(idx), lengths[idx]), dim=1)
         # Targets are read from the memory-mapped teacher pass a batch at a time, never all at once.
-        return out, torch.nn.functional.normalize(torch.from_numpy(np.asarray(data.targets[idx])), dim=1)
+        return out, torch.nn.functional.normalize(torch.from_numpy(np.asarray(data.targets[idx])), dim=1), entry
 
     def loss_of(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         cos = (out * target).sum(dim=1)
@@ -211,7 +234,7 @@ def train_student(
 
     def evaluate(idx: np.ndarray) -> float:
         with torch.no_grad():
-            cos = [(lambda o, t: (o * t).sum(dim=1))(*forward(idx[i : i + 2048])) for i in range(0, len(idx), 2048)]
+            cos = [(lambda o, t, _: (o * t).sum(dim=1))(*forward(idx[i : i + 2048])) for i in range(0, len(idx), 2048)]
         return float(torch.cat(cos).mean()) if cos else float("nan")
 
     history = {"epochs": [], "n_train": int(len(train_idx)), "n_val": int(n_val)}
@@ -224,8 +247,8 @@ def train_student(
         rng.shuffle(train_idx)
         losses = []
         for start in range(0, len(train_idx), batch_size):
-            out, target = forward(train_idx[start : start + batch_size])
-            value = loss_of(out, target) + weight_decay * (student.log_weight**2).sum()
+            out, target, entry = forward(train_idx[start : start + batch_size])
+            value = loss_of(out, target) + weight_decay * (student.log_weight**2).sum() + student.penalty(entry)
             optimizer.zero_grad()
             value.backward()
             optimizer.step()
@@ -239,7 +262,7 @@ def train_student(
     bar.close()
     student.load_state_dict(best_state or initial)  # no epoch beat the untrained mean: keep it
     history["best_val_cosine"] = best_val
-    return student.export(), history
+    return student.export(), student.entry_vectors(), history
 
 
 def run_training(ws: Workspace, settings: TrainSettings, force: bool = False) -> StudentModel:
@@ -261,7 +284,11 @@ def run_training(ws: Workspace, settings: TrainSettings, force: bool = False) ->
     started = time.perf_counter()
     data = training_data(passed, store, vocab_size)
     log(f"train: {len(data)} texts ({int(data.validation.sum())} for validation), {len(data.entries)} matches")
-    network, history = train_student(data, store, show_progress_bar=ws.show_progress_bar, **asdict(settings))
+    network, tuned, history = train_student(data, store, show_progress_bar=ws.show_progress_bar, **asdict(settings))
+    if tuned is not None:  # the model carries its own copy of the vectors: the tuned ones, same precision
+        store = VocabularyStore.from_float(
+            np.asarray(store.patterns), tuned, store_manifest["key"]["settings"]["dtype"], store.metadata
+        )
     log(f"train: validation cosine {history['val_cosine_before']:.4f} (plain mean) -> {history['best_val_cosine']:.4f}")
     config = {
         "architecture": network.name,
