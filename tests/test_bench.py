@@ -68,13 +68,15 @@ def test_bench_writes_report_and_model_card(workspace, model, trec_set, beir_dir
         peers=False,
         dl19=False,
         speed=TINY_SPEED,
-        max_fidelity_texts=32,
+        max_fidelity_texts=20,
     )
     for name in ("bench.json", "bench.md", "pareto.png", "fidelity_hist.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     student = results["models"]["vocabert"]
     teacher = results["models"]["teacher"]
-    assert student["fidelity"]["passages"]["n"] == 32
+    assert student["fidelity"]["passages"]["n"] == 20
+    assert student["fidelity"]["passages-unseen"]["n"] == 20  # the DL19-pool passages of the slice
+    assert student["network"]["parameters"] > 0 and student["network"]["flops_per_text"] > 0
     # The same qrels read from TREC and from BEIR form give the same figures; the TREC set is named
     # after its queries file, and its graded qrels count grade >= 2 as relevant.
     trec, beir = student["retrieval"]["queries"], student["retrieval"][beir_dir.name]
@@ -90,7 +92,7 @@ def test_bench_writes_report_and_model_card(workspace, model, trec_set, beir_dir
     card = (model_dir / "README.md").read_text()
     assert "<!-- vocabert-eval-start -->" in card and "STS" in card
     saved = json.loads((out / "bench.json").read_text())
-    assert saved["meta"]["samples"]["fidelity_passages"] == 32
+    assert saved["meta"]["samples"]["fidelity_passages"] == 20
 
 
 def test_evaluate_is_the_bench_without_peers(workspace, model, trec_set, tmp_path, capsys):
@@ -131,18 +133,20 @@ def test_evaluate_bench_and_run_call_the_same_bench(monkeypatch, tmp_path):
     work = tmp_path / "w"
     trec = ["--trec", "dl20=q.tsv", "qrels.txt", "c.tsv"]
     evaluate = _parse_and_capture(monkeypatch, ["evaluate", "--workdir", str(work), *trec])
-    assert (evaluate["model_dir"], evaluate["out_dir"], evaluate["peers"]) == (work / "model", work / "eval", False)
+    assert (evaluate["model_dir"], evaluate["out_dir"], evaluate["peers"]) == ([work / "model"], work / "eval", False)
     assert evaluate["trec_sets"] == [["dl20=q.tsv", "qrels.txt", "c.tsv"]] and evaluate["dl19"]
-    bench = _parse_and_capture(monkeypatch, ["bench", "--workdir", str(work), "--model", "m", "--no-dl19"])
+    bench = _parse_and_capture(
+        monkeypatch, ["bench", "--workdir", str(work), "--model", "m", "--model", "n", "--no-dl19"]
+    )
     assert (bench["model_dir"], bench["out_dir"], bench["peers"], bench["dl19"]) == (
-        Path("m"),
+        [Path("m"), Path("n")],
         work / "bench",
         True,
         False,
     )
     run = _parse_and_capture(monkeypatch, ["run", "--workdir", str(work), "--max-eval-texts", "5", *trec])
     assert (run["model_dir"], run["out_dir"], run["peers"], run["max_fidelity_texts"]) == (
-        work / "model",
+        [work / "model"],
         work / "eval",
         False,
         5,

@@ -88,11 +88,12 @@ def cmd_bench(args: argparse.Namespace, peers: bool | None = None) -> None:
 
     ws = _workspace(args)
     # `vocabert run` has no --model or --out: it evaluates the model it trained.
-    model, out = getattr(args, "model", None), getattr(args, "out", None)
+    models, out = getattr(args, "model", None), getattr(args, "out", None)
+    models = [models] if isinstance(models, str) else models
     peers = not args.no_peers if peers is None else peers
     run_bench(
         ws,
-        Path(model) if model else ws.model_dir,
+        [Path(m) for m in models] if models else [ws.model_dir],
         Path(out) if out else ws.root / ("bench" if peers else "eval"),
         data_dir=args.data_dir,
         sts_files=args.sts,
@@ -387,7 +388,12 @@ def build_parser() -> argparse.ArgumentParser:
         "Model2Vec, in one run: bench.json, bench.md, plots, and the table in the model card.",
         [common, evaluate],
     )
-    p.add_argument("--model", default=None, help="model directory (default: <workdir>/model)")
+    p.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        help="model directory; repeat it to measure several students side by side (default: <workdir>/model)",
+    )
     p.add_argument("--out", default=None, help="report folder (default: <workdir>/bench)")
     p.add_argument("--data-dir", default=None, help="folder with msmarco_passage/ and sts/ (default: as corpus)")
     p.add_argument("--no-peers", action="store_true", help="only the student and the teacher (no BM25, Model2Vec)")

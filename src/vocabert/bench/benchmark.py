@@ -120,7 +120,7 @@ def load_sets(
 
 def run_bench(
     ws: Workspace,
-    model_dir: Path,
+    model_dirs: Path | Sequence[Path],
     out_dir: Path,
     data_dir: Path | None = None,
     sts_files: Sequence[str | Path] = (),
@@ -132,18 +132,20 @@ def run_bench(
     speed: SpeedPlan | None = None,
     seed: int = 0,
 ) -> dict:
-    """Measure everything, write bench.json / bench.md / plots into ``out_dir`` and the model card.
+    """Measure everything, write bench.json / bench.md / plots into ``out_dir`` and the model cards.
 
-    With ``peers=False`` only the student and the teacher are measured (``vocabert evaluate``).
+    ``model_dirs``: one student, or several (e.g. one per architecture), measured side by side in the
+    same run. With ``peers=False`` only the students and the teacher are measured (``vocabert evaluate``).
     Sets are named as :func:`load_sets` says.
     """
     from vocabert.distill.corpus import default_data_dir
 
     started = time.perf_counter()
     speed = speed or SpeedPlan()
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise VocabertError(f"model folder {model_dir} does not exist")
+    model_dirs = [Path(model_dirs)] if isinstance(model_dirs, str | Path) else [Path(d) for d in model_dirs]
+    for model_dir in model_dirs:
+        if not model_dir.is_dir():
+            raise VocabertError(f"model folder {model_dir} does not exist")
     data_dir = Path(data_dir) if data_dir else default_data_dir()
     if data_dir is None or not data_dir.is_dir():
         raise VocabertError(
@@ -163,17 +165,17 @@ def run_bench(
         ws.teacher_path,
         ws.cache_dir,
         pca_dims=(256, None) if peers else (),
-        students=[model_dir],
+        students=model_dirs,
         show_progress_bar=ws.show_progress_bar,
     )
     teacher = next((m for m in models if m.kind == "teacher"), None)
     if teacher is None or not teacher.available:
         raise VocabertError(f"the teacher could not be loaded: {getattr(teacher, 'reason', '?')}")
-    # The model under test is no optional peer: it must load, and be a student of this teacher.
-    student = next(m for m in models if m.kind == "student")
-    if not student.available:
-        raise VocabertError(f"model {model_dir} could not be loaded: {student.reason}")
-    check_same_teacher(ws.provenance, student.model.config.get("provenance", {}), f"model {model_dir}")
+    # The models under test are no optional peers: each must load, and be a student of this teacher.
+    for student, model_dir in zip((m for m in models if m.kind == "student"), model_dirs, strict=True):
+        if not student.available:
+            raise VocabertError(f"model {model_dir} could not be loaded: {student.reason}")
+        check_same_teacher(ws.provenance, student.model.config.get("provenance", {}), f"model {model_dir}")
     bm25 = try_peer("bm25", "bm25", BM25Retriever) if peers else None
 
     results: dict = {"meta": {}, "models": {}}
@@ -193,7 +195,7 @@ def run_bench(
     results["meta"] = {
         "seed": seed,
         "teacher": str(ws.teacher_path),
-        "model": str(model_dir.resolve()),
+        "models": [str(d.resolve()) for d in model_dirs],
         "samples": {
             **{f"fidelity_{s}": len(t) for s, t in heldout.items()},
             **{f"sts {name}": len(s.scores) for name, s in sts_sets.items()},
@@ -213,9 +215,11 @@ def run_bench(
     }
     paths = write_report(results, out_dir)
     table = markdown_table(results)
-    update_model_card(model_dir, table)
+    for model_dir in model_dirs:
+        update_model_card(model_dir, table)
     print(table, flush=True)
-    log(f"bench: {', '.join(str(p) for p in paths.values())}; model card {model_dir / 'README.md'}")
+    cards = ", ".join(str(d / "README.md") for d in model_dirs)
+    log(f"bench: {', '.join(str(p) for p in paths.values())}; model card {cards}")
     log(f"bench: wall time {time.perf_counter() - started:.0f}s")
     return results
 
@@ -269,9 +273,29 @@ def measure_model(
     sample = heldout.get("passages") or next(iter(heldout.values()))
     if model.kind == "student":
         entry["breakdown"] = student_breakdown(model, sample)
+        entry["network"] = network_cost(model.model, sample)
     memory_texts = sample[: plan.memory_texts if fast else 64]
     entry["memory"] = measure_memory(model.spec(), memory_texts)
     return entry
+
+
+def network_cost(student, texts: list[str], batch_size: int = 64, n: int = 1024) -> dict:
+    """Parameters of the student's network (entry vectors not counted) and its multiply-adds per text,
+    from the matches per text on ``texts`` (tokenizing and matching are not counted)."""
+    texts = texts[:n]
+    matches = distinct = 0
+    for start in range(0, len(texts), batch_size):
+        ids, offsets = student.tokenize(texts[start : start + batch_size])
+        found = student.index.match(ids, offsets)
+        matches += len(found)
+        distinct += len(np.unique(found.entry))
+    network = student.network
+    return {
+        "architecture": network.name,
+        "parameters": int(sum(np.asarray(t).size for t in network.tensors().values())),
+        "flops_per_text": float(network.flops(matches / len(texts), distinct / len(texts), student.dim)),
+        "matches_per_text": matches / len(texts),
+    }
 
 
 def student_breakdown(model: Encoder, texts: list[str], batch_size: int = 64, n: int = 2048) -> dict:

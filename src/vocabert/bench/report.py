@@ -208,6 +208,13 @@ def _num(x: Any, digits: int = 3) -> str:
     return str(x)
 
 
+def _flops(x: Any) -> str:
+    """1.2M, 340k: counts of multiply-adds or parameters."""
+    if not isinstance(x, int | float):
+        return DASH
+    return f"{x / 1e6:.2f}M" if x >= 1e6 else f"{x / 1e3:.0f}k" if x >= 1e3 else f"{x:.0f}"
+
+
 def _rate(x: Any) -> str:
     if not isinstance(x, int | float):
         return DASH
@@ -280,10 +287,12 @@ def markdown_table(results: dict) -> str:
             _num(lookup(m, "memory", "import_seconds"), 2),
             _num(m.get("load_seconds"), 2),
             _num(size / 1e6 if isinstance(size, int | float) else None, 1),
+            _flops(lookup(m, "network", "flops_per_text")),
+            _flops(lookup(m, "network", "parameters")),
         ])  # fmt: skip
     cost_header = [
         "Model", "passages/s b1", "passages/s b64", "queries/s b1", "queries/s b64",
-        "peak RSS MiB", "import s", "load s", "size MB",
+        "peak RSS MiB", "import s", "load s", "size MB", "network FLOPs/text", "network params",
     ]  # fmt: skip
 
     parts = ["### Quality", "", _table(quality_header, quality, text_columns=2)]
@@ -301,7 +310,10 @@ def markdown_table(results: dict) -> str:
         "cos: cosine between a text's vector and the teacher's (mean and 5th percentile over texts). "
         "Speeds: median texts/s of timed runs on CPU at batch size 1 or 64, (×N) relative to the teacher "
         "in the same run. Peak RSS, import s: a fresh process that imports the library, loads the model "
-        "and encodes. load s: loading the model, imports excluded. size: files loaded (MB = 10^6 bytes)."
+        "and encodes. load s: loading the model, imports excluded. size: files loaded (MB = 10^6 bytes). "
+        "Network FLOPs/text: multiply-adds of the student's network per passage (tokenizing, matching and "
+        "lookup not counted); params: the network's, entry vectors not counted. Unseen-topic passages: held "
+        "out with their whole topic (the DL19 pools), never seen by mining, the teacher pass or training."
     )
     extra = _extra_sets(available)
     if extra:
