@@ -75,7 +75,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from vocabert.distill.training import TrainSettings, run_training
 
-    run_training(_workspace(args), _settings(TrainSettings, args), force=args.force)
+    run_training(_workspace(args), _settings(TrainSettings, args), force=args.force, model_dir=args.model_out)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -358,12 +358,14 @@ def build_parser() -> argparse.ArgumentParser:
         "store each entry's mean contextual vector.",
         [common, embed],
     )
-    add(
+    p = add(
         "train",
         cmd_train,
-        "Distil the student (weighted mean of entry vectors + linear map) from the cached teacher embeddings.",
+        "Distil the student (--arch: weighted mean of entry vectors + linear map, or context-aware pooling) from "
+        "the teacher pass in the work directory.",
         [common, train],
     )
+    p.add_argument("--model-out", default=None, help="model folder to write (default: <workdir>/model)")
     p = add(
         "evaluate",
         cmd_evaluate,

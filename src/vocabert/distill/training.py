@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -265,19 +266,23 @@ def train_student(
     return student.export(), student.entry_vectors(), history
 
 
-def run_training(ws: Workspace, settings: TrainSettings, force: bool = False) -> StudentModel:
-    """The ``train`` stage: skipped when current; else distil the student and write the model folder."""
+def run_training(
+    ws: Workspace, settings: TrainSettings, force: bool = False, model_dir: str | Path | None = None
+) -> StudentModel:
+    """The ``train`` stage: skipped when current; else distil the student and write the model folder
+    (``<workdir>/model``, or ``model_dir``)."""
     from vocabert import __version__
 
+    model_dir = Path(model_dir) if model_dir else ws.model_dir
     store, store_manifest = open_store(ws)
     key = {
         "provenance": ws.provenance,
         "settings": asdict(settings),
         "inputs": {"store": digest(ws.store_dir), "teacher pass": digest(ws.teacher_dir)},
     }
-    if not force and is_current(ws.model_dir, "model", key):
-        log(f"train: {ws.model_dir} is up to date")
-        return StudentModel.load(ws.model_dir)
+    if not force and is_current(model_dir, "model", key):
+        log(f"train: {model_dir} is up to date")
+        return StudentModel.load(model_dir)
     passed = open_teacher_pass(ws)
     vocab_manifest = read_manifest(ws.vocab_dir, "vocabulary")
     vocab_size = int(read_manifest(ws.corpus_dir, "corpus")["vocab_size"])
@@ -308,7 +313,7 @@ def run_training(ws: Workspace, settings: TrainSettings, force: bool = False) ->
     }
     model = StudentModel(config, ws.tokenizer_text, store, network)
     listing = (ws.vocab_dir / "vocabulary.tsv").read_text(encoding="utf-8")
-    model.save(ws.model_dir, vocabulary_listing=listing)
-    finish(ws.model_dir, "model", key)
-    log(f"train: model written to {ws.model_dir}")
-    return StudentModel.load(ws.model_dir)
+    model.save(model_dir, vocabulary_listing=listing)
+    finish(model_dir, "model", key)
+    log(f"train: model written to {model_dir}")
+    return StudentModel.load(model_dir)

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The architecture table and quality/speed plot: every student architecture trained on the same teacher
+# pass, then measured side by side with the teacher in one bench run (ratios from that same run).
+#
+#   bash scripts/architectures.sh [WORKDIR]        (default: runs/minilm-msmarco, after `vocabert run`)
+#
+# Writes WORKDIR/architectures/<name>/ (model folders) and WORKDIR/architectures/bench.{md,json},
+# pareto.png. Extra arguments after WORKDIR go to every `vocabert train` (e.g. --epochs 5).
+set -euo pipefail
+workdir=${1:-runs/minilm-msmarco}
+shift || true
+out="$workdir/architectures"
+declare -A variants=(
+  [weighted_mean]="--arch weighted_mean"
+  [context_specials]="--arch context_pool --attention-rank 0"
+  [context_attention]="--arch context_pool --attention-rank 32"
+  [context_attention_mlp]="--arch context_pool --attention-rank 32 --mlp-hidden 512"
+  [context_attention_tuned]="--arch context_pool --attention-rank 32 --tune-entries 0.01"
+)
+models=()
+for name in weighted_mean context_specials context_attention context_attention_mlp context_attention_tuned; do
+  # shellcheck disable=SC2086
+  vocabert train --workdir "$workdir" --no-progress ${variants[$name]} --model-out "$out/$name" "$@"
+  models+=(--model "$out/$name")
+done
+vocabert bench --workdir "$workdir" --no-progress --no-peers "${models[@]}" --out "$out"
