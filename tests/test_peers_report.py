@@ -92,12 +92,12 @@ def test_markdown_rows_columns_and_dashes():
 
     quality, cost = rows(quality_md), rows(cost_md)
     assert {"teacher", "vocabert", "model2vec-pca256", "model2vec-nopca", "bm25"} <= set(quality) & set(cost)
-    assert quality["bm25"][2] == "—" and quality["bm25"][6] == "—"  # no fidelity, no STS
-    assert quality["bm25"][7] == "0.480" and quality["vocabert"][6] == "0.770"
-    assert quality["teacher"][2:6] == ["1.000", "1.000", "—", "—"]
+    assert quality["bm25"][2] == "—" and quality["bm25"][8] == "—"  # no fidelity, no STS
+    assert quality["bm25"][9] == "0.480" and quality["vocabert"][8] == "0.770"
+    assert quality["teacher"][2:8] == ["1.000", "1.000", "—", "—", "—", "—"]  # no unseen-topic set here
     assert cost["vocabert"][2] == "21,000 (×350)"  # passages/s at batch 64 over the teacher's 60
-    assert cost["teacher"][2] == "60.0 (×1.0)" and cost["bm25"][1:] == ["—"] * 8
-    assert cost["vocabert"][5:] == ["180", "4.00", "0.20", "40.0"]
+    assert cost["teacher"][2] == "60.0 (×1.0)" and cost["bm25"][1:] == ["—"] * 10
+    assert cost["vocabert"][5:9] == ["180", "4.00", "0.20", "40.0"]
     assert "Breakdown: vocabert" in md and "lookup only" in md
     assert "cosines" not in md
 

@@ -73,7 +73,7 @@ def _check_shapes(name: str, tensors: dict[str, np.ndarray], expected: dict[str,
     for key, shape in expected.items():
         if tensors[key].shape != shape:
             raise VocabertError(
-                f"student weights ({name}): {key} has shape {tensors[key].shape}, the store needs {shape}"
+                f"student weights ({name}) do not fit the store: {key} has shape {tensors[key].shape}, needs {shape}"
             )
 
 

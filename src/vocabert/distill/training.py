@@ -63,7 +63,7 @@ ARCHS = (WeightedMean.name, ContextPool.name)
 class TrainSettings:
     """Settings of the ``train`` stage (every default lives here): :func:`train_student`'s arguments."""
 
-    arch: str = WeightedMean.name  # weighted_mean or context_pool (see vocabert.model)
+    arch: str = ContextPool.name  # context_pool or weighted_mean (see vocabert.model)
     attention_rank: int = 32  # context_pool: rank of the per-entry keys and queries (0: no attention)
     mlp_hidden: int = 0  # context_pool: units of the residual MLP on the pooled vector (0: none)
     tune_entries: float = 0.0  # > 0: fine-tune the entry vectors, with this L2 pull toward the teacher's (0: frozen)
