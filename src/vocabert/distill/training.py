@@ -108,14 +108,16 @@ def _student_module(table, arch: str, rank: int, hidden: int, tune: float):
             self.hidden = hidden if self.context else 0
             self.tune = tune
             if tune:
-                self.delta = nn.Parameter(torch.zeros_like(table))  # the change to each entry's vector
+                # The change to each entry's vector; sparse, so a step touches only the batch's entries.
+                self.delta = nn.Embedding(len(table), dim, sparse=True)
+                nn.init.zeros_(self.delta.weight)
 
         def vectors(self, rows):
-            return table[rows] + self.delta[rows] if self.tune else table[rows]
+            return table[rows] + self.delta(rows) if self.tune else table[rows]
 
         def penalty(self, entry):
             """The pull of the tuned vectors toward the teacher's: mean squared change of the batch's entries."""
-            return self.tune * (self.delta[torch.unique(entry)] ** 2).sum(dim=1).mean() if self.tune else 0.0
+            return self.tune * (self.delta(torch.unique(entry)) ** 2).sum(dim=1).mean() if self.tune else 0.0
 
         def forward(self, entry, segment, n: int, lengths):
             distinct, inverse = torch.unique(entry, return_inverse=True)
@@ -139,7 +141,7 @@ def _student_module(table, arch: str, rank: int, hidden: int, tune: float):
 
         def entry_vectors(self) -> np.ndarray | None:
             """The tuned entry vectors (None when they were frozen)."""
-            return (table + self.delta).detach().numpy() if self.tune else None
+            return (table + self.delta.weight).detach().numpy() if self.tune else None
 
         def export(self) -> WeightedMean | ContextPool:
             def np_(x):
@@ -212,7 +214,10 @@ def train_student(
 
     table = torch.from_numpy(store.vectors(np.arange(len(store))))
     student = _student_module(table, arch, attention_rank, mlp_hidden, tune_entries)
-    optimizer = torch.optim.Adam(student.parameters(), lr=lr)
+    dense = [p for name, p in student.named_parameters() if not name.startswith("delta.")]
+    optimizers = [torch.optim.Adam(dense, lr=lr)]
+    if tune_entries:
+        optimizers.append(torch.optim.SparseAdam(list(student.delta.parameters()), lr=lr))
     lengths = torch.from_numpy(np.asarray(data.lengths, dtype=np.float32))
 
     def forward(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -250,9 +255,11 @@ def train_student(
         for start in range(0, len(train_idx), batch_size):
             out, target, entry = forward(train_idx[start : start + batch_size])
             value = loss_of(out, target) + weight_decay * (student.log_weight**2).sum() + student.penalty(entry)
-            optimizer.zero_grad()
+            for optimizer in optimizers:
+                optimizer.zero_grad()
             value.backward()
-            optimizer.step()
+            for optimizer in optimizers:
+                optimizer.step()
             losses.append(value.item())
             bar.update(1)
         val = evaluate(val_idx) if n_val else float("nan")
