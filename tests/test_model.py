@@ -32,8 +32,8 @@ def saved(model, tmp_path) -> Path:
     return model.save(tmp_path / "model", vocabulary_listing="entry\tcount\ncat\t3\n")
 
 
-def brute_force(model: StudentModel, text: str) -> np.ndarray:
-    """The model's definition, one text, no vectorization: every entry at every position, weighted mean, map."""
+def found_entries(model: StudentModel, text: str) -> tuple[list[int], list[int]]:
+    """The text's token ids, and every entry found at every position, by brute force (no vectorization)."""
     ids = model.tokenizer.encode(text).ids
     rows = [[int(x) for x in p if x != PAD] for p in np.asarray(model.store.patterns)]
     found = [
@@ -42,6 +42,12 @@ def brute_force(model: StudentModel, text: str) -> np.ndarray:
         for e, row in enumerate(rows)
         if start + len(row) <= len(ids) and all(r in (WILDCARD, t) for r, t in zip(row, ids[start:], strict=False))
     ]
+    return ids, found
+
+
+def brute_force(model: StudentModel, text: str) -> np.ndarray:
+    """The model's definition, one text: every entry at every position, weighted mean, map."""
+    _, found = found_entries(model, text)
     pooled = np.zeros(model.dim)
     if found:
         weights = model.network.entry_weight[found].astype(np.float64)
@@ -51,15 +57,8 @@ def brute_force(model: StudentModel, text: str) -> np.ndarray:
 
 
 def brute_force_context(model: StudentModel, text: str) -> np.ndarray:
-    """``context_pool`` by its docstring, one text, in float64 with math.erf-free GELU (tanh form)."""
-    ids = model.tokenizer.encode(text).ids
-    rows = [[int(x) for x in p if x != PAD] for p in np.asarray(model.store.patterns)]
-    found = [
-        e
-        for start in range(len(ids))
-        for e, row in enumerate(rows)
-        if start + len(row) <= len(ids) and all(r in (WILDCARD, t) for r, t in zip(row, ids[start:], strict=False))
-    ]
+    """``context_pool`` by its docstring, one text, in float64 (GELU in its tanh form, as trained)."""
+    ids, found = found_entries(model, text)
     t = {k: v.astype(np.float64) for k, v in model.network.tensors().items()}
     w = t["entry_weight"][found]
     q = w @ t["entry_query"][found] / w.sum()
