@@ -41,6 +41,7 @@ def test_exported_network_computes_what_was_trained(arch, rank, hidden):
         arch=arch,
         attention_rank=rank,
         mlp_hidden=hidden,
+        tune_entries=0.0,
         epochs=3,
         batch_size=8,
         lr=0.05,
@@ -85,7 +86,9 @@ def test_unknown_architecture_is_refused():
 def test_tuned_entry_vectors_move_toward_the_targets_and_are_exported():
     model = tiny_model()
     data = synthetic_data(model)
-    frozen = train_student(data, model.store, epochs=5, batch_size=8, lr=0.01, show_progress_bar=False)
+    frozen = train_student(
+        data, model.store, epochs=5, batch_size=8, lr=0.01, tune_entries=0.0, show_progress_bar=False
+    )
     tuned = train_student(
         data, model.store, epochs=5, batch_size=8, lr=0.01, tune_entries=1e-3, show_progress_bar=False
     )

@@ -66,7 +66,7 @@ class TrainSettings:
     arch: str = ContextPool.name  # context_pool or weighted_mean (see vocabert.model)
     attention_rank: int = 32  # context_pool: rank of the per-entry keys and queries (0: no attention)
     mlp_hidden: int = 0  # context_pool: units of the residual MLP on the pooled vector (0: none)
-    tune_entries: float = 0.0  # > 0: fine-tune the entry vectors, with this L2 pull toward the teacher's (0: frozen)
+    tune_entries: float = 0.01  # > 0: fine-tune the entry vectors, with this L2 pull toward the teacher's (0: frozen)
     epochs: int = 10
     lr: float = 3e-3  # Adam
     batch_size: int = 256
