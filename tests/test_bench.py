@@ -77,6 +77,10 @@ def test_bench_writes_report_and_model_card(workspace, model, trec_set, beir_dir
     assert student["fidelity"]["passages"]["n"] == 20
     assert student["fidelity"]["passages-unseen"]["n"] == 20  # the DL19-pool passages of the slice
     assert student["network"]["parameters"] > 0 and student["network"]["flops_per_text"] > 0
+    # Queries by the student against the corpus the teacher encoded: the teacher's index, a cheap query encoder.
+    asym = student["retrieval"]["queries"]["asymmetric"]
+    assert asym["n_queries"] == 3
+    assert 0.0 <= asym["ndcg@10"] <= 1.0 and "asymmetric" not in teacher["retrieval"]["queries"]
     # The same qrels read from TREC and from BEIR form give the same figures; the TREC set is named
     # after its queries file, and its graded qrels count grade >= 2 as relevant.
     trec, beir = student["retrieval"]["queries"], student["retrieval"][beir_dir.name]

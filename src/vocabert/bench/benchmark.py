@@ -187,7 +187,7 @@ def run_bench(
             continue
         log(f"bench: {model.name}")
         results["models"][model.name] = measure_model(
-            model, quality[model.name], teacher, teacher_vectors, heldout, tasks, sts_sets, speed
+            model, quality[model.name], teacher, teacher_vectors, heldout, tasks, sts_sets, speed, quality[teacher.name]
         )
     if bm25 is not None:
         results["models"]["bm25"] = measure_bm25(bm25, tasks)
@@ -233,8 +233,12 @@ def measure_model(
     tasks: list[RetrievalTask],
     sts_sets: dict[str, StsData],
     plan: SpeedPlan,
+    teacher_quality: Encoder | None = None,
 ) -> dict:
-    """Every figure of one model; ``quality`` is its cached twin (quality only), ``model`` is timed."""
+    """Every figure of one model; ``quality`` is its cached twin (quality only), ``model`` is timed.
+
+    A model in the teacher's space is also scored as a query encoder over the corpus the teacher
+    encoded (``asymmetric``): a user who keeps the teacher's index and replaces only the query encoder."""
     entry: dict = {
         "kind": model.kind,
         "description": model.description,
@@ -257,6 +261,9 @@ def measure_model(
     for task in tasks:
         r = evaluate_retrieval(task, quality.encode, quality.encode)
         entry["retrieval"][task.name] = {k: v for k, v in r.items() if not k.startswith("per_query")}
+        if teacher_quality is not None and model.kind != "teacher" and model.dim == teacher.dim:
+            r = evaluate_retrieval(task, teacher_quality.encode, quality.encode)
+            entry["retrieval"][task.name]["asymmetric"] = {k: v for k, v in r.items() if not k.startswith("per_query")}
 
     fast = model.kind != "teacher"
     entry["speed"] = {}
