@@ -333,6 +333,11 @@ def markdown_table(results: dict) -> str:
     return "\n".join(parts) + "\n"
 
 
+def _retrieval_row(model: str, label: str, r: dict) -> list[str]:
+    return [model, label, _num(r.get("ndcg@10")), _num(r.get("mrr@10")), _num(r.get("recall@100")),
+            str(r.get("n_queries", DASH))]  # fmt: skip
+
+
 def _extra_sets(available: list[tuple[str, dict]]) -> str:
     """User-supplied retrieval and STS sets (beyond DL19 and STS-B dev), one row per model and set."""
     rows = []
@@ -341,28 +346,9 @@ def _extra_sets(available: list[tuple[str, dict]]) -> str:
             if task != "dl19" and isinstance(r, dict):
                 # The relevance threshold is shown: binary and graded qrels count different grades.
                 grade = f", relevant at grade ≥ {r['relevance_threshold']}" if r.get("relevance_threshold") else ""
-                rows.append(
-                    [
-                        name,
-                        f"{task} (retrieval{grade})",
-                        _num(r.get("ndcg@10")),
-                        _num(r.get("mrr@10")),
-                        _num(r.get("recall@100")),
-                        str(r.get("n_queries", DASH)),
-                    ]
-                )
-                asym = r.get("asymmetric")
-                if isinstance(asym, dict):
-                    rows.append(
-                        [
-                            name,
-                            f"{task} (queries only, teacher's corpus)",
-                            _num(asym.get("ndcg@10")),
-                            _num(asym.get("mrr@10")),
-                            _num(asym.get("recall@100")),
-                            str(asym.get("n_queries", DASH)),
-                        ]
-                    )
+                rows.append(_retrieval_row(name, f"{task} (retrieval{grade})", r))
+                if isinstance(r.get("asymmetric"), dict):
+                    rows.append(_retrieval_row(name, f"{task} (queries only, teacher's corpus)", r["asymmetric"]))
         sets = lookup(m, "sts", "sets") or {}
         for task, r in list(sets.items())[1:]:  # the first is STS-B dev, already in the quality table
             rows.append([name, f"{task} (STS Spearman)", _num(r.get("spearman")), DASH, DASH, str(r.get("n", DASH))])
