@@ -63,6 +63,14 @@ def model(workspace):
     return vocabert.load(workspace.model_dir)
 
 
+@pytest.fixture(scope="session")
+def teacher_tokenizer_text() -> str:
+    """The default teacher's tokenizer.json (no torch needed)."""
+    from vocabert.distill.teacher import resolve_teacher_path, tokenizer_json
+
+    return tokenizer_json(resolve_teacher_path(None))
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _offline():
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -61,6 +61,7 @@ def fake_results(seed: int = 0) -> dict:
     }
     # As vocabert.bench.metrics.fidelity returns it (no raw cosines): read through its own key names.
     models["teacher"]["fidelity"] = {"passages": {"cosine_mean": 1.0, "cosine_p5": 1.0, "n": 2000}}
+    models["vocabert"]["latency"] = {"queries": {"p50_ms": 0.3, "p99_ms": 0.9}, "passages": {"p50_ms": 0.5}}
     models["vocabert"]["breakdown"] = {
         "lookup only": {"passages cos mean": 0.84, "texts/s": 60_000.0},
         "+ network": {"passages cos mean": 0.90, "texts/s": 21_000.0},
@@ -96,10 +97,21 @@ def test_markdown_rows_columns_and_dashes():
     assert quality["bm25"][9] == "0.480" and quality["vocabert"][8] == "0.770"
     assert quality["teacher"][2:8] == ["1.000", "1.000", "—", "—", "—", "—"]  # no unseen-topic set here
     assert cost["vocabert"][2] == "21,000 (×350)"  # passages/s at batch 64 over the teacher's 60
-    assert cost["teacher"][2] == "60.0 (×1.0)" and cost["bm25"][1:] == ["—"] * 10
-    assert cost["vocabert"][5:9] == ["180", "4.00", "0.20", "40.0"]
+    assert cost["teacher"][2] == "60.0 (×1.0)" and cost["bm25"][1:] == ["—"] * 12
+    assert cost["vocabert"][5:7] == ["0.30", "0.90"]  # query latency p50, p99 (ms)
+    assert cost["teacher"][5:7] == ["—", "—"]
+    assert cost["vocabert"][7:11] == ["180", "4.00", "0.20", "40.0"]
     assert "Breakdown: vocabert" in md and "lookup only" in md
     assert "cosines" not in md
+
+
+def test_latency_percentiles_call_by_call():
+    calls = []
+    result = speed.measure_latency(lambda texts, batch: calls.append((list(texts), batch)), ["a", "b", "c"])
+    assert calls == [(["a"], 1), (["a"], 1), (["b"], 1), (["c"], 1)]  # one warm-up call, then one per text
+    assert result["n_texts"] == 3 and 0 <= result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
+    with pytest.raises(VocabertError):
+        speed.measure_latency(lambda texts, batch: None, [])
 
 
 def test_unavailable_peer_listed_with_reason():

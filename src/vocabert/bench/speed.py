@@ -60,6 +60,27 @@ def measure_throughput(
     }
 
 
+def measure_latency(encode_fn: Callable[[list[str], int], np.ndarray], texts: list[str]) -> dict:
+    """Milliseconds to encode one text, call by call: percentiles over ``texts`` (after one warm-up call)."""
+    texts = list(texts)
+    if not texts:
+        raise VocabertError("measure_latency needs texts")
+    encode_fn(texts[:1], 1)
+    seconds = []
+    for text in texts:
+        start = time.perf_counter()
+        encode_fn([text], 1)
+        seconds.append(time.perf_counter() - start)
+    ms = 1e3 * np.asarray(seconds)
+    return {
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "max_ms": float(ms.max()),
+        "n_texts": len(texts),
+    }
+
+
 # Runs in the child process. Only the model's own library is imported, so a peer is charged for
 # exactly what its users would load. The result is the last stdout line, after a sentinel.
 _CHILD = r"""

@@ -31,7 +31,7 @@ from vocabert.distill.workspace import (
     read_manifest,
 )
 from vocabert.readers import read_lines, read_texts, require_file
-from vocabert.tokenizer import encode_ids, load_tokenizer
+from vocabert.tokenizer import TextTokenizer
 
 MSMARCO_HINT = (
     "MS MARCO passages are at https://microsoft.github.io/msmarco/ (collection.tsv: pid<TAB>passage); "
@@ -346,8 +346,8 @@ def build_corpus(
     key = {"provenance": provenance, "settings": settings}
     if is_current(out_dir, "corpus", key):
         return Corpus(out_dir)
-    tokenizer = load_tokenizer(tokenizer_text, max_length)
-    vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+    tokenizer = TextTokenizer(tokenizer_text, max_length)
+    vocab_size = tokenizer.hf.get_vocab_size(with_added_tokens=True)
     id_dtype = np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
     begin(out_dir)
     # Shard boundaries are deterministic, so a rerun with the same key keeps the finished shards.
@@ -386,7 +386,7 @@ def build_corpus(
             if shard.text_ids != ids_:
                 raise VocabertError(f"{path} does not match its input; delete {out_dir} and rerun")
         else:
-            parts = [encode_ids(tokenizer, texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
+            parts = [tokenizer.encode_ids(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
             ids = np.concatenate([p[0] for p in parts])
             lengths = np.concatenate([np.diff(p[1]) for p in parts])
             offsets = np.zeros(len(texts) + 1, dtype=np.int64)
