@@ -50,6 +50,24 @@ def test_student_is_close_to_teacher_on_heldout(workspace, model):
     assert result["cosine_mean"] > 0.6, result
 
 
+def test_threads_micro_batches_and_batch_sizes_give_the_same_vectors(model, small_data, monkeypatch):
+    from vocabert import model as model_module
+    from vocabert.readers import read_texts
+
+    texts = [t for _, t in read_texts(small_data["passages"])][:150] + ["", "a b"]
+    model.threads = 1
+    expected = model.encode(texts, batch_size=64)
+    try:
+        model.threads = 2
+        np.testing.assert_allclose(model.encode(texts, batch_size=64), expected, atol=1e-6)
+        np.testing.assert_allclose(model.encode(texts, batch_size=1000), expected, atol=1e-6)
+        np.testing.assert_allclose(model.encode(texts[:40], batch_size=1), expected[:40], atol=1e-6)
+        monkeypatch.setattr(model_module, "MICRO_BATCH", 5)
+        np.testing.assert_allclose(model.encode(texts, batch_size=64), expected, atol=1e-6)
+    finally:
+        model.threads = model_module.available_cores()
+
+
 def test_empty_and_whitespace_texts_get_finite_vectors(model):
     out = model.encode(["", "   ", "\n\t", "word"])
     assert np.isfinite(out).all()

@@ -111,6 +111,14 @@ class EntryIndex:
             entries.append(rows)
         self._all_exact = all(shape.exact for shape in self.shapes)
         self._spans = np.array([shape.span for shape in self.shapes], dtype=np.int64)
+        # Each shape's key as a sum over its fixed positions p of tokens[i + p] * factor (uint64 arithmetic
+        # wraps around exactly as pattern_keys does); the shape's index is added last.
+        self._width = width
+        self._factors = []
+        for shape in self.shapes:
+            factors = self._n_shapes * np.uint64(vocab_size) ** np.arange(len(shape.positions), dtype=np.uint64)
+            self._factors.append(list(zip(shape.positions.tolist(), factors, strict=True)))
+        self._shape_index = np.arange(len(self.shapes), dtype=np.uint64)
         self._build_table(
             np.concatenate(keys) if keys else np.zeros(0, np.uint64),
             np.concatenate(entries) if keys else np.zeros(0, np.int64),
@@ -170,16 +178,20 @@ class EntryIndex:
         hit_entry[outside] = -1
         token_hits = np.flatnonzero(hit_entry >= 0)
 
-        keys = [
-            window_keys(ids, shape.positions, shape.span, self.vocab_size) * self._n_shapes + np.uint64(s)
-            for s, shape in enumerate(self.shapes)
-        ]
-        key = np.concatenate(keys) if keys else np.zeros(0, dtype=np.uint64)
+        # key[i, s]: the key of shape s over the window at i (zeros past the end: those fail the end check).
+        n = len(ids)
+        padded = np.zeros(n + self._width, dtype=np.uint64)
+        padded[:n] = ids
+        key = np.empty((n, len(self.shapes)), dtype=np.uint64)
+        for s, factors in enumerate(self._factors):
+            column = key[:, s]
+            np.add(padded[factors[0][0] : factors[0][0] + n] * factors[0][1], self._shape_index[s], out=column)
+            for p, factor in factors[1:]:
+                column += padded[p : p + n] * factor
+        key = key.reshape(-1)  # window i, shape s at i * shapes + s
         entry = self._lookup(key)
         hit = np.flatnonzero(entry >= 0)
-        # Window i of shape s is element i + (windows of the shapes before s) of `key`, whose remainder is s.
-        shape_of = (key[hit] % self._n_shapes).astype(np.int64)
-        start = hit - np.concatenate([[0], np.cumsum([len(k) for k in keys], dtype=np.int64)])[shape_of]
+        start, shape_of = np.divmod(hit, len(self.shapes)) if self.shapes else (hit, hit)
         entry = entry[hit]
         ok = start + self._spans[shape_of] <= np.repeat(offsets[1:], lengths)[start]  # the window ends in its text
         if has_outside or not self._all_exact:

@@ -27,6 +27,8 @@ from tokenizers import Tokenizer
 _DELETED_BY_BERT = "\x0b\x0c\x1c\x1d\x1e\x1f\x85"
 _DELETED_RE = re.compile(f"[{_DELETED_BY_BERT}]")
 _DELETE_TABLE = str.maketrans("", "", _DELETED_BY_BERT)
+# Below this many texts the Rust tokenizer is faster than the cache's fixed cost (a few dozen numpy calls).
+SMALL_BATCH = 4
 
 
 def load_tokenizer(tokenizer_text: str, max_length: int | None) -> Tokenizer:
@@ -103,7 +105,7 @@ class TextTokenizer:
 
     def encode_ids(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Token ids of ``texts`` flattened into one array, with ``offsets`` (len(texts) + 1), int64."""
-        if self._specials is None:
+        if self._specials is None or len(texts) < SMALL_BATCH:
             return self._encode_with_rust(texts)
         with self._lock:
             return self._encode_with_cache(texts)
