@@ -60,16 +60,24 @@ def cmd_corpus(args: argparse.Namespace) -> None:
     run_corpus(_workspace(args), _sources(args), _settings(CorpusSettings, args), args.force, args.data_dir)
 
 
+def _engine(args: argparse.Namespace):
+    from vocabert.distill.engine import Engine, EngineSettings
+
+    return Engine(_settings(EngineSettings, args))
+
+
 def cmd_mine(args: argparse.Namespace) -> None:
     from vocabert.distill.mining import MineSettings, run_mining
 
-    run_mining(_workspace(args), _settings(MineSettings, args), force=args.force)
+    with _engine(args) as engine:
+        run_mining(_workspace(args), _settings(MineSettings, args), force=args.force, engine=engine)
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
     from vocabert.distill.embedding import EmbedSettings, run_embedding
 
-    run_embedding(_workspace(args), _settings(EmbedSettings, args), force=args.force)
+    with _engine(args) as engine:
+        run_embedding(_workspace(args), _settings(EmbedSettings, args), force=args.force, engine=engine)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -128,6 +136,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     from vocabert.distill.corpus import CorpusSettings
     from vocabert.distill.embedding import EmbedSettings
+    from vocabert.distill.engine import EngineSettings
     from vocabert.distill.mining import MineSettings
     from vocabert.distill.pipeline import build_model
     from vocabert.distill.training import TrainSettings
@@ -143,6 +152,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         _settings(TrainSettings, args),
         force=args.force,
         data_dir=args.data_dir,
+        engine=_settings(EngineSettings, args),
     )
     started = time.perf_counter()
     cmd_evaluate(args)
@@ -157,6 +167,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from vocabert.distill.corpus import CorpusSettings
     from vocabert.distill.embedding import EmbedSettings
+    from vocabert.distill.engine import ENGINES, EngineSettings
     from vocabert.distill.mining import MineSettings
     from vocabert.distill.training import TrainSettings
 
@@ -266,6 +277,45 @@ def build_parser() -> argparse.ArgumentParser:
         help="texts per teacher call; an interruption loses at most one such batch (default: %(default)s)",
     )
 
+    engine = argparse.ArgumentParser(add_help=False)
+    g = engine.add_argument_group("engine (where mining's counting and the teacher pass run)")
+    n = EngineSettings
+    g.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default=n.engine,
+        help="local: this process; ray: Ray tasks and a pool of teacher workers, same results "
+        "(needs the ray extra: pip install 'vocabert[ray]') (default: %(default)s)",
+    )
+    g.add_argument(
+        "--ray-address",
+        default=n.ray_address,
+        metavar="ADDR",
+        help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray started with this machine's cores); "
+        "the work directory must be at the same path on every node",
+    )
+    g.add_argument(
+        "--ray-workers",
+        type=int,
+        default=n.ray_workers,
+        metavar="N",
+        help="teacher workers, each loading the teacher once (default: as many as the cluster's CPUs, or GPUs, hold)",
+    )
+    g.add_argument(
+        "--ray-worker-cpus",
+        type=float,
+        default=n.ray_worker_cpus,
+        metavar="C",
+        help="CPUs of one teacher worker (default: %(default)s)",
+    )
+    g.add_argument(
+        "--ray-worker-gpus",
+        type=float,
+        default=n.ray_worker_gpus,
+        metavar="G",
+        help="GPUs of one teacher worker; above 0 the teacher runs on CUDA (default: %(default)s)",
+    )
+
     train = argparse.ArgumentParser(add_help=False)
     g = train.add_argument_group("training")
     t = TrainSettings
@@ -349,14 +399,14 @@ def build_parser() -> argparse.ArgumentParser:
         "mine",
         cmd_mine,
         "Mine tokens, n-grams and skip-grams by counts and association (NPMI) under a budget.",
-        [common, mine],
+        [common, mine, engine],
     )
     add(
         "embed",
         cmd_embed,
         "Run the teacher over the training texts: cache sentence embeddings (targets) and "
         "store each entry's mean contextual vector.",
-        [common, embed],
+        [common, embed, engine],
     )
     p = add(
         "train",
@@ -403,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         cmd_run,
         "Every stage in order (finished stages are skipped), ending with the evaluation report.",
-        [common, data, mine, embed, train, evaluate],
+        [common, data, mine, embed, engine, train, evaluate],
     )
     return parser
 

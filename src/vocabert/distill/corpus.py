@@ -192,10 +192,11 @@ def _save_shard(path: Path, shard: Shard, id_dtype: np.dtype) -> None:
     atomic_write(path, _write)
 
 
-def load_shard(path: Path) -> Shard:
+def load_shard(path: str | Path, split: str = "all") -> Shard:
+    """A shard file, restricted to ``split`` ("all", "train", "heldout" or "unseen")."""
     try:
         with np.load(path, allow_pickle=False) as z:
-            return Shard(
+            shard = Shard(
                 z["ids"].astype(np.int64),
                 z["offsets"],
                 _unpack_strings(z["texts"], z["text_offsets"]),
@@ -205,6 +206,12 @@ def load_shard(path: Path) -> Shard:
             )
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise VocabertError(f"corpus shard {path} is corrupt or truncated ({e}); rebuild the corpus") from None
+    return shard if split == "all" else shard.select(shard.split == SPLITS[split])
+
+
+def shard_keys(shard: Shard, sources: list[str]) -> list[str]:
+    """Stable ``source:id`` keys of a shard's texts (what splits are hashed on)."""
+    return [f"{sources[s]}:{i}" for s, i in zip(shard.source, shard.text_ids, strict=True)]
 
 
 class Corpus:
@@ -221,7 +228,7 @@ class Corpus:
 
     def keys(self, shard: Shard) -> list[str]:
         """Stable ``source:id`` keys of a shard's texts (what splits are hashed on)."""
-        return [f"{self.sources[s]}:{i}" for s, i in zip(shard.source, shard.text_ids, strict=True)]
+        return shard_keys(shard, self.sources)
 
     @property
     def provenance(self) -> dict:
@@ -234,10 +241,7 @@ class Corpus:
             raise VocabertError(f"unknown split {split!r}: use all, {', '.join(SPLITS)}")
         paths = tqdm(self.shard_paths, desc=progress, unit="shard", disable=progress is None)
         for path in paths:
-            shard = load_shard(path)
-            if split != "all":
-                shard = shard.select(shard.split == SPLITS[split])
-            yield shard
+            yield load_shard(path, split)
 
     def texts(self, split: str, source: str | None = None) -> list[str]:
         """All texts of a split (optionally of one source), in corpus order."""

@@ -15,8 +15,10 @@ teacher-pass texts (validation texts excluded), of the mean of the token vectors
 
 from __future__ import annotations
 
+import io
 import os
-from collections.abc import Iterator
+import shutil
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +27,8 @@ from tqdm.auto import tqdm
 
 from vocabert.artifacts import VocabertError, read_json, write_json, write_npy
 from vocabert.distill.cache import EmbeddingCache
-from vocabert.distill.corpus import Corpus, Shard, hash_fraction, open_corpus
+from vocabert.distill.corpus import Corpus, Shard, _pack_strings, _unpack_strings, hash_fraction, open_corpus
+from vocabert.distill.engine import Engine, peak_rss_mib
 from vocabert.distill.mining import open_vocabulary
 from vocabert.distill.teacher import Teacher
 from vocabert.distill.workspace import (
@@ -54,24 +57,179 @@ class EmbedSettings:
     batch_size: int = 64  # texts per teacher call, and the unit that an interruption can lose
 
 
+def select_teacher_texts(shard: Shard, keys: list[str], share: float) -> tuple[Shard, np.ndarray]:
+    """The texts of one (training) shard that the teacher sees, and a mask of the validation texts
+    among them (their vectors stay out of the store, so that validation measures the student on
+    texts it has not seen through the entries either). ``keys`` are the texts' ``source:id``."""
+    chosen = np.array([share >= 1.0 or hash_fraction(k, "teacher:") < share for k in keys], dtype=bool)
+    keys = [k for k, c in zip(keys, chosen, strict=True) if c]
+    validation = np.array([hash_fraction(k, "validation:") < VALIDATION_SHARE for k in keys], dtype=bool)
+    return shard.select(chosen), validation
+
+
 def teacher_texts(corpus: Corpus, share: float) -> Iterator[tuple[Shard, np.ndarray]]:
-    """The training texts that the teacher sees, shard by shard in a fixed order, with a mask of
-    the validation texts among them (their vectors stay out of the store, so that validation
-    measures the student on texts it has not seen through the entries either)."""
+    """The training texts that the teacher sees, shard by shard in a fixed order (the teacher-pass
+    order), each with its validation mask."""
     for shard in corpus.shards("train"):
-        keys = corpus.keys(shard)
-        chosen = np.array([share >= 1.0 or hash_fraction(k, "teacher:") < share for k in keys], dtype=bool)
-        shard = shard.select(chosen)
-        keys = [k for k, c in zip(keys, chosen, strict=True) if c]
-        yield shard, np.array([hash_fraction(k, "validation:") < VALIDATION_SHARE for k in keys], dtype=bool)
+        yield select_teacher_texts(shard, corpus.keys(shard), share)
 
 
 # ----------------------------------------------------------------------------------- teacher pass
+#
+# The teacher pass is cut into *batches*, the same whatever runs them: a shard's teacher texts (as
+# teacher_texts selects them) sorted by length, in runs of ``batch_size``. A batch is the unit of
+# work (one teacher call; one task of a Ray worker) and of durability. ``run_teacher_batch`` is the
+# one function that turns a batch into rows of the teacher pass, and ``PassWriter`` the one place
+# that appends rows to the work directory, in the teacher-pass order, whoever computed them.
 
 # The flat files of a teacher pass: name -> (dtype, values per row). Rows are texts, except for the
 # per-token files, whose rows are tokens. Raw little-endian arrays, so they can be appended to.
 _TEXT_FILES = {"targets": ("<f4", "dim"), "rows": ("<i8", 3)}  # rows: text index, tokens, validation
 _TOKEN_FILES = {"token_ids": ("<i4", 1), "token_vectors": ("<f2", "dim")}
+PARTS = "parts"  # batches computed out of order, waiting for their turn (Ray engine)
+
+
+def _to_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _from_bytes(data: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+@dataclass
+class TeacherBatch:
+    """The texts of one teacher call: batch ``number`` of corpus shard ``shard``, after ``start``
+    texts of the teacher pass."""
+
+    shard: int
+    number: int
+    start: int
+    texts: list[str]
+    ids: np.ndarray  # the corpus's token ids of the texts, concatenated (the teacher must agree)
+    lengths: np.ndarray  # tokens per text
+    index: np.ndarray  # position of each text in the teacher-pass order (teacher_texts)
+    validation: np.ndarray  # bool
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def to_bytes(self) -> bytes:
+        texts, text_offsets = _pack_strings(self.texts)
+        return _to_bytes(
+            {
+                "head": np.array([self.shard, self.number, self.start], dtype=np.int64),
+                "texts": texts,
+                "text_offsets": text_offsets,
+                "ids": self.ids,
+                "lengths": self.lengths,
+                "index": self.index,
+                "validation": self.validation,
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> TeacherBatch:
+        a = _from_bytes(data)
+        shard, number, start = (int(x) for x in a["head"])
+        texts = _unpack_strings(a["texts"], a["text_offsets"])
+        return cls(shard, number, start, texts, a["ids"], a["lengths"], a["index"], a["validation"])
+
+
+@dataclass
+class BatchRows:
+    """What the teacher made of one batch: its rows of the teacher-pass files."""
+
+    shard: int
+    number: int
+    start: int
+    texts: list[str]  # for the user's embedding cache
+    targets: np.ndarray  # (texts, dim) float32: sentence embeddings
+    rows: np.ndarray  # (texts, 3) int64: text index, tokens, validation
+    token_ids: np.ndarray  # (tokens,) int32
+    token_vectors: np.ndarray  # (tokens, dim) float16: contextual token vectors
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def to_bytes(self) -> bytes:
+        texts, text_offsets = _pack_strings(self.texts)
+        return _to_bytes(
+            {
+                "head": np.array([self.shard, self.number, self.start], dtype=np.int64),
+                "texts": texts,
+                "text_offsets": text_offsets,
+                "targets": self.targets,
+                "rows": self.rows,
+                "token_ids": self.token_ids,
+                "token_vectors": self.token_vectors,
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> BatchRows:
+        a = _from_bytes(data)
+        shard, number, start = (int(x) for x in a["head"])
+        texts = _unpack_strings(a["texts"], a["text_offsets"])
+        return cls(shard, number, start, texts, a["targets"], a["rows"], a["token_ids"], a["token_vectors"])
+
+
+def shard_batches(
+    shard_number: int,
+    shard: Shard,
+    validation: np.ndarray,
+    first: int,
+    batch_size: int,
+    numbers: Iterable[int] | None = None,
+) -> Iterator[TeacherBatch]:
+    """The batches of one shard's teacher texts (those of ``numbers``, or all); ``first`` is the
+    teacher-pass position of the shard's first text."""
+    lengths = np.diff(shard.offsets)
+    order = np.argsort(lengths, kind="stable")
+    for number in range(-(-len(order) // batch_size)) if numbers is None else numbers:
+        batch = order[number * batch_size : (number + 1) * batch_size]
+        yield TeacherBatch(
+            shard=shard_number,
+            number=number,
+            start=first + number * batch_size,
+            texts=[shard.texts[i] for i in batch],
+            ids=np.concatenate([shard.ids[shard.offsets[i] : shard.offsets[i + 1]] for i in batch]),
+            lengths=lengths[batch],
+            index=first + batch,
+            validation=validation[batch],
+        )
+
+
+def teacher_batches(corpus: Corpus, share: float, batch_size: int) -> Iterator[TeacherBatch]:
+    """Every batch of the teacher pass, in the teacher-pass order."""
+    first = 0
+    for number, (shard, validation) in enumerate(teacher_texts(corpus, share)):
+        yield from shard_batches(number, shard, validation, first, batch_size)
+        first += len(shard)
+
+
+def run_teacher_batch(teacher: Teacher, batch: TeacherBatch) -> BatchRows:
+    """One batch through the teacher: sentence embeddings (the targets) and contextual token vectors."""
+    sentences, ids, vectors = teacher.forward(batch.texts, batch_size=len(batch))
+    found = np.concatenate(ids)
+    if [len(i) for i in ids] != batch.lengths.tolist() or not np.array_equal(found, batch.ids):
+        raise VocabertError(
+            "the teacher tokenizes differently from the corpus shards: the corpus was built with "
+            "another tokenizer; rebuild it with this teacher"
+        )
+    return BatchRows(
+        shard=batch.shard,
+        number=batch.number,
+        start=batch.start,
+        texts=batch.texts,
+        targets=np.asarray(sentences, dtype=np.float32),
+        rows=np.stack([batch.index, batch.lengths, batch.validation], axis=1).astype(np.int64),
+        token_ids=found.astype(np.int32),
+        token_vectors=np.concatenate(vectors).astype(np.float16),
+    )
 
 
 class _AppendFile:
@@ -93,6 +251,68 @@ class _AppendFile:
 
     def close(self) -> None:
         self.file.close()
+
+
+class PassWriter:
+    """Appends batches to the teacher pass in ``out_dir`` in the teacher-pass order, each made durable
+    (synced, then counted in ``progress.json``) before the next. Opening it resumes after the last
+    durable batch of an interrupted pass with the same key (and cuts what a killed batch half-wrote)."""
+
+    def __init__(self, out_dir: str | Path, key: dict, dim: int, cache: EmbeddingCache | None = None):
+        self.dir = begin(out_dir)
+        self.key, self.dim, self.cache = key, dim, cache
+        self.progress_file = self.dir / "progress.json"
+        self.texts = self.tokens = 0
+        if self.progress_file.is_file():
+            progress = read_json(self.progress_file, "teacher pass progress")
+            if progress.get("key") == key:
+                self.texts, self.tokens = int(progress["texts"]), int(progress["tokens"])
+        self.files = {
+            name: _AppendFile(self.dir / f"{name}.bin", dtype, dim if width == "dim" else width)
+            for name, (dtype, width) in (_TEXT_FILES | _TOKEN_FILES).items()
+        }
+        for name, f in self.files.items():
+            f.truncate(self.tokens if name in _TOKEN_FILES else self.texts)
+
+    def append(self, out: BatchRows) -> None:
+        if out.start != self.texts:  # the order is what makes a batch count once, never twice
+            raise VocabertError(
+                f"teacher pass: batch {out.number} of shard {out.shard} starts at text {out.start}, "
+                f"but {self.texts} texts are written"
+            )
+        if out.targets.shape[1:] != (self.dim,) or out.token_vectors.shape[1:] != (self.dim,):
+            raise VocabertError(f"teacher pass: the teacher gave {out.targets.shape[1]}-dim vectors, not {self.dim}")
+        self.files["targets"].append(out.targets)
+        self.files["rows"].append(out.rows)
+        self.files["token_ids"].append(out.token_ids)
+        self.files["token_vectors"].append(out.token_vectors)
+        for f in self.files.values():
+            f.sync()
+        self.texts, self.tokens = self.texts + len(out), self.tokens + len(out.token_ids)
+        write_json(self.progress_file, {"key": self.key, "texts": self.texts, "tokens": self.tokens})
+        if self.cache is not None:
+            self.cache.put(out.texts, out.targets)
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+        if self.cache is not None:
+            self.cache.flush()
+
+    def finish(self) -> TeacherPass:
+        """Mark the pass complete (its manifest, last), then drop its progress and leftovers."""
+        self.close()
+        if self.texts == 0:
+            raise VocabertError("no training texts for the teacher pass (is the held-out fraction or share too high?)")
+        finish(self.dir, "teacher pass", self.key, texts=self.texts, tokens=self.tokens, dim=self.dim)
+        reset_progress(self.dir)
+        return TeacherPass.open(self.dir)
+
+
+def reset_progress(directory: str | Path) -> None:
+    """Forget an interrupted teacher pass: its progress and the batches waiting for their turn."""
+    (Path(directory) / "progress.json").unlink(missing_ok=True)
+    shutil.rmtree(Path(directory) / PARTS, ignore_errors=True)
 
 
 @dataclass
@@ -152,71 +372,28 @@ def run_teacher_pass(
     cache: EmbeddingCache | None = None,
     show_progress_bar: bool = True,
 ) -> TeacherPass:
-    """Send the teacher-pass texts through the teacher, appending each batch durably; resumes.
+    """Send the teacher-pass texts through the teacher in this process, appending each batch
+    durably; resumes. (``vocabert.distill.engine.ray_teacher_pass`` does the same on Ray.)
 
     With ``cache``, the targets also go into the user's embedding cache, so that evaluating on
     those texts later (e.g. the retrieval corpus) costs no second teacher call."""
-    out_dir = begin(out_dir)
-    progress_file = out_dir / "progress.json"
-    done_texts = done_tokens = 0
-    if progress_file.is_file():
-        progress = read_json(progress_file, "teacher pass progress")
-        if progress.get("key") == key:
-            done_texts, done_tokens = int(progress["texts"]), int(progress["tokens"])
-    files = {
-        name: _AppendFile(out_dir / f"{name}.bin", dtype, teacher.dim if width == "dim" else width)
-        for name, (dtype, width) in (_TEXT_FILES | _TOKEN_FILES).items()
-    }
-    for name, f in files.items():  # cut whatever a killed batch half-wrote
-        f.truncate(done_tokens if name in _TOKEN_FILES else done_texts)
-    if done_texts:
-        log(f"embed: resuming the teacher pass after {done_texts} texts")
-
+    writer = PassWriter(out_dir, key, teacher.dim, cache)
+    if writer.texts:
+        log(f"embed: resuming the teacher pass after {writer.texts} texts")
     counts = corpus.manifest["counts"].values()  # the bar's total is an estimate: counting would read every shard
     total = round(settings.teacher_share * sum(c["texts"] - c["heldout"] - c.get("unseen", 0) for c in counts))
-    bar = tqdm(total=total, initial=done_texts, desc="embed: teacher pass", unit="text", disable=not show_progress_bar)
-    seen = first_index = 0
+    quiet = not show_progress_bar
+    bar = tqdm(total=total, initial=writer.texts, desc="embed: teacher pass", unit="text", disable=quiet)
     try:
-        for shard, validation in teacher_texts(corpus, settings.teacher_share):
-            lengths = np.diff(shard.offsets)
-            order = np.argsort(lengths, kind="stable")
-            for start in range(0, len(order), settings.batch_size):
-                batch = order[start : start + settings.batch_size]
-                seen += len(batch)
-                if seen <= done_texts:
-                    continue
-                texts = [shard.texts[i] for i in batch]
-                sentences, ids, vectors = teacher.forward(texts, batch_size=len(batch))
-                expected = [shard.ids[shard.offsets[i] : shard.offsets[i + 1]] for i in batch]
-                if any(len(a) != len(b) or not np.array_equal(a, b) for a, b in zip(ids, expected, strict=True)):
-                    raise VocabertError(
-                        "the teacher tokenizes differently from the corpus shards: the corpus was built with "
-                        "another tokenizer; rebuild it with this teacher"
-                    )
-                rows = np.stack([first_index + batch, lengths[batch], validation[batch]], axis=1)
-                files["targets"].append(sentences)
-                files["rows"].append(rows)
-                files["token_ids"].append(np.concatenate(ids))
-                files["token_vectors"].append(np.concatenate(vectors))
-                for f in files.values():
-                    f.sync()
-                done_texts, done_tokens = seen, done_tokens + int(lengths[batch].sum())
-                write_json(progress_file, {"key": key, "texts": done_texts, "tokens": done_tokens})
-                if cache is not None:
-                    cache.put(texts, sentences)
-                bar.update(len(batch))
-            first_index += len(shard)
+        for batch in teacher_batches(corpus, settings.teacher_share, settings.batch_size):
+            if batch.start + len(batch) <= writer.texts:
+                continue
+            writer.append(run_teacher_batch(teacher, batch))
+            bar.update(len(batch))
     finally:
-        for f in files.values():
-            f.close()
+        writer.close()
         bar.close()
-        if cache is not None:
-            cache.flush()
-    if done_texts == 0:
-        raise VocabertError("no training texts for the teacher pass (is the held-out fraction or share too high?)")
-    finish(out_dir, "teacher pass", key, texts=done_texts, tokens=done_tokens, dim=teacher.dim)
-    progress_file.unlink(missing_ok=True)
-    return TeacherPass.open(out_dir)
+    return writer.finish()
 
 
 # ------------------------------------------------------------------------------------------ store
@@ -274,8 +451,14 @@ def entry_vectors(
     return vectors, counts
 
 
-def run_embedding(ws: Workspace, settings: EmbedSettings, force: bool = False) -> VocabularyStore:
-    """The ``embed`` stage: the teacher pass (skipped when current, resumed when interrupted), then the store."""
+def run_embedding(
+    ws: Workspace, settings: EmbedSettings, force: bool = False, engine: Engine | None = None
+) -> VocabularyStore:
+    """The ``embed`` stage: the teacher pass (skipped when current, resumed when interrupted), then the
+    store. With a Ray ``engine`` the teacher's work runs on Ray (:mod:`vocabert.distill.ray_jobs`)."""
+    if engine is None:
+        with Engine() as local:
+            return run_embedding(ws, settings, force, local)
     if settings.dtype not in ("float16", "int8"):
         raise VocabertError(f"unknown store dtype {settings.dtype!r}: use float16 or int8")
     corpus = open_corpus(ws)
@@ -287,10 +470,24 @@ def run_embedding(ws: Workspace, settings: EmbedSettings, force: bool = False) -
         "inputs": {"corpus": digest(ws.corpus_dir)},
     }
     if force:
-        (ws.teacher_dir / "progress.json").unlink(missing_ok=True)
+        reset_progress(ws.teacher_dir)
     if not force and is_current(ws.teacher_dir, "teacher pass", pass_key):
         passed = TeacherPass.open(ws.teacher_dir)
         log(f"embed: teacher pass {ws.teacher_dir} is up to date ({len(passed)} texts)")
+    elif engine.is_ray:
+        from vocabert.distill.ray_jobs import ray_teacher_pass
+
+        cache = ws.teacher_cache()
+        passed, stats = ray_teacher_pass(
+            engine, corpus, ws.teacher_dir, ws.teacher_path, pass_key, settings, cache, ws.show_progress_bar
+        )
+        rate = stats["computed_batches"] and (stats["texts"] - stats["resumed_texts"]) / stats["seconds"]
+        log(
+            f"embed: {len(passed)} texts, {len(passed.token_ids)} tokens through the teacher on Ray -> "
+            f"{ws.teacher_dir} ({stats['computed_batches']} of {stats['batches']} batches computed in "
+            f"{stats['seconds']:.0f} s, {rate:.1f} texts/s; peak RSS: driver {peak_rss_mib():.0f} MiB, "
+            f"teacher workers {stats['worker_rss_mib']:.0f} MiB)"
+        )
     else:
         teacher = ws.teacher()
         passed = run_teacher_pass(
@@ -312,7 +509,13 @@ def run_embedding(ws: Workspace, settings: EmbedSettings, force: bool = False) -
     if len(alone):
         special = special_tokens(ws.tokenizer_text)
         patterns = vocab.patterns[alone].astype(np.int64)
-        vectors[alone] = isolated_vectors(ws.teacher(), patterns, special["cls"], special["sep"], special["mask"])
+        ids = special["cls"], special["sep"], special["mask"]
+        if engine.is_ray:  # the driver loads no teacher
+            from vocabert.distill.ray_jobs import ray_isolated_vectors
+
+            vectors[alone] = ray_isolated_vectors(engine, ws.teacher_path, patterns, *ids)
+        else:
+            vectors[alone] = isolated_vectors(ws.teacher(), patterns, *ids)
     metadata = {"teacher": ws.provenance["teacher"], "dim": vectors.shape[1], "dtype": settings.dtype}
     store = VocabularyStore.from_float(vocab.patterns, vectors, settings.dtype, metadata)
     store.save(out_dir / "embeddings.safetensors")

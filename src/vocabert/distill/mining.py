@@ -10,13 +10,16 @@ phrases with the highest ``count * npmi`` fill the rest. The listing records why
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from vocabert.artifacts import VocabertError, write_text
-from vocabert.distill.corpus import Corpus, open_corpus
+from vocabert.distill.corpus import Corpus, Shard, open_corpus
+from vocabert.distill.engine import Engine
 from vocabert.distill.workspace import (
     Workspace,
     begin,
@@ -33,6 +36,7 @@ from vocabert.store import load_safetensors, save_safetensors
 from vocabert.tokenizer import load_tokenizer
 
 KIND_TOKEN, KIND_NGRAM, KIND_SKIPGRAM = 0, 1, 2
+PARTIAL = "partial"  # per-shard counts of an unfinished Ray mining job (vocab/partial/<level>/shard-N.npz)
 KIND_NAMES = {KIND_TOKEN: "token", KIND_NGRAM: "ngram", KIND_SKIPGRAM: "skipgram"}
 
 
@@ -94,10 +98,11 @@ class KeyCounter:
         self.keys = np.zeros(0, dtype=np.uint64)
         self.counts = np.zeros(0, dtype=np.int64)
 
-    def add(self, keys: np.ndarray) -> None:
+    def add(self, keys: np.ndarray, counts: np.ndarray | None = None) -> None:
+        """Count ``keys`` (each once), or add ``counts`` of distinct ``keys`` (a shard's counts)."""
         if len(keys) == 0:
             return
-        k, c = np.unique(keys, return_counts=True)
+        k, c = np.unique(keys, return_counts=True) if counts is None else (keys, counts)
         merged = np.concatenate([self.keys, k])
         merged_counts = np.concatenate([self.counts, c])
         self.keys, inverse = np.unique(merged, return_inverse=True)
@@ -144,6 +149,49 @@ def _windows(ids: np.ndarray, offsets: np.ndarray, span: int, allowed: np.ndarra
     return np.flatnonzero(ok)
 
 
+# The counting, one shard at a time. These functions are the whole of the per-shard work of mining,
+# whichever engine runs them (a loop here, or Ray tasks: vocabert.distill.ray_jobs); their results,
+# counts of distinct keys, are merged with KeyCounter, in any order, to the same totals.
+
+ShardMap = Callable[[str, Callable[..., dict], dict], Iterator[tuple[int, dict]]]
+
+
+def count_tokens(shard: Shard, base: int) -> dict[str, np.ndarray]:
+    """Occurrences of every token id in a shard."""
+    return {"unigram": np.bincount(shard.ids, minlength=base)}
+
+
+def count_phrases(
+    shard: Shard, n: int, base: int, phrase_ok: np.ndarray, prev: np.ndarray, max_gap: int
+) -> dict[str, np.ndarray]:
+    """Counts of a shard's n-grams whose tokens may start phrases and whose two (n-1)-grams are in
+    ``prev`` (sorted keys of the frequent ones); with ``n == 2``, of its skip-grams too."""
+    starts = _windows(shard.ids, shard.offsets, n, phrase_ok)
+    keys = window_keys(shard.ids, np.arange(n), n, base)[starts]
+    if n > 2:
+        prefix = window_keys(shard.ids, np.arange(n - 1), n - 1, base)
+        keys = keys[_contains(prev, prefix[starts]) & _contains(prev, prefix[starts + 1])]
+    out = dict(zip(("ngram.keys", "ngram.counts"), np.unique(keys, return_counts=True), strict=True))
+    if n == 2:
+        for gap in range(1, max_gap + 1):
+            s = _windows(shard.ids, shard.offsets, gap + 2, np.ones(base, bool))
+            pair_ok = phrase_ok[shard.ids[s]] & phrase_ok[shard.ids[s + gap + 1]]
+            skip = window_keys(shard.ids, np.array([0, gap + 1]), gap + 2, base)[s[pair_ok]]
+            out[f"skip{gap}.keys"], out[f"skip{gap}.counts"] = np.unique(skip, return_counts=True)
+    return out
+
+
+def local_shard_map(corpus: Corpus, show_progress_bar: bool = True) -> ShardMap:
+    """Run a per-shard function over the training split of every shard, here, in order."""
+
+    def run(name: str, fn: Callable[..., dict], kwargs: dict) -> Iterator[tuple[int, dict]]:
+        progress = f"mine: {name}" if show_progress_bar else None
+        for number, shard in enumerate(corpus.shards("train", progress=progress)):
+            yield number, fn(shard, **kwargs)
+
+    return run
+
+
 # -------------------------------------------------------------------------------------------- mining
 
 
@@ -169,8 +217,11 @@ def mine_vocabulary(
     min_dispersion: float = MineSettings.min_dispersion,
     special_ids: list[int] | None = None,
     show_progress_bar: bool = True,
+    shard_map: ShardMap | None = None,
 ) -> Vocabulary:
-    """Select tokens, n-grams (2..max_ngram) and skip-grams (gaps 1..max_gap) from the training split."""
+    """Select tokens, n-grams (2..max_ngram) and skip-grams (gaps 1..max_gap) from the training split.
+
+    ``shard_map`` runs the per-shard counting (default: :func:`local_shard_map`, in this process)."""
     base = int(corpus.manifest["vocab_size"])
     if float(base) ** max_ngram >= 2.0**64:
         raise VocabertError(f"max_ngram={max_ngram} is too long for exact keys with a {base}-token vocabulary")
@@ -179,9 +230,10 @@ def mine_vocabulary(
     special = np.zeros(base, dtype=bool)
     special[list(special_ids or [])] = True
 
+    shard_map = shard_map or local_shard_map(corpus, show_progress_bar)
     unigram = np.zeros(base, dtype=np.int64)
-    for shard in corpus.shards("train", progress="mine: tokens" if show_progress_bar else None):
-        unigram += np.bincount(shard.ids, minlength=base)
+    for _, counts in shard_map("tokens", count_tokens, {"base": base}):
+        unigram += counts["unigram"]
     total = int(unigram.sum())
     if total == 0:
         raise VocabertError("the corpus has no training tokens to mine")
@@ -193,20 +245,12 @@ def mine_vocabulary(
     for n in range(2, max_ngram + 1):
         counter = KeyCounter()
         prev = ngram_keys.get(n - 1, (np.zeros(0, np.uint64), None))[0]
-        bar = f"mine: {n}-grams" if show_progress_bar else None
-        for shard in corpus.shards("train", progress=bar):
-            starts = _windows(shard.ids, shard.offsets, n, phrase_ok)
-            keys = window_keys(shard.ids, np.arange(n), n, base)[starts]
-            if n > 2:
-                prefix = window_keys(shard.ids, np.arange(n - 1), n - 1, base)
-                keep = _contains(prev, prefix[starts]) & _contains(prev, prefix[starts + 1])
-                keys = keys[keep]
-            counter.add(keys)
+        kwargs = {"n": n, "base": base, "phrase_ok": phrase_ok, "prev": prev, "max_gap": max_gap}
+        for _, counts in shard_map(f"{n}-grams", count_phrases, kwargs):
+            counter.add(counts["ngram.keys"], counts["ngram.counts"])
             if n == 2:
                 for gap, skip in skip_counters.items():
-                    s = _windows(shard.ids, shard.offsets, gap + 2, np.ones(base, bool))
-                    pair_ok = phrase_ok[shard.ids[s]] & phrase_ok[shard.ids[s + gap + 1]]
-                    skip.add(window_keys(shard.ids, np.array([0, gap + 1]), gap + 2, base)[s[pair_ok]])
+                    skip.add(counts[f"skip{gap}.keys"], counts[f"skip{gap}.counts"])
         ngram_keys[n] = counter.frequent(min_count)
         if len(ngram_keys[n][0]) == 0:
             break
@@ -288,8 +332,9 @@ def mine_vocabulary(
     )
 
 
-def run_mining(ws: Workspace, settings: MineSettings, force: bool = False) -> Vocabulary:
-    """The ``mine`` stage: skipped when current; else mine, save the vocabulary and its listing, then the manifest."""
+def run_mining(ws: Workspace, settings: MineSettings, force: bool = False, engine: Engine | None = None) -> Vocabulary:
+    """The ``mine`` stage: skipped when current; else mine, save the vocabulary and its listing, then the
+    manifest. With a Ray ``engine`` the counting runs as Ray tasks (:mod:`vocabert.distill.ray_jobs`)."""
     corpus = open_corpus(ws)
     out_dir = ws.vocab_dir
     key = {"provenance": corpus.provenance, "settings": asdict(settings), "inputs": {"corpus": digest(ws.corpus_dir)}}
@@ -298,10 +343,19 @@ def run_mining(ws: Workspace, settings: MineSettings, force: bool = False) -> Vo
         return Vocabulary.load(out_dir)
     tokenizer = load_tokenizer(ws.tokenizer_text, ws.max_length)
     tokens = [tokenizer.id_to_token(i) or f"[{i}]" for i in range(int(corpus.manifest["vocab_size"]))]
+    shard_map = None
+    if engine is not None and engine.is_ray:
+        from vocabert.distill.ray_jobs import RayShardMap
+
+        scratch = out_dir / PARTIAL
+        if force:
+            shutil.rmtree(scratch, ignore_errors=True)
+        shard_map = RayShardMap(engine, corpus, scratch, key, ws.show_progress_bar)
     vocab = mine_vocabulary(
         corpus,
         special_ids=special_tokens(ws.tokenizer_text)["all"],
         show_progress_bar=ws.show_progress_bar,
+        shard_map=shard_map,
         **asdict(settings),
     )
     begin(out_dir)
@@ -310,6 +364,9 @@ def run_mining(ws: Workspace, settings: MineSettings, force: bool = False) -> Vo
     summary = {KIND_NAMES[k]: int((vocab.kind == k).sum()) for k in KIND_NAMES}
     summary["by_span"] = {str(s): int((spans == s).sum()) for s in np.unique(spans)}
     finish(out_dir, "vocabulary", key, entries=len(vocab), summary=summary)
+    shutil.rmtree(out_dir / PARTIAL, ignore_errors=True)
+    if shard_map is not None:
+        log(f"mine: counted on Ray: {shard_map.computed} shard tasks, {shard_map.reused} shard counts reused")
     log(
         f"mine: {len(vocab)} entries ({summary['token']} tokens, {summary['ngram']} n-grams, "
         f"{summary['skipgram']} skip-grams) -> {out_dir / 'vocabulary.tsv'}"

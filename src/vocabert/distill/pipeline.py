@@ -4,8 +4,8 @@ Each stage lives in its own module and decides there whether it is up to date, h
 what it writes (the protocol is in :mod:`vocabert.distill.workspace`)::
 
     corpus     vocabert.distill.corpus.run_corpus        -> <workdir>/corpus
-    mine       vocabert.distill.mining.run_mining        -> <workdir>/vocab
-    embed      vocabert.distill.embedding.run_embedding  -> <workdir>/teacher, <workdir>/store
+    mine       vocabert.distill.mining.run_mining        -> <workdir>/vocab     (counting: local or Ray)
+    embed      vocabert.distill.embedding.run_embedding  -> <workdir>/teacher, <workdir>/store  (teacher: local or Ray)
     train      vocabert.distill.training.run_training    -> <workdir>/model
     evaluate   vocabert.bench (the bench without peers)  -> <workdir>/eval
 """
@@ -17,6 +17,7 @@ from pathlib import Path
 
 from vocabert.distill.corpus import CorpusSettings, run_corpus
 from vocabert.distill.embedding import EmbedSettings, run_embedding
+from vocabert.distill.engine import Engine, EngineSettings
 from vocabert.distill.mining import MineSettings, run_mining
 from vocabert.distill.training import TrainSettings, run_training
 from vocabert.distill.workspace import Workspace
@@ -31,18 +32,23 @@ def build_model(
     train: TrainSettings | None = None,
     force: bool = False,
     data_dir: str | Path | None = None,
+    engine: EngineSettings | None = None,
 ) -> dict[str, float]:
-    """Every building stage in order (finished ones are skipped); returns the wall seconds of each."""
+    """Every building stage in order (finished ones are skipped); returns the wall seconds of each.
+    ``engine`` says where mining's counting and the teacher pass run (one Ray session serves both)."""
     corpus, mine = corpus or CorpusSettings(), mine or MineSettings()
     embed, train = embed or EmbedSettings(), train or TrainSettings()
     times: dict[str, float] = {}
-    for name, stage in (
-        ("corpus", lambda: run_corpus(ws, sources, corpus, force=force, data_dir=data_dir)),
-        ("mine", lambda: run_mining(ws, mine, force=force)),
-        ("embed", lambda: run_embedding(ws, embed, force=force)),
-        ("train", lambda: run_training(ws, train, force=force)),
-    ):
-        started = time.perf_counter()
-        stage()
-        times[name] = time.perf_counter() - started
+    with Engine(engine) as runner:
+        for name, stage in (
+            ("corpus", lambda: run_corpus(ws, sources, corpus, force=force, data_dir=data_dir)),
+            ("mine", lambda: run_mining(ws, mine, force=force, engine=runner)),
+            ("embed", lambda: run_embedding(ws, embed, force=force, engine=runner)),
+        ):
+            started = time.perf_counter()
+            stage()
+            times[name] = time.perf_counter() - started
+    started = time.perf_counter()
+    run_training(ws, train, force=force)
+    times["train"] = time.perf_counter() - started
     return times

@@ -124,6 +124,30 @@ def teacher_name(path: str | Path) -> str:
     return path.name
 
 
+def cache_key(path: str | Path) -> str:
+    """The teacher's name in the embedding cache: its outputs are keyed by its fingerprint."""
+    return f"teacher-{teacher_fingerprint(resolve_teacher_path(path))}"
+
+
+def embedding_dim(path: str | Path) -> int:
+    """The dimension of the teacher's sentence embeddings, read from its folder (no torch): the last
+    Dense module's output, else the pooling's input, else the transformer's hidden size."""
+    path = Path(path)
+
+    def read(name: str) -> dict:
+        file = path / name
+        return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
+
+    modules = read("modules.json")
+    for module in reversed(modules if isinstance(modules, list) else []):
+        if module.get("type", "").endswith("Dense"):
+            return int(read(f"{module['path']}/config.json")["out_features"])
+    dim = read("1_Pooling/config.json").get("word_embedding_dimension") or read("config.json").get("hidden_size")
+    if not dim:
+        raise VocabertError(f"teacher folder {path}: cannot tell the embedding dimension from its config files")
+    return int(dim)
+
+
 def provenance(path: str | Path | None) -> dict:
     """Fingerprints of the teacher and its tokenizer, recorded in every artifact's manifest."""
     path = resolve_teacher_path(path)
@@ -162,7 +186,7 @@ class Teacher:
         get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(get_dim())
         self.fingerprint = teacher_fingerprint(self.path)
-        self.cache_key = f"teacher-{self.fingerprint}"  # its outputs in the embedding cache
+        self.cache_key = cache_key(self.path)  # its outputs in the embedding cache
 
     def encode(self, texts: list[str], batch_size: int = 64, show_progress_bar: bool = False) -> np.ndarray:
         """Sentence embeddings exactly as sentence-transformers computes them (float32)."""

@@ -161,9 +161,10 @@ class Workspace:
         return self._teacher
 
     def teacher_cache(self) -> EmbeddingCache:
-        """Teacher sentence embeddings by text, shared across runs: a shortcut for evaluation, never an input."""
-        teacher = self.teacher()
-        return EmbeddingCache(self.cache_dir / "embeddings", teacher.cache_key, teacher.dim)
+        """Teacher sentence embeddings by text, shared across runs: a shortcut for evaluation, never an input.
+        (Opening it does not load the teacher.)"""
+        dim = self._teacher.dim if self._teacher is not None else teacher_lib.embedding_dim(self.teacher_path)
+        return EmbeddingCache(self.cache_dir / "embeddings", teacher_lib.cache_key(self.teacher_path), dim)
 
 
 def special_tokens(tokenizer_text: str) -> dict:

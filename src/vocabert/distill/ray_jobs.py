@@ -1,0 +1,355 @@
+"""The Ray engine's jobs: the teacher pass on Ray Data, and the counting of mining as Ray tasks.
+
+Both run the local path's own per-batch and per-shard functions; what this module adds is only
+where they run, and how their results come back exactly once.
+
+**Teacher pass.** Ray Data reads the corpus shards and cuts them into the teacher pass's batches
+(:func:`~vocabert.distill.embedding.shard_batches`, as the local pass does); a pool of actors,
+each loading the teacher once (CPU, or GPU with ``num_gpus``), runs
+:func:`~vocabert.distill.embedding.run_teacher_batch` on each batch. The driver writes every
+result as it arrives to ``teacher/parts/part-<shard>-<batch>.npz``, atomically and under the
+batch's name, so a batch that Ray computes twice (a retried task) overwrites its file and never
+counts twice; then it appends the parts in the teacher-pass order through the local path's
+:class:`~vocabert.distill.embedding.PassWriter` (each part read once, deleted once durable). So the
+work directory ends with the same files as the local pass, ``progress.json`` included, and an
+interrupted job resumes from the batches already done, whichever engine resumes it.
+
+**Mining.** Each counting level is one Ray task per shard running the local path's function
+(:func:`~vocabert.distill.mining.count_tokens`, :func:`~vocabert.distill.mining.count_phrases`).
+Each shard's counts are written to ``vocab/partial/<level>/shard-<n>.npz`` (atomically, named by
+level and shard) before they are merged, once; a rerun merges the shards already counted from
+there and sends out only the others.
+
+The work directory must be reachable from every node at the same path (one machine, or a shared
+filesystem): tasks read the corpus shards, and the driver writes the results.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from vocabert.artifacts import VocabertError, atomic_write, read_json, write_json
+from vocabert.distill.cache import EmbeddingCache
+from vocabert.distill.corpus import Corpus, load_shard, shard_keys
+from vocabert.distill.embedding import (
+    PARTS,
+    BatchRows,
+    EmbedSettings,
+    PassWriter,
+    TeacherBatch,
+    TeacherPass,
+    run_teacher_batch,
+    select_teacher_texts,
+    shard_batches,
+)
+from vocabert.distill.engine import Engine, peak_rss_mib
+from vocabert.distill.teacher import embedding_dim
+from vocabert.distill.workspace import log
+
+# ----------------------------------------------------------------------------------- teacher pass
+
+
+def _teacher_texts_of(path: str, sources: list[str], share: float):
+    shard = load_shard(path, "train")
+    return select_teacher_texts(shard, shard_keys(shard, sources), share)
+
+
+def _count_teacher_texts(row: dict, sources: list[str], share: float) -> dict:
+    selected, _ = _teacher_texts_of(row["path"], sources, share)
+    return {"shard": row["shard"], "texts": len(selected)}
+
+
+def _read_batches(row: dict, sources: list[str], share: float, batch_size: int) -> Iterator[dict]:
+    """The batches of one shard still to do (the teacher-pass batches of the local path)."""
+    selected, validation = _teacher_texts_of(row["path"], sources, share)
+    skip = {int(b) for b in (row["skip"] if row["skip"] is not None else [])}
+    numbers = [b for b in range(int(row["from"]), -(-len(selected) // batch_size)) if b not in skip]
+    for batch in shard_batches(int(row["shard"]), selected, validation, int(row["first"]), batch_size, numbers):
+        yield {"shard": batch.shard, "number": batch.number, "data": batch.to_bytes()}
+
+
+class TeacherWorker:
+    """A Ray Data actor: one teacher, loaded once per worker, run on one batch per call."""
+
+    def __init__(self, teacher_path: str, device: str = "cpu"):
+        from vocabert.distill.teacher import Teacher
+
+        self.teacher = Teacher(teacher_path, device=device)
+
+    def run(self, batch: TeacherBatch) -> BatchRows:
+        return run_teacher_batch(self.teacher, batch)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs = [self.run(TeacherBatch.from_bytes(bytes(data))) for data in batch["data"]]
+        return {
+            "shard": np.asarray(batch["shard"]),
+            "number": np.asarray(batch["number"]),
+            "texts": np.array([len(o) for o in outputs], dtype=np.int64),
+            "data": np.array([o.to_bytes() for o in outputs], dtype=object),
+            "rss_mib": np.full(len(outputs), peak_rss_mib()),
+        }
+
+
+class _Layout:
+    """Where each batch falls in the teacher-pass order, from the number of teacher texts per shard."""
+
+    def __init__(self, texts_per_shard: np.ndarray, batch_size: int):
+        self.texts, self.batch_size = np.asarray(texts_per_shard, dtype=np.int64), batch_size
+        self.ends = np.cumsum(self.texts)
+        self.firsts = self.ends - self.texts
+        self.total = int(self.ends[-1]) if len(self.ends) else 0
+
+    def batches(self, shard: int) -> int:
+        return -(-int(self.texts[shard]) // self.batch_size)
+
+    def start(self, shard: int, number: int) -> int:
+        return int(self.firsts[shard]) + number * self.batch_size
+
+    def end(self, shard: int, number: int) -> int:
+        return min(self.start(shard, number + 1), int(self.ends[shard]))
+
+    def at(self, start: int) -> tuple[int, int]:
+        """The batch that begins at text ``start`` of the teacher pass."""
+        shard = int(np.searchsorted(self.ends, start, side="right"))
+        return shard, (start - int(self.firsts[shard])) // self.batch_size
+
+
+class _Parts:
+    """Results of batches, one file each, named by the batch, waiting to be appended in order."""
+
+    def __init__(self, directory: Path, key: dict):
+        self.dir = directory
+        key_file = directory / "key.json"
+        if directory.exists() and (not key_file.is_file() or read_json(key_file, "parts") != key):
+            shutil.rmtree(directory)  # left by a pass with other settings or inputs
+        directory.mkdir(parents=True, exist_ok=True)
+        write_json(key_file, key)
+
+    def path(self, shard: int, number: int) -> Path:
+        return self.dir / f"part-{shard:05d}-{number:06d}.npz"
+
+    def present(self) -> set[tuple[int, int]]:
+        return {(int(p.stem.split("-")[1]), int(p.stem.split("-")[2])) for p in self.dir.glob("part-*.npz")}
+
+    def write(self, shard: int, number: int, data: bytes) -> None:
+        atomic_write(self.path(shard, number), lambda p: p.write_bytes(data))
+
+    def read(self, shard: int, number: int) -> BatchRows | None:
+        try:
+            return BatchRows.from_bytes(self.path(shard, number).read_bytes())
+        except (OSError, ValueError, KeyError, EOFError):
+            return None
+
+    def discard(self, shard: int, number: int) -> None:
+        self.path(shard, number).unlink(missing_ok=True)
+
+
+def _append_ready(writer: PassWriter, parts: _Parts, layout: _Layout) -> int:
+    """Append every part that continues the pass, in order; returns the texts appended."""
+    appended = 0
+    while writer.texts < layout.total:
+        shard, number = layout.at(writer.texts)
+        rows = parts.read(shard, number)
+        if rows is None:
+            break
+        writer.append(rows)
+        parts.discard(shard, number)  # after it is durable: a crash in between leaves a part below the prefix
+        appended += len(rows)
+    return appended
+
+
+def ray_teacher_pass(
+    engine: Engine,
+    corpus: Corpus,
+    out_dir: str | Path,
+    teacher_path: str | Path,
+    key: dict,
+    settings: EmbedSettings,
+    cache: EmbeddingCache | None = None,
+    show_progress_bar: bool = True,
+    worker_cls: type | None = None,
+) -> tuple[TeacherPass, dict]:
+    """The teacher pass on Ray (see the module's docstring); returns it and what the run did.
+    ``worker_cls`` replaces :class:`TeacherWorker` (tests use it to kill a worker)."""
+    ray = engine.ray()
+    worker_cls = worker_cls or TeacherWorker
+    writer = PassWriter(out_dir, key, embedding_dim(teacher_path), cache)
+    parts = _Parts(writer.dir / PARTS, key)
+    sources, share, batch_size = corpus.sources, settings.teacher_share, settings.batch_size
+    shards = [{"shard": i, "path": str(p)} for i, p in enumerate(corpus.shard_paths)]
+    planned = ray.data.from_items(shards).map(_count_teacher_texts, fn_kwargs={"sources": sources, "share": share})
+    texts_per_shard = np.zeros(len(shards), dtype=np.int64)
+    for row in planned.iter_rows():
+        texts_per_shard[int(row["shard"])] = int(row["texts"])
+    layout = _Layout(texts_per_shard, batch_size)
+    stats = {"texts": layout.total, "batches": sum(layout.batches(s) for s in range(len(shards)))}
+    stats |= {"resumed_texts": writer.texts, "computed_batches": 0, "worker_rss_mib": 0.0, "seconds": 0.0}
+
+    waiting = parts.present()
+    for shard, number in sorted(waiting):
+        if shard >= len(shards) or layout.end(shard, number) <= writer.texts:
+            parts.discard(shard, number)  # appended already (the driver stopped before deleting it)
+    waiting = parts.present()
+    _append_ready(writer, parts, layout)
+    todo = []
+    for shard in range(len(shards)):
+        if layout.batches(shard) == 0 or layout.end(shard, layout.batches(shard) - 1) <= writer.texts:
+            continue
+        first = 0 if writer.texts <= layout.firsts[shard] else layout.at(writer.texts)[1]
+        skip = sorted(n for s, n in waiting if s == shard)
+        if first + len([n for n in skip if n >= first]) < layout.batches(shard):
+            row = {"shard": shard, "path": str(corpus.shard_paths[shard]), "first": int(layout.firsts[shard])}
+            todo.append(row | {"from": first, "skip": skip})
+    done = writer.texts + sum(layout.end(s, n) - layout.start(s, n) for s, n in waiting)
+    if writer.texts or waiting:
+        log(f"embed: resuming the teacher pass after {writer.texts} texts ({len(waiting)} batches waiting)")
+    quiet = not show_progress_bar
+    bar = tqdm(total=layout.total, initial=done, desc="embed: teacher pass (ray)", unit="text", disable=quiet)
+    started = time.perf_counter()
+    try:
+        if todo:
+            workers = engine.workers()
+            gpus = engine.settings.ray_worker_gpus
+            each = f"{gpus:g} GPU" if gpus else f"{engine.settings.ray_worker_cpus:g} CPU"
+            log(
+                f"embed: {stats['batches']} batches of {layout.total} texts, {len(todo)} shards to read, "
+                f"{workers} teacher workers ({each} each)"
+            )
+            context = ray.data.DataContext.get_current()
+            block_size, context.target_max_block_size = context.target_max_block_size, 1  # a block per batch
+            try:
+                batches = ray.data.from_items(todo).flat_map(
+                    _read_batches,
+                    fn_kwargs={"sources": sources, "share": share, "batch_size": batch_size},
+                    num_cpus=0,  # light: the teacher workers hold the CPUs
+                )
+                results = batches.map_batches(
+                    worker_cls,
+                    batch_size=1,
+                    compute=ray.data.ActorPoolStrategy(size=workers),
+                    fn_constructor_kwargs={"teacher_path": str(teacher_path), "device": "cuda" if gpus else "cpu"},
+                    num_cpus=engine.settings.ray_worker_cpus,
+                    num_gpus=gpus,
+                )  # Ray Data restarts a dead worker and retries the batch it held (its actor defaults)
+                for row in results.iter_rows():
+                    parts.write(int(row["shard"]), int(row["number"]), bytes(row["data"]))
+                    _append_ready(writer, parts, layout)
+                    stats["computed_batches"] += 1
+                    stats["worker_rss_mib"] = max(stats["worker_rss_mib"], float(row["rss_mib"]))
+                    bar.update(int(row["texts"]))
+            finally:
+                context.target_max_block_size = block_size
+        _append_ready(writer, parts, layout)
+    finally:
+        stats["seconds"] = time.perf_counter() - started
+        writer.close()
+        bar.close()
+    if writer.texts != layout.total:
+        raise VocabertError(
+            f"the Ray teacher pass ended with {writer.texts} of {layout.total} texts written; rerun to resume"
+        )
+    return writer.finish(), stats
+
+
+def _isolated(teacher_path: str, patterns: np.ndarray, cls_id: int, sep_id: int, mask_id: int) -> np.ndarray:
+    from vocabert.distill.embedding import isolated_vectors
+    from vocabert.distill.teacher import Teacher
+
+    return isolated_vectors(Teacher(teacher_path), patterns, cls_id, sep_id, mask_id)
+
+
+def ray_isolated_vectors(engine: Engine, teacher_path: str | Path, patterns: np.ndarray, *ids: int) -> np.ndarray:
+    """:func:`~vocabert.distill.embedding.isolated_vectors` in a Ray task (the driver loads no teacher)."""
+    ray = engine.ray()
+    gpus = engine.settings.ray_worker_gpus
+    task = ray.remote(num_cpus=engine.settings.ray_worker_cpus, num_gpus=gpus)(_isolated)
+    return ray.get(task.remote(str(teacher_path), patterns, *ids))
+
+
+# ------------------------------------------------------------------------------------------ mining
+
+
+def _run_on_shard(path: str, fn: Callable[..., dict], kwargs: dict) -> dict:
+    return fn(load_shard(path, "train"), **kwargs)
+
+
+def _save_counts(path: Path, counts: dict[str, np.ndarray]) -> None:
+    def write(p: Path) -> None:
+        with open(p, "wb") as f:
+            np.savez(f, **counts)
+
+    atomic_write(path, write)
+
+
+def _load_counts(path: Path) -> dict[str, np.ndarray] | None:
+    try:
+        with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError):
+        return None
+
+
+class RayShardMap:
+    """A :data:`~vocabert.distill.mining.ShardMap` on Ray: one task per shard and level, each
+    shard's counts saved under ``scratch`` (so a rerun with the same ``key`` reuses them) before
+    they are handed over, once."""
+
+    def __init__(self, engine: Engine, corpus: Corpus, scratch: str | Path, key: dict, show_progress_bar: bool = True):
+        self.engine, self.show_progress_bar = engine, show_progress_bar
+        self.paths = [str(p) for p in corpus.shard_paths]
+        self.scratch = Path(scratch)
+        key_file = self.scratch / "key.json"
+        if self.scratch.exists() and (not key_file.is_file() or read_json(key_file, "partial counts") != key):
+            shutil.rmtree(self.scratch)
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        write_json(key_file, key)
+        self.reused = self.computed = 0
+
+    def __call__(self, name: str, fn: Callable[..., dict], kwargs: dict) -> Iterator[tuple[int, dict]]:
+        ray = self.engine.ray()
+        folder = self.scratch / name.replace(" ", "-")
+        folder.mkdir(exist_ok=True)
+        quiet = not self.show_progress_bar
+        bar = tqdm(total=len(self.paths), desc=f"mine: {name} (ray)", unit="shard", disable=quiet)
+        todo = []
+        for number in range(len(self.paths)):
+            counts = _load_counts(folder / f"shard-{number:05d}.npz")
+            if counts is None:
+                todo.append(number)
+                continue
+            self.reused += 1
+            bar.update()
+            yield number, counts
+        if todo:
+            task = ray.remote(num_cpus=1)(_run_on_shard)
+            shared = ray.put(kwargs)  # once per level, not once per shard
+            limit = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))  # results the driver may hold
+            pending: dict[Any, int] = {}
+            queue = iter(todo)
+            for number in queue:
+                pending[task.remote(self.paths[number], fn, shared)] = number
+                if len(pending) >= limit:
+                    break
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                number = pending.pop(ready[0])
+                counts = ray.get(ready[0])
+                _save_counts(folder / f"shard-{number:05d}.npz", counts)
+                self.computed += 1
+                bar.update()
+                yield number, counts
+                nxt = next(queue, None)
+                if nxt is not None:
+                    pending[task.remote(self.paths[nxt], fn, shared)] = nxt
+        bar.close()
+
+    def remove(self) -> None:
+        shutil.rmtree(self.scratch, ignore_errors=True)
