@@ -81,7 +81,13 @@ class Engine:
             address = self.settings.ray_address or os.environ.get("RAY_ADDRESS")
             if address:
                 log(f"ray: joining the cluster at {address}")
-                ray.init(address=address, **quiet)
+                try:
+                    ray.init(address=address, **quiet)
+                except ConnectionError as e:
+                    raise VocabertError(
+                        f"cannot join the Ray cluster at {address} ({e}); is it running, and does it want a token "
+                        "(Ray's RAY_AUTH_MODE=token)?"
+                    ) from None
             else:
                 cores = available_cores()
                 log(f"ray: starting a local Ray with {cores} CPUs")

@@ -29,6 +29,7 @@ from __future__ import annotations
 import io
 import shutil
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -137,7 +138,19 @@ class _Parts:
         return self.dir / f"part-{shard:05d}-{number:06d}.npz"
 
     def present(self) -> set[tuple[int, int]]:
-        return {(int(p.stem.split("-")[1]), int(p.stem.split("-")[2])) for p in self.dir.glob("part-*.npz")}
+        """The batches whose part is here (a part that does not open is removed: it is computed again)."""
+        found = set()
+        for path in self.dir.glob("part-*.npz"):
+            try:
+                with np.load(path, allow_pickle=False) as z:  # reads the archive's directory only
+                    complete = {"head", "targets", "rows", "token_ids", "token_vectors"} <= set(z.files)
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+                complete = False
+            if complete:
+                found.add((int(path.stem.split("-")[1]), int(path.stem.split("-")[2])))
+            else:
+                path.unlink(missing_ok=True)
+        return found
 
     def write(self, shard: int, number: int, data: bytes) -> None:
         atomic_write(self.path(shard, number), lambda p: p.write_bytes(data))
@@ -193,12 +206,11 @@ def ray_teacher_pass(
     stats = {"texts": layout.total, "batches": sum(layout.batches(s) for s in range(len(shards)))}
     stats |= {"resumed_texts": writer.texts, "computed_batches": 0, "worker_rss_mib": 0.0, "seconds": 0.0}
 
-    waiting = parts.present()
-    for shard, number in sorted(waiting):
+    for shard, number in sorted(parts.present()):
         if shard >= len(shards) or layout.end(shard, number) <= writer.texts:
             parts.discard(shard, number)  # appended already (the driver stopped before deleting it)
-    waiting = parts.present()
     _append_ready(writer, parts, layout)
+    waiting = parts.present()  # computed, not yet appended: not computed again
     todo = []
     for shard in range(len(shards)):
         if layout.batches(shard) == 0 or layout.end(shard, layout.batches(shard) - 1) <= writer.texts:
