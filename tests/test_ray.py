@@ -142,9 +142,14 @@ def test_ray_embed_with_a_killed_worker_equals_the_local_path(local, engine, tmp
     _assert_same_pass(found, expected)
     assert not (ws.teacher_dir / "progress.json").exists() and not (ws.teacher_dir / "parts").exists()
 
+    # Entry vectors before the store's fp16: sums from Ray tasks over the Ray pass, against the local path's.
     vocab = Vocabulary.load(local.vocab_dir)
     vocab_size = int(open_corpus(local).manifest["vocab_size"])
-    found_vectors, found_counts = entry_vectors(found, vocab.patterns, vocab_size, show_progress_bar=False)
+
+    def ray_sums(patterns, size):
+        return ray_jobs.ray_entry_sums(engine, ws.teacher_dir, patterns, size, show_progress_bar=False)
+
+    found_vectors, found_counts = entry_vectors(found, vocab.patterns, vocab_size, False, partial_sums=ray_sums)
     expected_vectors, expected_counts = entry_vectors(expected, vocab.patterns, vocab_size, show_progress_bar=False)
     np.testing.assert_array_equal(found_counts, expected_counts)
     np.testing.assert_allclose(found_vectors, expected_vectors, atol=1e-4)
@@ -161,6 +166,7 @@ def test_ray_embed_with_a_killed_worker_equals_the_local_path(local, engine, tmp
 def test_interrupted_ray_pass_resumes_from_the_batches_done(local, engine, tmp_path, monkeypatch):
     """The driver stops after a few batches (some written as parts, not yet appended): the rerun
     computes only the batches that were not done, and ends with the same pass."""
+    engine = Engine(EngineSettings(engine="ray", ray_workers=1))  # on the Ray already started: quicker to start
     ws = _copy(local, tmp_path / "ray", "corpus", "vocab")
     corpus = open_corpus(ws)
     key = {"test": "interrupted"}

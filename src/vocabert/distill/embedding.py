@@ -5,7 +5,9 @@ batch, its sentence embedding (the training target), its token ids and its conte
 are appended to flat files in the work directory and made durable before the next batch starts: an
 interruption loses at most the batch in flight, and the rerun resumes after the last durable one.
 The pass does not depend on the vocabulary, so mining again reuses it. Texts are sent in order of
-length within a shard, so a batch holds texts of similar length and little padding.
+length within a shard, so a batch holds texts of similar length and little padding. The batches
+are the same whichever engine computes them (``--engine ray``: :mod:`vocabert.distill.ray_jobs`),
+and so are the files they end in.
 
 **Store** (``<workdir>/store``). Each entry's vector is the mean, over its occurrences in the
 teacher-pass texts (validation texts excluded), of the mean of the token vectors it covers
@@ -18,7 +20,8 @@ from __future__ import annotations
 import io
 import os
 import shutil
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -354,13 +357,19 @@ class TeacherPass:
             token_vectors=mapped("token_vectors", "<f2", (tokens, dim)),
         )
 
+    def chunk_rows(self, texts_per_chunk: int = 2048) -> list[slice]:
+        """Runs of texts, the unit of the passes over the teacher pass."""
+        return [slice(a, min(a + texts_per_chunk, len(self))) for a in range(0, len(self), texts_per_chunk)]
+
+    def chunk(self, rows: slice) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids of texts ``rows`` and their offsets, relative to the chunk."""
+        lo, hi = self.token_offsets[rows.start], self.token_offsets[rows.stop]
+        return np.asarray(self.token_ids[lo:hi], dtype=np.int64), self.token_offsets[rows.start : rows.stop + 1] - lo
+
     def chunks(self, texts_per_chunk: int = 2048) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
         """``(rows, token ids, offsets)`` over runs of texts; offsets are relative to the chunk."""
-        for start in range(0, len(self), texts_per_chunk):
-            rows = slice(start, min(start + texts_per_chunk, len(self)))
-            lo, hi = self.token_offsets[rows.start], self.token_offsets[rows.stop]
-            ids = np.asarray(self.token_ids[lo:hi], dtype=np.int64)
-            yield rows, ids, self.token_offsets[rows.start : rows.stop + 1] - lo
+        for rows in self.chunk_rows(texts_per_chunk):
+            yield rows, *self.chunk(rows)
 
 
 def run_teacher_pass(
@@ -427,22 +436,43 @@ def isolated_vectors(teacher: Teacher, patterns: np.ndarray, cls_id: int, sep_id
     return out
 
 
+def chunk_occurrence_sums(
+    passed: TeacherPass, index: EntryIndex, patterns: np.ndarray, rows: slice
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`occurrence_sums` over the texts ``rows`` of the teacher pass, validation texts left out:
+    the per-chunk work of the entry vectors, whichever engine runs it."""
+    ids, offsets = passed.chunk(rows)
+    matches = index.match(ids, offsets)
+    matches = matches.subset(~passed.validation[rows][matches.text])
+    lo = passed.token_offsets[rows.start]
+    vectors = np.asarray(passed.token_vectors[lo : lo + len(ids)], dtype=np.float32)
+    return occurrence_sums(matches, patterns, vectors, offsets)
+
+
+# Partial sums of the entry vectors from elsewhere (Ray): (patterns, vocab_size) -> (entries, sums, counts), ...
+PartialSums = Callable[[np.ndarray, int], Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]]
+
+
 def entry_vectors(
-    passed: TeacherPass, patterns: np.ndarray, vocab_size: int, show_progress_bar: bool = True
+    passed: TeacherPass,
+    patterns: np.ndarray,
+    vocab_size: int,
+    show_progress_bar: bool = True,
+    partial_sums: PartialSums | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Contextual vector of every entry (zero where it never occurs) and its number of occurrences."""
+    """Contextual vector of every entry (zero where it never occurs) and its number of occurrences.
+    The sums come chunk by chunk from :func:`chunk_occurrence_sums`, here, or from ``partial_sums``."""
     patterns = patterns.astype(np.int64)
-    index = EntryIndex(patterns, vocab_size)
     dim = passed.token_vectors.shape[1]
     sums = np.zeros((len(patterns), dim), dtype=np.float64)
     counts = np.zeros(len(patterns), dtype=np.int64)
-    chunks = tqdm(list(passed.chunks()), desc="embed: entry vectors", unit="chunk", disable=not show_progress_bar)
-    for rows, ids, offsets in chunks:
-        matches = index.match(ids, offsets)
-        matches = matches.subset(~passed.validation[rows][matches.text])
-        lo = passed.token_offsets[rows.start]
-        vectors = np.asarray(passed.token_vectors[lo : lo + len(ids)], dtype=np.float32)
-        entries, entry_sums, entry_counts = occurrence_sums(matches, patterns, vectors, offsets)
+    if partial_sums is None:
+        index = EntryIndex(patterns, vocab_size)
+        chunks = tqdm(passed.chunk_rows(), desc="embed: entry vectors", unit="chunk", disable=not show_progress_bar)
+        partial = (chunk_occurrence_sums(passed, index, patterns, rows) for rows in chunks)
+    else:
+        partial = partial_sums(patterns, vocab_size)
+    for entries, entry_sums, entry_counts in partial:
         sums[entries] += entry_sums
         counts[entries] += entry_counts
     seen = counts > 0
@@ -481,19 +511,26 @@ def run_embedding(
         passed, stats = ray_teacher_pass(
             engine, corpus, ws.teacher_dir, ws.teacher_path, pass_key, settings, cache, ws.show_progress_bar
         )
-        rate = stats["computed_batches"] and (stats["texts"] - stats["resumed_texts"]) / stats["seconds"]
+        rate = (stats["texts"] - stats["resumed_texts"]) / stats["seconds"]
         log(
             f"embed: {len(passed)} texts, {len(passed.token_ids)} tokens through the teacher on Ray -> "
-            f"{ws.teacher_dir} ({stats['computed_batches']} of {stats['batches']} batches computed in "
-            f"{stats['seconds']:.0f} s, {rate:.1f} texts/s; peak RSS: driver {peak_rss_mib():.0f} MiB, "
+            f"{ws.teacher_dir} ({stats['computed_batches']} of {stats['batches']} batches computed; Ray started in "
+            f"{engine.start_seconds:.1f} s, pass {stats['seconds']:.0f} s of which {stats['plan_seconds']:.1f} s "
+            f"planning, {rate:.1f} texts/s if none was resumed; peak RSS: driver {peak_rss_mib():.0f} MiB, "
             f"teacher workers {stats['worker_rss_mib']:.0f} MiB)"
         )
     else:
         teacher = ws.teacher()
+        started = time.perf_counter()
         passed = run_teacher_pass(
             corpus, ws.teacher_dir, teacher, pass_key, settings, ws.teacher_cache(), ws.show_progress_bar
         )
-        log(f"embed: {len(passed)} texts, {len(passed.token_ids)} tokens through the teacher -> {ws.teacher_dir}")
+        seconds = time.perf_counter() - started
+        log(
+            f"embed: {len(passed)} texts, {len(passed.token_ids)} tokens through the teacher -> {ws.teacher_dir} "
+            f"({seconds:.0f} s, {len(passed) / seconds:.1f} texts/s if none was resumed; "
+            f"peak RSS {peak_rss_mib():.0f} MiB)"
+        )
 
     store_key = {
         "provenance": ws.provenance,
@@ -504,7 +541,15 @@ def run_embedding(
         log(f"embed: {ws.store_dir} is up to date")
         return VocabularyStore.load(ws.store_dir / "embeddings.safetensors")
     out_dir = begin(ws.store_dir)
-    vectors, counts = entry_vectors(passed, vocab.patterns, int(corpus.manifest["vocab_size"]), ws.show_progress_bar)
+    partial_sums = None
+    if engine.is_ray:
+        from vocabert.distill.ray_jobs import ray_entry_sums
+
+        def partial_sums(patterns: np.ndarray, vocab_size: int):
+            return ray_entry_sums(engine, ws.teacher_dir, patterns, vocab_size, ws.show_progress_bar)
+
+    vocab_size = int(corpus.manifest["vocab_size"])
+    vectors, counts = entry_vectors(passed, vocab.patterns, vocab_size, ws.show_progress_bar, partial_sums)
     alone = np.flatnonzero(counts == 0)
     if len(alone):
         special = special_tokens(ws.tokenizer_text)

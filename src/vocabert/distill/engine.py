@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import resource
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +64,7 @@ class Engine:
                 raise VocabertError("--ray-worker-cpus must be above 0 and --ray-worker-gpus at least 0")
         self._ray = None
         self._started = False
+        self.start_seconds = 0.0  # starting or joining Ray
 
     @property
     def is_ray(self) -> bool:
@@ -73,6 +75,7 @@ class Engine:
         if self._ray is not None:
             return self._ray
         ray = require_ray()
+        started = time.perf_counter()
         if not ray.is_initialized():
             from vocabert.distill.workspace import log
             from vocabert.model import available_cores
@@ -98,6 +101,7 @@ class Engine:
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
         self._ray = ray
+        self.start_seconds = time.perf_counter() - started
         return ray
 
     def workers(self) -> int:

@@ -1,4 +1,5 @@
-"""The Ray engine's jobs: the teacher pass on Ray Data, and the counting of mining as Ray tasks.
+"""The Ray engine's jobs: the teacher pass on Ray Data; the entry vectors' sums and the counting of
+mining as Ray tasks.
 
 Both run the local path's own per-batch and per-shard functions; what this module adds is only
 where they run, and how their results come back exactly once.
@@ -13,6 +14,12 @@ counts twice; then it appends the parts in the teacher-pass order through the lo
 :class:`~vocabert.distill.embedding.PassWriter` (each part read once, deleted once durable). So the
 work directory ends with the same files as the local pass, ``progress.json`` included, and an
 interrupted job resumes from the batches already done, whichever engine resumes it.
+
+**Entry vectors.** The sums of the contextual vectors of every entry's occurrences come from Ray
+tasks, each over a share of the teacher pass's chunks (read memory-mapped from the work directory)
+with the local path's :func:`~vocabert.distill.embedding.chunk_occurrence_sums`; the driver adds
+them up, once each. The entries that never occur are run through the teacher in a Ray task too, so
+the driver never loads the teacher.
 
 **Mining.** Each counting level is one Ray task per shard running the local path's function
 (:func:`~vocabert.distill.mining.count_tokens`, :func:`~vocabert.distill.mining.count_phrases`).
@@ -47,6 +54,7 @@ from vocabert.distill.embedding import (
     PassWriter,
     TeacherBatch,
     TeacherPass,
+    chunk_occurrence_sums,
     run_teacher_batch,
     select_teacher_texts,
     shard_batches,
@@ -54,6 +62,7 @@ from vocabert.distill.embedding import (
 from vocabert.distill.engine import Engine, peak_rss_mib
 from vocabert.distill.teacher import embedding_dim
 from vocabert.distill.workspace import log
+from vocabert.matching import EntryIndex
 
 # ----------------------------------------------------------------------------------- teacher pass
 
@@ -193,6 +202,7 @@ def ray_teacher_pass(
     """The teacher pass on Ray (see the module's docstring); returns it and what the run did.
     ``worker_cls`` replaces :class:`TeacherWorker` (tests use it to kill a worker)."""
     ray = engine.ray()
+    started = time.perf_counter()
     worker_cls = worker_cls or TeacherWorker
     writer = PassWriter(out_dir, key, embedding_dim(teacher_path), cache)
     parts = _Parts(writer.dir / PARTS, key)
@@ -204,7 +214,8 @@ def ray_teacher_pass(
         texts_per_shard[int(row["shard"])] = int(row["texts"])
     layout = _Layout(texts_per_shard, batch_size)
     stats = {"texts": layout.total, "batches": sum(layout.batches(s) for s in range(len(shards)))}
-    stats |= {"resumed_texts": writer.texts, "computed_batches": 0, "worker_rss_mib": 0.0, "seconds": 0.0}
+    stats |= {"resumed_texts": writer.texts, "computed_batches": 0, "worker_rss_mib": 0.0}
+    stats["plan_seconds"] = time.perf_counter() - started  # counting the teacher texts of every shard
 
     for shard, number in sorted(parts.present()):
         if shard >= len(shards) or layout.end(shard, number) <= writer.texts:
@@ -225,7 +236,6 @@ def ray_teacher_pass(
         log(f"embed: resuming the teacher pass after {writer.texts} texts ({len(waiting)} batches waiting)")
     quiet = not show_progress_bar
     bar = tqdm(total=layout.total, initial=done, desc="embed: teacher pass (ray)", unit="text", disable=quiet)
-    started = time.perf_counter()
     try:
         if todo:
             workers = engine.workers()
@@ -269,6 +279,46 @@ def ray_teacher_pass(
             f"the Ray teacher pass ended with {writer.texts} of {layout.total} texts written; rerun to resume"
         )
     return writer.finish(), stats
+
+
+def _range_sums(
+    teacher_dir: str, patterns: np.ndarray, vocab_size: int, chunks: list[tuple[int, int]]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The entry sums over some chunks of the teacher pass (read memory-mapped from the work directory)."""
+    passed = TeacherPass.open(teacher_dir)
+    index = EntryIndex(patterns, vocab_size)
+    sums = np.zeros((len(patterns), passed.token_vectors.shape[1]), dtype=np.float64)
+    counts = np.zeros(len(patterns), dtype=np.int64)
+    for start, stop in chunks:
+        entries, entry_sums, entry_counts = chunk_occurrence_sums(passed, index, patterns, slice(start, stop))
+        sums[entries] += entry_sums
+        counts[entries] += entry_counts
+    found = np.flatnonzero(counts)
+    return found, sums[found].astype(np.float32), counts[found]
+
+
+def ray_entry_sums(
+    engine: Engine, teacher_dir: str | Path, patterns: np.ndarray, vocab_size: int, show_progress_bar: bool = True
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Partial sums of the entry vectors (see ``embedding.entry_vectors``) from Ray tasks, each over a
+    share of the teacher pass's chunks, each result handed over once (Ray retries a lost task)."""
+    ray = engine.ray()
+    passed = TeacherPass.open(teacher_dir)
+    chunks = [(rows.start, rows.stop) for rows in passed.chunk_rows()]
+    workers = engine.workers()
+    per_task = max(1, -(-len(chunks) // (2 * workers)))  # two tasks per worker: balance, and bounded results
+    task = ray.remote(num_cpus=engine.settings.ray_worker_cpus)(_range_sums)
+    shared = ray.put(patterns)
+    pending = [
+        task.remote(str(teacher_dir), shared, vocab_size, chunks[i : i + per_task])
+        for i in range(0, len(chunks), per_task)
+    ]
+    quiet = not show_progress_bar
+    with tqdm(total=len(pending), desc="embed: entry vectors (ray)", unit="task", disable=quiet) as bar:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            yield ray.get(ready[0])
+            bar.update()
 
 
 def _isolated(teacher_path: str, patterns: np.ndarray, cls_id: int, sep_id: int, mask_id: int) -> np.ndarray:
