@@ -81,23 +81,27 @@ def run_sampled(command: list[str], seconds: float | None = None, log: Path | No
     started = time.perf_counter()
     child = subprocess.Popen(command, env=_env(), stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
     peaks: dict[str, int] = {}
-    system_rss = 0
+    system_rss = total_rss = 0
     interrupted = False
     while child.poll() is None:
-        peaks["driver"] = max(peaks.get("driver", 0), _status(child.pid).get("VmHWM", 0))
-        system_now = 0
+        driver = _status(child.pid)
+        peaks["driver"] = max(peaks.get("driver", 0), driver.get("VmHWM", 0))
+        system_now, total_now = 0, driver.get("VmRSS", 0)
         for pid, cmdline in _descendants(child.pid).items():
             status, kind = _status(pid), _kind(cmdline)
+            total_now += status.get("VmRSS", 0)
             if kind.startswith("ray system"):
                 system_now += status.get("VmRSS", 0)
             else:
                 peaks[kind] = max(peaks.get(kind, 0), status.get("VmHWM", 0))
         system_rss = max(system_rss, system_now)
+        total_rss = max(total_rss, total_now)
         if seconds is not None and not interrupted and time.perf_counter() - started > seconds:
             child.send_signal(signal.SIGINT)
             interrupted = True
         time.sleep(0.5)
     peaks["ray system (raylet, gcs, agents), summed"] = system_rss
+    peaks["every process, summed (shared pages counted in each)"] = total_rss
     return {"seconds": time.perf_counter() - started, "returncode": child.returncode, "peak_mib": peaks}
 
 

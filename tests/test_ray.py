@@ -113,20 +113,22 @@ def test_ray_mining_resumes_from_the_shards_counted(local, engine, tmp_path):
     corpus = open_corpus(local)
     special = special_tokens(local.tokenizer_text)["all"]
     key = {"test": "resume"}
-    shard_map = ray_jobs.RayShardMap(engine, corpus, tmp_path / "partial", key, show_progress_bar=False)
+    counting = ray_jobs.RayCounts(engine, corpus, tmp_path / "partial", key, show_progress_bar=False, partitions=3)
+    frequent = counting.frequent
 
-    def stopped(name, fn, kwargs):
+    def stopped(name, fn, kwargs, min_count):
         if name == "3-grams":
             raise KeyboardInterrupt
-        yield from shard_map(name, fn, kwargs)
+        return frequent(name, fn, kwargs, min_count)
 
+    counting.frequent = stopped
     with pytest.raises(KeyboardInterrupt):
-        mine_vocabulary(corpus, special_ids=special, show_progress_bar=False, shard_map=stopped, **vars(MINE))
+        mine_vocabulary(corpus, special_ids=special, show_progress_bar=False, counting=counting, **vars(MINE))
     shards = len(corpus.shard_paths)
-    assert shard_map.computed == 2 * shards  # tokens and 2-grams
+    assert counting.computed == 2 * shards  # tokens and 2-grams
 
-    again = ray_jobs.RayShardMap(engine, corpus, tmp_path / "partial", key, show_progress_bar=False)
-    found = mine_vocabulary(corpus, special_ids=special, show_progress_bar=False, shard_map=again, **vars(MINE))
+    again = ray_jobs.RayCounts(engine, corpus, tmp_path / "partial", key, show_progress_bar=False, partitions=3)
+    found = mine_vocabulary(corpus, special_ids=special, show_progress_bar=False, counting=again, **vars(MINE))
     assert again.reused == 2 * shards and again.computed == (MINE.max_ngram - 2) * shards
     np.testing.assert_array_equal(found.patterns, Vocabulary.load(local.vocab_dir).patterns)
 

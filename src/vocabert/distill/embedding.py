@@ -516,7 +516,8 @@ def run_embedding(
             f"embed: {len(passed)} texts, {len(passed.token_ids)} tokens through the teacher on Ray -> "
             f"{ws.teacher_dir} ({stats['computed_batches']} of {stats['batches']} batches computed; Ray started in "
             f"{engine.start_seconds:.1f} s, pass {stats['seconds']:.0f} s of which {stats['plan_seconds']:.1f} s "
-            f"planning, {rate:.1f} texts/s if none was resumed; peak RSS: driver {peak_rss_mib():.0f} MiB, "
+            f"planning, first batch back at {stats['first_batch_seconds']:.1f} s, {rate:.1f} texts/s if none was "
+            f"resumed; peak RSS: driver {peak_rss_mib():.0f} MiB, "
             f"teacher workers {stats['worker_rss_mib']:.0f} MiB)"
         )
     else:

@@ -11,15 +11,16 @@ phrases with the highest ``count * npmi`` fill the rest. The listing records why
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from vocabert.artifacts import VocabertError, write_text
 from vocabert.distill.corpus import Corpus, Shard, open_corpus
-from vocabert.distill.engine import Engine
+from vocabert.distill.engine import Engine, peak_rss_mib
 from vocabert.distill.workspace import (
     Workspace,
     begin,
@@ -36,7 +37,7 @@ from vocabert.store import load_safetensors, save_safetensors
 from vocabert.tokenizer import load_tokenizer
 
 KIND_TOKEN, KIND_NGRAM, KIND_SKIPGRAM = 0, 1, 2
-PARTIAL = "partial"  # per-shard counts of an unfinished Ray mining job (vocab/partial/<level>/shard-N.npz)
+PARTIAL = "partial"  # per-shard counts of an unfinished Ray mining job (vocab/partial/<level>/...)
 KIND_NAMES = {KIND_TOKEN: "token", KIND_NGRAM: "ngram", KIND_SKIPGRAM: "skipgram"}
 
 
@@ -150,10 +151,8 @@ def _windows(ids: np.ndarray, offsets: np.ndarray, span: int, allowed: np.ndarra
 
 
 # The counting, one shard at a time. These functions are the whole of the per-shard work of mining,
-# whichever engine runs them (a loop here, or Ray tasks: vocabert.distill.ray_jobs); their results,
-# counts of distinct keys, are merged with KeyCounter, in any order, to the same totals.
-
-ShardMap = Callable[[str, Callable[..., dict], dict], Iterator[tuple[int, dict]]]
+# whichever engine runs them; their results, counts of distinct keys, are merged with KeyCounter (in
+# any order, to the same totals): here by LocalCounts, on Ray by vocabert.distill.ray_jobs.RayCounts.
 
 
 def count_tokens(shard: Shard, base: int) -> dict[str, np.ndarray]:
@@ -165,7 +164,8 @@ def count_phrases(
     shard: Shard, n: int, base: int, phrase_ok: np.ndarray, prev: np.ndarray, max_gap: int
 ) -> dict[str, np.ndarray]:
     """Counts of a shard's n-grams whose tokens may start phrases and whose two (n-1)-grams are in
-    ``prev`` (sorted keys of the frequent ones); with ``n == 2``, of its skip-grams too."""
+    ``prev`` (sorted keys of the frequent ones); with ``n == 2``, of its skip-grams too. Counters
+    come as ``<name>.keys`` (distinct, sorted) and ``<name>.counts``."""
     starts = _windows(shard.ids, shard.offsets, n, phrase_ok)
     keys = window_keys(shard.ids, np.arange(n), n, base)[starts]
     if n > 2:
@@ -181,15 +181,51 @@ def count_phrases(
     return out
 
 
-def local_shard_map(corpus: Corpus, show_progress_bar: bool = True) -> ShardMap:
-    """Run a per-shard function over the training split of every shard, here, in order."""
+def counter_names(counts: dict[str, np.ndarray]) -> list[str]:
+    return sorted(k.removesuffix(".keys") for k in counts if k.endswith(".keys"))
 
-    def run(name: str, fn: Callable[..., dict], kwargs: dict) -> Iterator[tuple[int, dict]]:
-        progress = f"mine: {name}" if show_progress_bar else None
-        for number, shard in enumerate(corpus.shards("train", progress=progress)):
-            yield number, fn(shard, **kwargs)
 
-    return run
+def merge_counts(counted: Iterable[dict[str, np.ndarray]], min_count: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-shard counts (``count_phrases``'s) merged into each counter's keys that reach ``min_count``."""
+    counters: dict[str, KeyCounter] = {}
+    for counts in counted:
+        for name in counter_names(counts):
+            counters.setdefault(name, KeyCounter()).add(counts[f"{name}.keys"], counts[f"{name}.counts"])
+    return {name: counter.frequent(min_count) for name, counter in counters.items()}
+
+
+class Counting(Protocol):
+    """Runs a per-shard counting function over the training split of every shard, and merges."""
+
+    def total(self, name: str, fn: Callable[..., dict], kwargs: dict) -> dict[str, np.ndarray]:
+        """The per-shard arrays, summed."""
+
+    def frequent(
+        self, name: str, fn: Callable[..., dict], kwargs: dict, min_count: int
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """The per-shard counts merged (:func:`merge_counts`): keys (sorted) and counts of each counter."""
+
+
+class LocalCounts:
+    """:class:`Counting` in this process, shard after shard."""
+
+    def __init__(self, corpus: Corpus, show_progress_bar: bool = True):
+        self.corpus, self.show_progress_bar = corpus, show_progress_bar
+
+    def _each(self, name: str, fn: Callable[..., dict], kwargs: dict) -> Iterator[dict[str, np.ndarray]]:
+        for shard in self.corpus.shards("train", progress=f"mine: {name}" if self.show_progress_bar else None):
+            yield fn(shard, **kwargs)
+
+    def total(self, name: str, fn: Callable[..., dict], kwargs: dict) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for counts in self._each(name, fn, kwargs):
+            out = {k: out[k] + v for k, v in counts.items()} if out else counts
+        return out
+
+    def frequent(
+        self, name: str, fn: Callable[..., dict], kwargs: dict, min_count: int
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        return merge_counts(self._each(name, fn, kwargs), min_count)
 
 
 # -------------------------------------------------------------------------------------------- mining
@@ -217,11 +253,11 @@ def mine_vocabulary(
     min_dispersion: float = MineSettings.min_dispersion,
     special_ids: list[int] | None = None,
     show_progress_bar: bool = True,
-    shard_map: ShardMap | None = None,
+    counting: Counting | None = None,
 ) -> Vocabulary:
     """Select tokens, n-grams (2..max_ngram) and skip-grams (gaps 1..max_gap) from the training split.
 
-    ``shard_map`` runs the per-shard counting (default: :func:`local_shard_map`, in this process)."""
+    ``counting`` runs the per-shard counting and merges it (default: :class:`LocalCounts`, here)."""
     base = int(corpus.manifest["vocab_size"])
     if float(base) ** max_ngram >= 2.0**64:
         raise VocabertError(f"max_ngram={max_ngram} is too long for exact keys with a {base}-token vocabulary")
@@ -230,10 +266,8 @@ def mine_vocabulary(
     special = np.zeros(base, dtype=bool)
     special[list(special_ids or [])] = True
 
-    shard_map = shard_map or local_shard_map(corpus, show_progress_bar)
-    unigram = np.zeros(base, dtype=np.int64)
-    for _, counts in shard_map("tokens", count_tokens, {"base": base}):
-        unigram += counts["unigram"]
+    counting = counting or LocalCounts(corpus, show_progress_bar)
+    unigram = counting.total("tokens", count_tokens, {"base": base}).get("unigram", np.zeros(base, np.int64))
     total = int(unigram.sum())
     if total == 0:
         raise VocabertError("the corpus has no training tokens to mine")
@@ -241,17 +275,17 @@ def mine_vocabulary(
 
     # Level 2 counts bigrams and skip-grams; level n counts n-grams whose two (n-1)-grams are frequent.
     ngram_keys: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    skip_counters = {gap: KeyCounter() for gap in range(1, max_gap + 1)}
+    none = (np.zeros(0, np.uint64), np.zeros(0, np.int64))
+    skip_frequent = {gap: none for gap in range(1, max_gap + 1)}
     for n in range(2, max_ngram + 1):
-        counter = KeyCounter()
-        prev = ngram_keys.get(n - 1, (np.zeros(0, np.uint64), None))[0]
+        prev = ngram_keys.get(n - 1, none)[0]
         kwargs = {"n": n, "base": base, "phrase_ok": phrase_ok, "prev": prev, "max_gap": max_gap}
-        for _, counts in shard_map(f"{n}-grams", count_phrases, kwargs):
-            counter.add(counts["ngram.keys"], counts["ngram.counts"])
-            if n == 2:
-                for gap, skip in skip_counters.items():
-                    skip.add(counts[f"skip{gap}.keys"], counts[f"skip{gap}.counts"])
-        ngram_keys[n] = counter.frequent(min_count)
+        found = counting.frequent(f"{n}-grams", count_phrases, kwargs, min_count)
+        ngram_keys[n] = found.get("ngram", none)
+        if n == 2:
+            skip_frequent = {gap: found.get(f"skip{gap}", none) for gap in skip_frequent}
+        kinds = ", ".join(f"{len(found[k][0])} {k}s" for k in sorted(found))
+        log(f"mine: {kinds} of {n} tokens occur {min_count}+ times")
         if len(ngram_keys[n][0]) == 0:
             break
 
@@ -281,8 +315,7 @@ def mine_vocabulary(
         counts.append(cnt)
         npmis.append(npmi)
 
-    for gap, skip in skip_counters.items():
-        keys, cnt = skip.frequent(min_count)
+    for gap, (keys, cnt) in skip_frequent.items():
         if len(keys) == 0:
             continue
         pair = _decode(keys, 2, base)
@@ -343,19 +376,19 @@ def run_mining(ws: Workspace, settings: MineSettings, force: bool = False, engin
         return Vocabulary.load(out_dir)
     tokenizer = load_tokenizer(ws.tokenizer_text, ws.max_length)
     tokens = [tokenizer.id_to_token(i) or f"[{i}]" for i in range(int(corpus.manifest["vocab_size"]))]
-    shard_map = None
+    counting = None
     if engine is not None and engine.is_ray:
-        from vocabert.distill.ray_jobs import RayShardMap
+        from vocabert.distill.ray_jobs import RayCounts
 
         scratch = out_dir / PARTIAL
         if force:
             shutil.rmtree(scratch, ignore_errors=True)
-        shard_map = RayShardMap(engine, corpus, scratch, key, ws.show_progress_bar)
+        counting = RayCounts(engine, corpus, scratch, key, ws.show_progress_bar)
     vocab = mine_vocabulary(
         corpus,
         special_ids=special_tokens(ws.tokenizer_text)["all"],
         show_progress_bar=ws.show_progress_bar,
-        shard_map=shard_map,
+        counting=counting,
         **asdict(settings),
     )
     begin(out_dir)
@@ -365,8 +398,11 @@ def run_mining(ws: Workspace, settings: MineSettings, force: bool = False, engin
     summary["by_span"] = {str(s): int((spans == s).sum()) for s in np.unique(spans)}
     finish(out_dir, "vocabulary", key, entries=len(vocab), summary=summary)
     shutil.rmtree(out_dir / PARTIAL, ignore_errors=True)
-    if shard_map is not None:
-        log(f"mine: counted on Ray: {shard_map.computed} shard tasks, {shard_map.reused} shard counts reused")
+    if counting is not None:
+        log(
+            f"mine: counted on Ray: {counting.computed} shard tasks ({counting.reused} shards' counts reused), "
+            f"merged by {counting.partitions} partition tasks per level; peak RSS {peak_rss_mib():.0f} MiB"
+        )
     log(
         f"mine: {len(vocab)} entries ({summary['token']} tokens, {summary['ngram']} n-grams, "
         f"{summary['skipgram']} skip-grams) -> {out_dir / 'vocabulary.tsv'}"

@@ -60,6 +60,7 @@ from vocabert.distill.embedding import (
     shard_batches,
 )
 from vocabert.distill.engine import Engine, peak_rss_mib
+from vocabert.distill.mining import counter_names, merge_counts
 from vocabert.distill.teacher import embedding_dim
 from vocabert.distill.workspace import log
 from vocabert.matching import EntryIndex
@@ -214,7 +215,7 @@ def ray_teacher_pass(
         texts_per_shard[int(row["shard"])] = int(row["texts"])
     layout = _Layout(texts_per_shard, batch_size)
     stats = {"texts": layout.total, "batches": sum(layout.batches(s) for s in range(len(shards)))}
-    stats |= {"resumed_texts": writer.texts, "computed_batches": 0, "worker_rss_mib": 0.0}
+    stats |= {"resumed_texts": writer.texts, "computed_batches": 0, "worker_rss_mib": 0.0, "first_batch_seconds": 0.0}
     stats["plan_seconds"] = time.perf_counter() - started  # counting the teacher texts of every shard
 
     for shard, number in sorted(parts.present()):
@@ -252,6 +253,7 @@ def ray_teacher_pass(
                     _read_batches,
                     fn_kwargs={"sources": sources, "share": share, "batch_size": batch_size},
                     num_cpus=0,  # light: the teacher workers hold the CPUs
+                    compute=ray.data.TaskPoolStrategy(size=2),  # a shard is read in well under a second
                 )
                 results = batches.map_batches(
                     worker_cls,
@@ -262,6 +264,8 @@ def ray_teacher_pass(
                     num_gpus=gpus,
                 )  # Ray Data restarts a dead worker and retries the batch it held (its actor defaults)
                 for row in results.iter_rows():
+                    if not stats["computed_batches"]:  # reading, and the workers loading the teacher, took this long
+                        stats["first_batch_seconds"] = time.perf_counter() - started
                     parts.write(int(row["shard"]), int(row["number"]), bytes(row["data"]))
                     _append_ready(writer, parts, layout)
                     stats["computed_batches"] += 1
@@ -339,7 +343,7 @@ def ray_isolated_vectors(engine: Engine, teacher_path: str | Path, patterns: np.
 # ------------------------------------------------------------------------------------------ mining
 
 
-def _run_on_shard(path: str, fn: Callable[..., dict], kwargs: dict) -> dict:
+def _sum_on_shard(path: str, fn: Callable[..., dict], kwargs: dict) -> dict:
     return fn(load_shard(path, "train"), **kwargs)
 
 
@@ -355,16 +359,67 @@ def _load_counts(path: Path) -> dict[str, np.ndarray] | None:
     try:
         with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError):
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
         return None
 
 
-class RayShardMap:
-    """A :data:`~vocabert.distill.mining.ShardMap` on Ray: one task per shard and level, each
-    shard's counts saved under ``scratch`` (so a rerun with the same ``key`` reuses them) before
-    they are handed over, once."""
+def _partition_of(keys: np.ndarray, partitions: int) -> np.ndarray:
+    """A partition for every key (multiplicative hashing: the keys' low digits are token ids)."""
+    return ((keys * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32)) % np.uint64(partitions)
 
-    def __init__(self, engine: Engine, corpus: Corpus, scratch: str | Path, key: dict, show_progress_bar: bool = True):
+
+def _count_partitioned(path: str, fn: Callable[..., dict], kwargs: dict, partitions: int, folder: str, number: int):
+    """Count one shard and write its counts split by key partition (one file per partition, named by
+    the shard: a retried task overwrites), then the shard's done-marker."""
+    counts = fn(load_shard(path, "train"), **kwargs)
+    split: list[dict[str, np.ndarray]] = [{} for _ in range(partitions)]
+    for name in counter_names(counts):
+        keys, values = counts[f"{name}.keys"], counts[f"{name}.counts"]
+        part = _partition_of(keys, partitions)
+        order = np.argsort(part, kind="stable")  # keeps each partition's keys sorted
+        bounds = np.searchsorted(part[order], np.arange(partitions + 1))
+        for p in range(partitions):
+            rows = order[bounds[p] : bounds[p + 1]]
+            split[p][f"{name}.keys"], split[p][f"{name}.counts"] = keys[rows], values[rows]
+    for p, arrays in enumerate(split):
+        _save_counts(Path(folder) / f"part-{p:03d}" / f"shard-{number:05d}.npz", arrays)
+    atomic_write(Path(folder) / "done" / f"shard-{number:05d}", lambda f: f.write_bytes(b""))
+    return number
+
+
+def _reduce_partition(folder: str, partition: int, shards: int, min_count: int) -> dict[str, np.ndarray]:
+    """Merge one partition of every shard's counts (``merge_counts``, as the local path); keep the frequent."""
+
+    def counted():
+        for number in range(shards):
+            counts = _load_counts(Path(folder) / f"part-{partition:03d}" / f"shard-{number:05d}.npz")
+            if counts is None:
+                raise VocabertError(f"partial counts of shard {number} in {folder} are missing; rerun `vocabert mine`")
+            yield counts
+
+    out = {}
+    for name, (keys, counts) in merge_counts(counted(), min_count).items():
+        out[f"{name}.keys"], out[f"{name}.counts"] = keys, counts
+    return out
+
+
+class RayCounts:
+    """:class:`~vocabert.distill.mining.Counting` on Ray. Per level, one task per shard counts it and
+    writes its counts under ``scratch/<level>/``, split into ``partitions`` by key (atomically, named
+    by shard and partition: a retried task overwrites, a rerun with the same ``key`` skips the shards
+    that are done); then one task per partition merges that partition of every shard and returns only
+    its frequent keys. So no process holds more than a partition of the distinct keys of a level,
+    and the driver only the frequent ones."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        corpus: Corpus,
+        scratch: str | Path,
+        key: dict,
+        show_progress_bar: bool = True,
+        partitions: int | None = None,
+    ):
         self.engine, self.show_progress_bar = engine, show_progress_bar
         self.paths = [str(p) for p in corpus.shard_paths]
         self.scratch = Path(scratch)
@@ -373,45 +428,79 @@ class RayShardMap:
             shutil.rmtree(self.scratch)
         self.scratch.mkdir(parents=True, exist_ok=True)
         write_json(key_file, key)
+        self.partitions = partitions or max(16, 4 * int(engine.ray().cluster_resources().get("CPU", 1)))
         self.reused = self.computed = 0
 
-    def __call__(self, name: str, fn: Callable[..., dict], kwargs: dict) -> Iterator[tuple[int, dict]]:
+    def _bar(self, total: int, desc: str):
+        return tqdm(total=total, desc=f"mine: {desc} (ray)", unit="task", disable=not self.show_progress_bar)
+
+    def _run(self, calls: list[tuple], task, desc: str) -> Iterator[tuple[Any, Any]]:
+        """``task.remote(*args)`` for each ``(tag, args)``, a bounded number in flight; yields ``(tag, result)``."""
         ray = self.engine.ray()
-        folder = self.scratch / name.replace(" ", "-")
-        folder.mkdir(exist_ok=True)
-        quiet = not self.show_progress_bar
-        bar = tqdm(total=len(self.paths), desc=f"mine: {name} (ray)", unit="shard", disable=quiet)
+        limit = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+        pending: dict[Any, Any] = {}
+        queue = iter(calls)
+        with self._bar(len(calls), desc) as bar:
+            while True:
+                while len(pending) < limit and (call := next(queue, None)) is not None:
+                    pending[task.remote(*call[1])] = call[0]
+                if not pending:
+                    return
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                tag = pending.pop(ready[0])
+                result = ray.get(ready[0])
+                bar.update()
+                yield tag, result
+
+    def total(self, name: str, fn: Callable[..., dict], kwargs: dict) -> dict[str, np.ndarray]:
+        ray = self.engine.ray()
+        folder = self.scratch / name
+        out: dict[str, np.ndarray] = {}
+
+        def add(counts: dict[str, np.ndarray]) -> None:
+            nonlocal out
+            out = {k: out[k] + v for k, v in counts.items()} if out else counts
+
         todo = []
-        for number in range(len(self.paths)):
+        for number, path in enumerate(self.paths):
             counts = _load_counts(folder / f"shard-{number:05d}.npz")
             if counts is None:
-                todo.append(number)
-                continue
-            self.reused += 1
-            bar.update()
-            yield number, counts
-        if todo:
-            task = ray.remote(num_cpus=1)(_run_on_shard)
-            shared = ray.put(kwargs)  # once per level, not once per shard
-            limit = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))  # results the driver may hold
-            pending: dict[Any, int] = {}
-            queue = iter(todo)
-            for number in queue:
-                pending[task.remote(self.paths[number], fn, shared)] = number
-                if len(pending) >= limit:
-                    break
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                number = pending.pop(ready[0])
-                counts = ray.get(ready[0])
-                _save_counts(folder / f"shard-{number:05d}.npz", counts)
-                self.computed += 1
-                bar.update()
-                yield number, counts
-                nxt = next(queue, None)
-                if nxt is not None:
-                    pending[task.remote(self.paths[nxt], fn, shared)] = nxt
-        bar.close()
+                todo.append((number, (path, fn, kwargs)))
+            else:
+                self.reused += 1
+                add(counts)
+        task = ray.remote(num_cpus=1)(_sum_on_shard)
+        for number, counts in self._run(todo, task, name):
+            _save_counts(folder / f"shard-{number:05d}.npz", counts)  # small: a value per token id
+            self.computed += 1
+            add(counts)
+        return out
 
-    def remove(self) -> None:
-        shutil.rmtree(self.scratch, ignore_errors=True)
+    def frequent(
+        self, name: str, fn: Callable[..., dict], kwargs: dict, min_count: int
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        ray = self.engine.ray()
+        folder = self.scratch / name.replace(" ", "-")
+        shared = ray.put(kwargs)  # once per level, not once per shard
+        todo = []
+        for number, path in enumerate(self.paths):
+            if (folder / "done" / f"shard-{number:05d}").is_file():
+                self.reused += 1
+            else:
+                todo.append((number, (path, fn, shared, self.partitions, str(folder), number)))
+        count = ray.remote(num_cpus=1)(_count_partitioned)
+        for _ in self._run(todo, count, name):
+            self.computed += 1
+        merge = ray.remote(num_cpus=1)(_reduce_partition)
+        calls = [(p, (str(folder), p, len(self.paths), min_count)) for p in range(self.partitions)]
+        merged: dict[str, list[dict]] = {}
+        for _, counts in self._run(calls, merge, f"{name}, merging"):
+            for counter in counter_names(counts):
+                merged.setdefault(counter, []).append(counts)
+        out = {}
+        for counter, parts in merged.items():
+            keys = np.concatenate([c[f"{counter}.keys"] for c in parts])
+            counts = np.concatenate([c[f"{counter}.counts"] for c in parts])
+            order = np.argsort(keys)
+            out[counter] = (keys[order], counts[order])
+        return out
