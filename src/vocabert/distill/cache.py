@@ -10,8 +10,8 @@ they are computed once per (model, text) and kept. On disk, under ``<root>/<mode
   ``.where.npy``, the chunk and row of each (``chunk << 32 | row``), over the chunks named in its
   ``.json`` twin (written last: it commits the index).
 
-Nothing in a process grows with the cache: the index and the chunks are memory-mapped (a lookup
-binary-searches the index and reads the rows it hits), and only the keys of chunks that no index
+Nothing in a process grows with the cache: the index is memory-mapped (a lookup binary-searches
+it), a hit's vector is read from its chunk file alone, and only the keys of chunks that no index
 covers yet are held in memory, at most ``max_unindexed`` of them; past that they are merged into a
 new index generation, streaming over the old one block by block. Chunks that an index does not name
 (written by another process at the same time, or by an older vocabert) are read as unindexed and
@@ -64,6 +64,34 @@ def _find(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.nda
     return pos, np.asarray(sorted_keys[pos]) == keys
 
 
+def _read_rows(path: Path, rows: np.ndarray, dim: int) -> np.ndarray | None:
+    """Rows of a chunk's ``.npy`` vectors, read with ``pread`` (no mapping: scattered rows of a
+    memory map would bring ~64 kB around each into this process's resident memory); ``None`` if
+    the chunk is gone, damaged, or shorter than ``rows`` need."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                return None
+            offset = f.tell()
+            if len(shape) != 2 or shape[1] != dim or fortran or dtype != np.float32 or int(rows.max()) >= shape[0]:
+                return None
+            width = dim * 4
+            out = np.empty((len(rows), dim), dtype=np.float32)
+            for i, row in enumerate(rows.tolist()):
+                data = os.pread(f.fileno(), width, offset + row * width)
+                if len(data) != width:
+                    return None
+                out[i] = np.frombuffer(data, dtype="<f4")
+            return out
+    except (OSError, ValueError, EOFError):
+        return None
+
+
 class EmbeddingCache:
     """Embeddings of texts under one model, stored in ``root/<model_key>/``."""
 
@@ -80,7 +108,6 @@ class EmbeddingCache:
         self._index_keys = self._index_where = np.zeros(0, dtype="<u8")
         self._new_keys = self._new_where = np.zeros(0, dtype="<u8")
         self._chunks: list[str] = []  # chunk names; an entry's chunk is a position in this list
-        self._vectors: dict[int, np.ndarray | None] = {}  # memory-mapped chunk vectors, opened on demand
         self._pending_keys: list[np.ndarray] = []
         self._pending_vectors: list[np.ndarray] = []
         self._load()
@@ -139,15 +166,6 @@ class EmbeddingCache:
             np.concatenate([self._new_keys, keys[~in_index]]), np.concatenate([self._new_where, where[~in_index]])
         )
 
-    def _chunk_vectors(self, chunk: int) -> np.ndarray | None:
-        if chunk not in self._vectors:
-            try:
-                vectors = np.load(self.dir / f"{self._chunks[chunk]}.vectors.npy", mmap_mode="r", allow_pickle=False)
-                self._vectors[chunk] = vectors if vectors.ndim == 2 and vectors.shape[1] == self.dim else None
-            except (OSError, ValueError, EOFError):
-                self._vectors[chunk] = None  # deleted or damaged since: a miss
-        return self._vectors[chunk]
-
     def __len__(self) -> int:
         return len(self._index_keys) + len(self._new_keys)
 
@@ -165,11 +183,11 @@ class EmbeddingCache:
         chunk_of, row_of = where >> np.uint64(32), (where & np.uint64(0xFFFFFFFF)).astype(np.int64)
         for chunk in np.unique(chunk_of[found]):
             rows = np.flatnonzero(found & (chunk_of == chunk))
-            vectors = self._chunk_vectors(int(chunk))
-            if vectors is None or int(row_of[rows].max()) >= len(vectors):
-                found[rows] = False
+            vectors = _read_rows(self.dir / f"{self._chunks[int(chunk)]}.vectors.npy", row_of[rows], self.dim)
+            if vectors is None:
+                found[rows] = False  # deleted or damaged since: a miss
                 continue
-            out[rows] = vectors[row_of[rows]]
+            out[rows] = vectors
         return out, found
 
     # ------------------------------------------------------------------------------ writing
