@@ -189,6 +189,17 @@ def _append_ready(writer: PassWriter, parts: _Parts, layout: _Layout) -> int:
     return appended
 
 
+def _arrived(writer: PassWriter, parts: _Parts, layout: _Layout, shard: int, number: int, data: bytes) -> None:
+    """A batch's result is in: appended at once if it is the next one, else kept as a part until
+    its turn (a result that arrives twice is written twice under one name, and appended once)."""
+    if writer.texts < layout.total and layout.at(writer.texts) == (shard, number):
+        writer.append(BatchRows.from_bytes(data))
+        parts.discard(shard, number)
+    elif layout.end(shard, number) > writer.texts:
+        parts.write(shard, number, data)
+    _append_ready(writer, parts, layout)
+
+
 def ray_teacher_pass(
     engine: Engine,
     corpus: Corpus,
@@ -266,8 +277,7 @@ def ray_teacher_pass(
                 for row in results.iter_rows():
                     if not stats["computed_batches"]:  # reading, and the workers loading the teacher, took this long
                         stats["first_batch_seconds"] = time.perf_counter() - started
-                    parts.write(int(row["shard"]), int(row["number"]), bytes(row["data"]))
-                    _append_ready(writer, parts, layout)
+                    _arrived(writer, parts, layout, int(row["shard"]), int(row["number"]), bytes(row["data"]))
                     stats["computed_batches"] += 1
                     stats["worker_rss_mib"] = max(stats["worker_rss_mib"], float(row["rss_mib"]))
                     bar.update(int(row["texts"]))
