@@ -79,7 +79,14 @@ def run_sampled(command: list[str], seconds: float | None = None, log: Path | No
     """Run ``command``, sampling peak memory every 0.5 s; Ctrl-C it after ``seconds``."""
     out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115
     started = time.perf_counter()
-    child = subprocess.Popen(command, env=_env(), stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+    child = subprocess.Popen(
+        command,
+        env=_env(),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a shell's background job ignores Ctrl-C
+    )
     peaks: dict[str, int] = {}
     system_rss = total_rss = 0
     interrupted = False

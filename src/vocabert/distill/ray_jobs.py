@@ -7,13 +7,14 @@ where they run, and how their results come back exactly once.
 **Teacher pass.** Ray Data reads the corpus shards and cuts them into the teacher pass's batches
 (:func:`~vocabert.distill.embedding.shard_batches`, as the local pass does); a pool of actors,
 each loading the teacher once (CPU, or GPU with ``num_gpus``), runs
-:func:`~vocabert.distill.embedding.run_teacher_batch` on each batch. The driver writes every
-result as it arrives to ``teacher/parts/part-<shard>-<batch>.npz``, atomically and under the
-batch's name, so a batch that Ray computes twice (a retried task) overwrites its file and never
-counts twice; then it appends the parts in the teacher-pass order through the local path's
-:class:`~vocabert.distill.embedding.PassWriter` (each part read once, deleted once durable). So the
-work directory ends with the same files as the local pass, ``progress.json`` included, and an
-interrupted job resumes from the batches already done, whichever engine resumes it.
+:func:`~vocabert.distill.embedding.run_teacher_batch` on each batch. The driver appends every
+result through the local path's :class:`~vocabert.distill.embedding.PassWriter`, in the
+teacher-pass order: the next batch at once, a batch that arrives early after it waits in
+``teacher/parts/part-<shard>-<batch>.npz`` (written atomically under the batch's name, so a batch
+that Ray computes twice overwrites its file; each part is read once and deleted once durable). A
+batch is appended only at its place, so nothing counts twice or goes missing. The work directory
+ends with the same files as the local pass, ``progress.json`` included, and an interrupted job
+resumes after the durable batches and the waiting parts, whichever engine resumes it.
 
 **Entry vectors.** The sums of the contextual vectors of every entry's occurrences come from Ray
 tasks, each over a share of the teacher pass's chunks (read memory-mapped from the work directory)
@@ -22,10 +23,11 @@ them up, once each. The entries that never occur are run through the teacher in 
 the driver never loads the teacher.
 
 **Mining.** Each counting level is one Ray task per shard running the local path's function
-(:func:`~vocabert.distill.mining.count_tokens`, :func:`~vocabert.distill.mining.count_phrases`).
-Each shard's counts are written to ``vocab/partial/<level>/shard-<n>.npz`` (atomically, named by
-level and shard) before they are merged, once; a rerun merges the shards already counted from
-there and sends out only the others.
+(:func:`~vocabert.distill.mining.count_tokens`, :func:`~vocabert.distill.mining.count_phrases`),
+whose counts are written to ``vocab/partial/<level>/part-<p>/shard-<n>.npz`` split by key
+partition (atomically, named by shard and partition); one task per partition then merges it with
+:func:`~vocabert.distill.mining.merge_counts` and returns only the frequent keys. A rerun reuses
+the shards already counted.
 
 The work directory must be reachable from every node at the same path (one machine, or a shared
 filesystem): tasks read the corpus shards, and the driver writes the results.
@@ -318,7 +320,7 @@ def ray_entry_sums(
     share of the teacher pass's chunks, each result handed over once (Ray retries a lost task)."""
     ray = engine.ray()
     passed = TeacherPass.open(teacher_dir)
-    chunks = [(rows.start, rows.stop) for rows in passed.chunk_rows()]
+    chunks = [(rows.start, rows.stop) for rows in passed.chunk_rows(512)]  # smaller than the local path's
     workers = engine.workers()
     per_task = max(1, -(-len(chunks) // (2 * workers)))  # two tasks per worker: balance, and bounded results
     task = ray.remote(num_cpus=engine.settings.ray_worker_cpus)(_range_sums)
