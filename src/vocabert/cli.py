@@ -123,6 +123,30 @@ def cmd_encode(args: argparse.Namespace) -> None:
     print(f"[vocabert] encode: {len(texts)} texts -> {args.output} ({len(texts)} x {model.dim} float32)", flush=True)
 
 
+def cmd_vocab(args: argparse.Namespace) -> None:
+    import vocabert
+    from vocabert.inspect_vocabulary import check_kind, vocabulary_summary
+
+    check_kind(args.kind)  # before loading the model
+    if args.top < 1:
+        raise VocabertError(f"--top must be at least 1, got {args.top}")
+    summary = vocabulary_summary(vocabert.load(args.model))
+    print(summary.format(top=args.top, by=args.by, kind=args.kind), end="", flush=True)
+
+
+def cmd_neighbors(args: argparse.Namespace) -> None:
+    import vocabert
+    from vocabert.inspect_vocabulary import check_kind, neighbors
+
+    check_kind(args.kind)
+    if not args.text.strip():
+        raise VocabertError("TEXT is empty: give a word or phrase")
+    if args.top < 1:
+        raise VocabertError(f"--top must be at least 1, got {args.top}")
+    found = neighbors(vocabert.load(args.model), args.text, top=args.top, kind=args.kind)
+    print(found.format(), end="", flush=True)
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     import time
 
@@ -399,6 +423,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="report folder (default: <workdir>/bench)")
     p.add_argument("--data-dir", default=None, help="folder with msmarco_passage/ and sts/ (default: as corpus)")
     p.add_argument("--no-peers", action="store_true", help="only the student and the teacher (no BM25, Model2Vec)")
+    kinds = "token, ngram or skipgram"
+    p = add(
+        "vocab",
+        cmd_vocab,
+        "Summary of a model's vocabulary: entries per kind (n-grams by length, skip-grams by gap), size of the "
+        "entry store, and the top entries by each statistic of its vocabulary.tsv (count, NPMI, score).",
+        [],
+    )
+    p.add_argument("model", metavar="MODEL", help="model directory")
+    p.add_argument("--top", type=int, default=10, help="entries listed per statistic (default: %(default)s)")
+    p.add_argument("--kind", default=None, help=f"list only entries of this kind: {kinds}")
+    p.add_argument(
+        "--by",
+        action="append",
+        default=None,
+        metavar="COLUMN",
+        help="rank by this column of vocabulary.tsv (count, npmi, score, ...); repeatable (default: every one)",
+    )
+    p = add(
+        "neighbors",
+        cmd_neighbors,
+        "The vocabulary entries nearest to a word or phrase by cosine: to the entry's stored vector if TEXT is an "
+        "entry (a '*' on its own is a wildcard: 'how * you'), else to the model's embedding of TEXT.",
+        [],
+    )
+    p.add_argument("model", metavar="MODEL", help="model directory")
+    p.add_argument("text", metavar="TEXT", help="a word or phrase")
+    p.add_argument("--top", type=int, default=10, help="entries listed (default: %(default)s)")
+    p.add_argument("--kind", default=None, help=f"list only entries of this kind: {kinds}")
     add(
         "run",
         cmd_run,
@@ -411,7 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if os.environ.get("CI") and not args.no_progress and not sys.stderr.isatty():
+    # (vocab and neighbors show no progress bars, and have no --no-progress)
+    if os.environ.get("CI") and not getattr(args, "no_progress", True) and not sys.stderr.isatty():
         args.no_progress = True
     try:
         args.func(args)
