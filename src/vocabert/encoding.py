@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 if TYPE_CHECKING:
     from vocabert.model import StudentModel
@@ -266,9 +268,9 @@ def embed_long(model: StudentModel, texts: list[str], batch_size: int = 64) -> n
     mean of its windows' vectors weighted by the tokens each window holds (special tokens not counted),
     L2-normalized. A text within the maximum length gets exactly the vector ``encode`` gives it.
     """
-    ids, offsets = model.tokenize(texts)
-    out = model.embed_ids(ids, offsets)  # the first window of every text: the truncated text
-    extra = _overflow(model, texts, np.diff(offsets))
+    out = model.encode_batch(texts)  # the first window of every text (the truncated text), as encode does
+    lengths = np.diff(model.tokenize(texts)[1])
+    extra = _overflow(model, texts, lengths)
     if not extra:
         return out
     out = out.copy()
@@ -276,17 +278,22 @@ def embed_long(model: StudentModel, texts: list[str], batch_size: int = 64) -> n
     owners = [i for i, windows in extra.items() for _ in windows]
     windows = [w for ws in extra.values() for w in ws]
     vectors = np.zeros((len(windows), out.shape[1]), dtype=np.float32)
-    for start in range(0, len(windows), batch_size):  # the windows of one long text can be many
-        group = windows[start : start + batch_size]
-        lengths = np.fromiter(map(len, group), dtype=np.int64, count=len(group))
-        group_offsets = np.concatenate([[0], np.cumsum(lengths)])
-        vectors[start : start + len(group)] = model.embed_ids(np.concatenate(group), group_offsets)
+    with _blas().limit(limits=1, user_api="blas"):  # as encode_batch: one BLAS thread is far faster here
+        for start in range(0, len(windows), batch_size):  # the windows of one long text can be many
+            group = windows[start : start + batch_size]
+            group_lengths = np.fromiter(map(len, group), dtype=np.int64, count=len(group))
+            offsets = np.concatenate([[0], np.cumsum(group_lengths)])
+            vectors[start : start + len(group)] = model.embed_ids(np.concatenate(group), offsets)
     weights = np.fromiter((len(w) - n_special for w in windows), dtype=np.float64, count=len(windows))
     rows = sorted(extra)
-    first_weight = np.diff(offsets)[rows] - n_special
-    pooled = out[rows].astype(np.float64) * first_weight[:, None]
+    pooled = out[rows].astype(np.float64) * (lengths[rows] - n_special)[:, None]
     position = {row: k for k, row in enumerate(rows)}
     np.add.at(pooled, [position[i] for i in owners], vectors * weights[:, None])
     pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
     out[rows] = pooled.astype(np.float32)
     return out
+
+
+@lru_cache(maxsize=1)
+def _blas() -> ThreadpoolController:
+    return ThreadpoolController()
