@@ -108,8 +108,8 @@ def cmd_bench(args: argparse.Namespace, peers: bool | None = None) -> None:
 
 def cmd_encode(args: argparse.Namespace) -> None:
     import vocabert
-    from vocabert.artifacts import write_npy
-    from vocabert.readers import read_texts
+    from vocabert.readers import require_file
+    from vocabert.streaming import encode_file
 
     model = vocabert.load(args.model)
     output = Path(args.output)
@@ -117,10 +117,22 @@ def cmd_encode(args: argparse.Namespace) -> None:
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise VocabertError(f"cannot create the output folder {output.parent}: {e.strerror}") from None
-    texts = [t for _, t in read_texts(args.input)]
-    vectors = model.encode(texts, batch_size=args.batch_size, show_progress_bar=not args.no_progress)
-    write_npy(output, vectors)
-    print(f"[vocabert] encode: {len(texts)} texts -> {args.output} ({len(texts)} x {model.dim} float32)", flush=True)
+    require_file(args.input)
+    result = encode_file(
+        model,
+        args.input,
+        output,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        long_texts=args.long_texts,
+        ranges=args.ranges,
+        progress=not args.no_progress,
+    )
+    print(
+        f"[vocabert] encode: {result.texts} texts -> {args.output} ({result.texts} x {result.width} {result.dtype})"
+        + (f"; {result.dtype} ranges -> {result.ranges}" if result.ranges else ""),
+        flush=True,
+    )
 
 
 def cmd_vocab(args: argparse.Namespace) -> None:
@@ -183,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     from vocabert.distill.embedding import EmbedSettings
     from vocabert.distill.mining import MineSettings
     from vocabert.distill.training import TrainSettings
+    from vocabert.encoding import LONG_TEXTS, PRECISIONS
 
     parser = argparse.ArgumentParser(
         prog="vocabert",
@@ -402,11 +415,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="model directory (default: <workdir>/model)")
     p.add_argument("--out", default=None, help="report folder (default: <workdir>/eval)")
     p.add_argument("--data-dir", default=None, help="folder with msmarco_passage/ and sts/ (default: as corpus)")
-    p = add("encode", cmd_encode, "Encode a file of texts (TSV, JSONL or lines) into a .npy matrix.", [common])
+    p = add(
+        "encode",
+        cmd_encode,
+        "Encode a file of texts (TSV, JSONL or lines, gz or plain) into a .npy matrix or a Parquet table, "
+        "streaming: memory stays bounded by the batch, whatever the file's size.",
+        [common],
+    )
     p.add_argument("--model", required=True, help="model directory")
     p.add_argument("--input", required=True, help="texts to encode")
-    p.add_argument("--output", required=True, help=".npy file to write")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument(
+        "--output",
+        required=True,
+        help="file to write: a .parquet name writes a table with columns id and embedding (needs pyarrow), "
+        "any other name a .npy matrix (rows in input order)",
+    )
+    p.add_argument("--batch-size", type=int, default=64, help="texts per batch (default: %(default)s)")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="float32",
+        help="as sentence-transformers' quantize_embeddings: int8/uint8 take each dimension's range over the "
+        "whole file (a first pass; saved as <output>.ranges.npy), binary/ubinary pack the sign bits "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--ranges",
+        default=None,
+        metavar="FILE",
+        help="int8/uint8: the ranges to quantize with (a (2, dim) .npy, e.g. the .ranges.npy of the corpus "
+        "encoded before), instead of the first pass",
+    )
+    p.add_argument(
+        "--long-texts",
+        choices=LONG_TEXTS,
+        default="truncate",
+        help="texts longer than the teacher's maximum length: truncate them as the teacher does, or embed them "
+        "in windows of that length and average the windows' vectors, weighted by tokens (default: %(default)s)",
+    )
     p = add(
         "bench",
         cmd_bench,
