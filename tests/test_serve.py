@@ -219,6 +219,23 @@ def test_strict_model_and_api_key(model):
             assert c.post("/v1/embeddings", json={"input": "cat"}, headers=auth).status_code == 200
 
 
+def test_worker_processes_build_the_app_from_the_environment(model_dir, model, monkeypatch):
+    """What each process of ``vocabert serve --workers N`` runs (here in this process)."""
+    from vocabert import serve
+
+    settings = {"model_dir": str(model_dir), "name": "w", "max_batch": 3, "max_chars": 50, "threads": 1}
+    monkeypatch.setenv(serve.SETTINGS_ENV, json.dumps(settings))
+    monkeypatch.setattr(serve, "_one_blas_thread", lambda: None)  # process-wide: not in the test process
+    with running(serve.create_app_from_environment()) as base, httpx.Client(base_url=base) as c:
+        assert c.get("/health").json()["max_batch"] == 3
+        out = c.post("/v1/embeddings", json={"input": ["cat", "dog"]}).json()
+        assert out["model"] == "w"
+        np.testing.assert_array_equal(
+            np.array([d["embedding"] for d in out["data"]], np.float32), model.encode(["cat", "dog"])
+        )
+        assert c.post("/v1/embeddings", json={"input": ["cat"] * 4}).status_code == 400
+
+
 def test_encoding_does_not_block_the_event_loop(model_dir):
     slow = vocabert.load(model_dir)
     fast_encode = slow.encode

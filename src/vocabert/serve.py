@@ -167,6 +167,7 @@ def create_app(
     ``api_key``: when set, requests must send ``Authorization: Bearer <api_key>``.
     """
     import base64
+    import hmac
 
     import anyio
     import orjson
@@ -205,7 +206,8 @@ def create_app(
         return error(500, ApiError(500, f"internal error: {type(exc).__name__}: {exc}").body())
 
     def check_key(request: Request) -> None:
-        if api_key is not None and request.headers.get("authorization") != f"Bearer {api_key}":
+        sent = request.headers.get("authorization", "").encode()
+        if api_key is not None and not hmac.compare_digest(sent, f"Bearer {api_key}".encode()):
             raise ApiError(401, "missing or wrong API key (send 'Authorization: Bearer <key>')", code="invalid_api_key")
 
     def answer(texts: list[str], fmt: str) -> bytes:
