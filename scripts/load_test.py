@@ -6,8 +6,9 @@ starts ``vocabert serve`` on a free loopback port in a subprocess, checks that i
 exactly those of ``vocabert.load(model).encode``, then for each ``--batch`` size runs ``--clients``
 closed-loop clients (each sends its next request when the last one is answered) for ``--duration``
 seconds after a warm-up, posting real MS MARCO dev queries (``msmarco_queries_dev/`` of the data
-folder). It prints requests/s, texts/s, latency p50 / p99, failed requests, and the CPU time the server
-and the clients used (they share the machine), and writes the figures as JSON with ``--json``.
+folder). It prints requests/s, texts/s, latency p50 / p99 and failed requests, the CPU time the server
+and the clients used and what the rest of the machine used meanwhile (they share it), and writes the
+figures as JSON with ``--json``.
 """
 
 from __future__ import annotations
@@ -63,6 +64,13 @@ def cpu_seconds(pid: int) -> float:
         if int(stat.parent.name) == pid or int(fields[1]) == pid:  # fields[1]: the parent's pid
             total += (int(fields[11]) + int(fields[12])) / tick
     return total
+
+
+def machine_busy_seconds() -> float:
+    """CPU time spent by every process on the machine (all cores), from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
@@ -142,13 +150,14 @@ def run(args: argparse.Namespace) -> list[dict]:
         check_exact(url, args.model, texts[:64])
         print(f"server: {url} (pid {server.pid}); vectors exactly those of encode; {len(texts)} queries", flush=True)
         for fmt, batch in ((f, b) for f in args.encoding_format for b in args.batch):
-            server_cpu, client_cpu = cpu_seconds(server.pid), time.process_time()
+            server_cpu, client_cpu, busy = cpu_seconds(server.pid), time.process_time(), machine_busy_seconds()
             started = time.perf_counter()
             latencies, failures, sent = asyncio.run(
                 scenario(url, texts, batch, args.clients, args.warmup, args.duration, fmt)
             )
             wall = time.perf_counter() - started
             server_cpu, client_cpu = cpu_seconds(server.pid) - server_cpu, time.process_time() - client_cpu
+            busy = machine_busy_seconds() - busy
             lat = np.array(latencies) * 1000
             row = {
                 "batch": batch,
@@ -166,6 +175,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                 # CPU cores busy over the scenario (warm-up included), server and load generator apart
                 "server_cores": server_cpu / wall,
                 "client_cores": client_cpu / wall,
+                "other_cores": max(0.0, busy - server_cpu - client_cpu) / wall,  # other work on the machine
                 # the server's CPU time per request: steadier than throughput on a shared machine
                 "server_cpu_ms_per_request": server_cpu * 1000 / max(sent, 1),
             }
@@ -194,6 +204,7 @@ COLUMNS = [  # (header, key, format)
     ("p99 ms", "latency_ms_p99", "{:.1f}"),
     ("server cores", "server_cores", "{:.2f}"),
     ("client cores", "client_cores", "{:.2f}"),
+    ("other cores", "other_cores", "{:.2f}"),
     ("server CPU ms/request", "server_cpu_ms_per_request", "{:.2f}"),
 ]
 
