@@ -240,7 +240,7 @@ def test_encoding_does_not_block_the_event_loop(model_dir):
     slow = vocabert.load(model_dir)
     fast_encode = slow.encode
 
-    def encode(texts, batch_size=64):
+    def encode(texts, batch_size=64, show_progress_bar=False):
         time.sleep(1.0)
         return fast_encode(texts, batch_size=batch_size)
 

@@ -212,7 +212,7 @@ def create_app(
 
     def answer(texts: list[str], fmt: str) -> bytes:
         """Encode and write the JSON answer (in a worker thread)."""
-        vectors = model.encode(texts, batch_size=batch_size)
+        vectors = model.encode(texts, batch_size=batch_size, show_progress_bar=False)
         _, offsets = model.tokenize(texts)
         tokens = int(offsets[-1]) - specials * len(texts)
         if fmt == "base64":  # little-endian float32 bytes, as OpenAI sends them
