@@ -257,6 +257,25 @@ def test_encoding_does_not_block_the_event_loop(model_dir):
         assert result["r"].status_code == 200
 
 
+def test_a_failure_inside_the_server_is_a_500_in_openais_error_shape(model_dir):
+    broken = vocabert.load(model_dir)
+
+    def encode(texts, batch_size=64, show_progress_bar=False):
+        raise RuntimeError("disk gone")
+
+    broken.encode = encode
+    with running(create_app(broken, name="broken")) as base, httpx.Client(base_url=base) as c:
+        r = c.post("/v1/embeddings", json={"input": "cat"})
+        assert r.status_code == 500
+        assert r.json()["error"] == {
+            "message": "internal error: RuntimeError: disk gone",
+            "type": "server_error",
+            "param": None,
+            "code": None,
+        }
+        assert c.get("/health").status_code == 200  # and it goes on serving
+
+
 def test_concurrent_clients_all_succeed(url, model):
     texts = [f"the {a} {b} in new york city" for a in ("big", "small", "red") for b in ("cat", "dog", "car", "house")]
 

@@ -23,6 +23,7 @@ answer is written there too (orjson: float32 vectors as their shortest exact dec
 """
 
 import json
+import logging
 import os
 import time
 from functools import partial
@@ -188,22 +189,18 @@ def create_app(
 
     app = FastAPI(title="vocabert", version=_version(), summary="OpenAI-compatible embeddings from a vocabert model")
 
-    def error(status: int, body: dict) -> Response:
+    def json_response(status: int, body: dict) -> Response:
         return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> Response:
-        return error(exc.status, exc.body())
+        return json_response(exc.status, exc.body())
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:  # unknown path, wrong method
-        return error(
+        return json_response(
             exc.status_code, ApiError(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}").body()
         )
-
-    @app.exception_handler(Exception)
-    async def server_error(request: Request, exc: Exception) -> Response:
-        return error(500, ApiError(500, f"internal error: {type(exc).__name__}: {exc}").body())
 
     def check_key(request: Request) -> None:
         sent = request.headers.get("authorization", "").encode()
@@ -232,7 +229,11 @@ def create_app(
         texts, fmt = parse_request(await request.body(), max_batch, max_chars, dim, name, strict_model)
         if not limiter:
             limiter.append(anyio.CapacityLimiter(threads))
-        content = await anyio.to_thread.run_sync(partial(answer, texts, fmt), limiter=limiter[0])
+        try:
+            content = await anyio.to_thread.run_sync(partial(answer, texts, fmt), limiter=limiter[0])
+        except Exception as e:  # answered here: an exception that leaves the app makes uvicorn drop the connection
+            logging.getLogger("vocabert.serve").exception("encoding a request failed")
+            raise ApiError(500, f"internal error: {type(e).__name__}: {e}") from None
         return Response(content, media_type="application/json")
 
     def model_card() -> dict:
@@ -241,7 +242,7 @@ def create_app(
     @app.get("/v1/models")
     async def models(request: Request) -> Response:
         check_key(request)
-        return error(200, {"object": "list", "data": [model_card()]})
+        return json_response(200, {"object": "list", "data": [model_card()]})
 
     @app.get("/v1/models/{model_id:path}")
     async def model_info(model_id: str, request: Request) -> Response:
@@ -249,11 +250,11 @@ def create_app(
         if model_id != name:
             message = f"the model {model_id!r} does not exist; this server serves {name!r}"
             raise ApiError(404, message, "model", "model_not_found")
-        return error(200, model_card())
+        return json_response(200, model_card())
 
     @app.get("/health")
     async def health() -> Response:
-        return error(
+        return json_response(
             200,
             {
                 "status": "ok",
