@@ -159,6 +159,24 @@ def cmd_neighbors(args: argparse.Namespace) -> None:
     print(found.format(), end="", flush=True)
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    from vocabert.serve import serve
+
+    serve(
+        args.model,
+        host=args.host,
+        port=args.port,
+        name=args.name,
+        max_batch=args.max_batch,
+        max_chars=args.max_chars,
+        threads=args.threads,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        strict_model=args.strict_model,
+        access_log=args.access_log,
+    )
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     import time
 
@@ -498,6 +516,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text", metavar="TEXT", help="a word or phrase")
     p.add_argument("--top", type=int, default=10, help="entries listed (default: %(default)s)")
     p.add_argument("--kind", default=None, help=f"list only entries of this kind: {kinds}")
+    p = add(
+        "serve",
+        cmd_serve,
+        "Serve a model over HTTP with OpenAI's embeddings API (POST /v1/embeddings, GET /v1/models, GET /health). "
+        "With $VOCABERT_API_KEY set, requests must send 'Authorization: Bearer <key>'. Needs the serve extra: "
+        "pip install 'vocabert[serve]'.",
+        [],
+    )
+    _serve_options(p)
     add(
         "run",
         cmd_run,
@@ -505,6 +532,43 @@ def build_parser() -> argparse.ArgumentParser:
         [common, data, mine, embed, train, evaluate],
     )
     return parser
+
+
+def _serve_options(p: argparse.ArgumentParser) -> None:
+    from vocabert import serve as s  # no FastAPI at import: only the defaults
+
+    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--host", default=s.DEFAULT_HOST, help="address to listen on (default: %(default)s)")
+    p.add_argument("--port", type=int, default=s.DEFAULT_PORT, help="(default: %(default)s)")
+    p.add_argument("--name", default=None, help="model name in answers and in /v1/models (default: --model as given)")
+    p.add_argument(
+        "--max-batch", type=int, default=s.DEFAULT_MAX_BATCH, help="most texts in one request (default: %(default)s)"
+    )
+    p.add_argument(
+        "--max-chars",
+        type=int,
+        default=s.DEFAULT_MAX_CHARS,
+        help="most characters in one text; the model reads only its first max_length tokens (256 for the default "
+        "model) anyway (default: %(default)s)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="requests encoded at once per worker, each in its own thread (default: one per CPU)",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=s.DEFAULT_BATCH_SIZE, help="texts per encode batch (default: %(default)s)"
+    )
+    p.add_argument(
+        "--workers", type=int, default=1, help="server processes, each with the model loaded (default: %(default)s)"
+    )
+    p.add_argument(
+        "--strict-model",
+        action="store_true",
+        help="refuse requests naming another model (404 model_not_found); by default any 'model' is accepted",
+    )
+    p.add_argument("--access-log", action="store_true", help="log every request (off by default: it costs time)")
 
 
 def main(argv: list[str] | None = None) -> int:
