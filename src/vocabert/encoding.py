@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from threadpoolctl import ThreadpoolController
 
 if TYPE_CHECKING:
     from vocabert.model import StudentModel
@@ -278,7 +276,7 @@ def embed_long(model: StudentModel, texts: list[str], batch_size: int = 64) -> n
     owners = [i for i, windows in extra.items() for _ in windows]
     windows = [w for ws in extra.values() for w in ws]
     vectors = np.zeros((len(windows), out.shape[1]), dtype=np.float32)
-    with _blas().limit(limits=1, user_api="blas"):  # as encode_batch: one BLAS thread is far faster here
+    with model.one_blas_thread():  # as encode_batch
         for start in range(0, len(windows), batch_size):  # the windows of one long text can be many
             group = windows[start : start + batch_size]
             group_lengths = np.fromiter(map(len, group), dtype=np.int64, count=len(group))
@@ -292,8 +290,3 @@ def embed_long(model: StudentModel, texts: list[str], batch_size: int = 64) -> n
     pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
     out[rows] = pooled.astype(np.float32)
     return out
-
-
-@lru_cache(maxsize=1)
-def _blas() -> ThreadpoolController:
-    return ThreadpoolController()

@@ -358,12 +358,17 @@ class StudentModel:
         """One batch, split across ``self.threads`` threads; with ``timings`` (one thread), adds the seconds
         spent in each step to it."""
         parts = 1 if timings is not None else min(self.threads, len(texts) // MIN_TEXTS_PER_THREAD)
-        with self._blas.limit(limits=1, user_api="blas"):  # process-wide, so it holds in our threads too
+        with self.one_blas_thread():  # process-wide, so it holds in our threads too
             if parts <= 1:
                 return self._encode_part(texts, timings)
             bounds = np.linspace(0, len(texts), parts + 1).astype(int)
             chunks = [texts[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
             return np.concatenate(list(self._executor().map(self._encode_part, chunks)))
+
+    def one_blas_thread(self):
+        """A context in which BLAS runs one thread (process-wide): on encode's small matrices its threads
+        cost more than they give."""
+        return self._blas.limit(limits=1, user_api="blas")
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None or self._pool_size != self.threads:
