@@ -34,12 +34,15 @@ def test_inference_modules_import_nothing_from_distill_or_bench():
 
 
 def test_inference_area_has_no_heavy_dependencies():
-    """Importing the inference modules pulls in neither torch, sentence-transformers, nor the other areas."""
+    """Importing the inference modules pulls in neither torch, sentence-transformers, the server's packages
+    (the ``serve`` extra: ``vocabert.serve`` imports them when it builds a server), nor the other areas."""
     assert len(TORCH_FREE) == len(INFERENCE) - 1
     modules = ", ".join(f"vocabert.{p.stem}" for p in TORCH_FREE if p.stem != "__init__")
     code = (
         f"import sys, vocabert, {modules}\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'sentence_transformers', 'transformers')"
+        "heavy = ('torch', 'sentence_transformers', 'transformers', 'fastapi', 'starlette', 'uvicorn', 'orjson',"
+        " 'httpx')\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in heavy"
         " or m.startswith(('vocabert.distill', 'vocabert.bench')))\n"
         "print(','.join(bad))\n"
     )

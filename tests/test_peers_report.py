@@ -105,6 +105,19 @@ def test_markdown_rows_columns_and_dashes():
     assert "cosines" not in md
 
 
+def test_student_names_tell_model_folders_apart(tmp_path):
+    assert peers.student_names([tmp_path / "a" / "model"]) == ["vocabert"]
+    names = peers.student_names([tmp_path / "b25000" / "model", tmp_path / "b50000" / "model"])
+    assert names == ["vocabert-b25000", "vocabert-b50000"]
+    assert peers.student_names([tmp_path / "x" / "fast", tmp_path / "y" / "fast", tmp_path / "y" / "good"]) == [
+        "vocabert-x-fast",
+        "vocabert-y-fast",
+        "vocabert-y-good",
+    ]
+    with pytest.raises(VocabertError, match="twice"):
+        peers.student_names([tmp_path / "m", tmp_path / "m"])
+
+
 def test_latency_percentiles_call_by_call():
     calls = []
     result = speed.measure_latency(lambda texts, batch: calls.append((list(texts), batch)), ["a", "b", "c"])

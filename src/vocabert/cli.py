@@ -116,8 +116,8 @@ def cmd_bench(args: argparse.Namespace, peers: bool | None = None) -> None:
 
 def cmd_encode(args: argparse.Namespace) -> None:
     import vocabert
-    from vocabert.artifacts import write_npy
-    from vocabert.readers import read_texts
+    from vocabert.readers import require_file
+    from vocabert.streaming import encode_file
 
     model = vocabert.load(args.model)
     output = Path(args.output)
@@ -125,10 +125,64 @@ def cmd_encode(args: argparse.Namespace) -> None:
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise VocabertError(f"cannot create the output folder {output.parent}: {e.strerror}") from None
-    texts = [t for _, t in read_texts(args.input)]
-    vectors = model.encode(texts, batch_size=args.batch_size, show_progress_bar=not args.no_progress)
-    write_npy(output, vectors)
-    print(f"[vocabert] encode: {len(texts)} texts -> {args.output} ({len(texts)} x {model.dim} float32)", flush=True)
+    require_file(args.input)
+    result = encode_file(
+        model,
+        args.input,
+        output,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        long_texts=args.long_texts,
+        ranges=args.ranges,
+        progress=not args.no_progress,
+    )
+    print(
+        f"[vocabert] encode: {result.texts} texts -> {args.output} ({result.texts} x {result.width} {result.dtype})"
+        + (f"; {result.dtype} ranges -> {result.ranges}" if result.ranges else ""),
+        flush=True,
+    )
+
+
+def cmd_vocab(args: argparse.Namespace) -> None:
+    import vocabert
+    from vocabert.inspect_vocabulary import check_kind, vocabulary_summary
+
+    check_kind(args.kind)  # before loading the model
+    if args.top < 1:
+        raise VocabertError(f"--top must be at least 1, got {args.top}")
+    summary = vocabulary_summary(vocabert.load(args.model))
+    print(summary.format(top=args.top, by=args.by, kind=args.kind), end="", flush=True)
+
+
+def cmd_neighbors(args: argparse.Namespace) -> None:
+    import vocabert
+    from vocabert.inspect_vocabulary import check_kind, neighbors
+
+    check_kind(args.kind)
+    if not args.text.strip():
+        raise VocabertError("TEXT is empty: give a word or phrase")
+    if args.top < 1:
+        raise VocabertError(f"--top must be at least 1, got {args.top}")
+    found = neighbors(vocabert.load(args.model), args.text, top=args.top, kind=args.kind)
+    print(found.format(), end="", flush=True)
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from vocabert.serve import serve
+
+    serve(
+        args.model,
+        host=args.host,
+        port=args.port,
+        name=args.name,
+        max_batch=args.max_batch,
+        max_chars=args.max_chars,
+        threads=args.threads,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        strict_model=args.strict_model,
+        access_log=args.access_log,
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -170,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     from vocabert.distill.engine import ENGINES, EngineSettings
     from vocabert.distill.mining import MineSettings
     from vocabert.distill.training import TrainSettings
+    from vocabert.encoding import LONG_TEXTS, PRECISIONS
 
     parser = argparse.ArgumentParser(
         prog="vocabert",
@@ -428,11 +483,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="model directory (default: <workdir>/model)")
     p.add_argument("--out", default=None, help="report folder (default: <workdir>/eval)")
     p.add_argument("--data-dir", default=None, help="folder with msmarco_passage/ and sts/ (default: as corpus)")
-    p = add("encode", cmd_encode, "Encode a file of texts (TSV, JSONL or lines) into a .npy matrix.", [common])
+    p = add(
+        "encode",
+        cmd_encode,
+        "Encode a file of texts (TSV, JSONL or lines, gz or plain) into a .npy matrix or a Parquet table, "
+        "streaming: memory stays bounded by the batch, whatever the file's size.",
+        [common],
+    )
     p.add_argument("--model", required=True, help="model directory")
     p.add_argument("--input", required=True, help="texts to encode")
-    p.add_argument("--output", required=True, help=".npy file to write")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument(
+        "--output",
+        required=True,
+        help="file to write: a .parquet name writes a table with columns id and embedding (needs pyarrow), "
+        "any other name a .npy matrix (rows in input order)",
+    )
+    p.add_argument("--batch-size", type=int, default=64, help="texts per batch (default: %(default)s)")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="float32",
+        help="as sentence-transformers' quantize_embeddings: int8/uint8 take each dimension's range over the "
+        "whole file (a first pass; saved as <output>.ranges.npy), binary/ubinary pack the sign bits "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--ranges",
+        default=None,
+        metavar="FILE",
+        help="int8/uint8: the ranges to quantize with (a (2, dim) .npy, e.g. the .ranges.npy of the corpus "
+        "encoded before), instead of the first pass",
+    )
+    p.add_argument(
+        "--long-texts",
+        choices=LONG_TEXTS,
+        default="truncate",
+        help="texts longer than the teacher's maximum length: truncate them as the teacher does, or embed them "
+        "in windows of that length and average the windows' vectors, weighted by tokens (default: %(default)s)",
+    )
     p = add(
         "bench",
         cmd_bench,
@@ -449,6 +537,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="report folder (default: <workdir>/bench)")
     p.add_argument("--data-dir", default=None, help="folder with msmarco_passage/ and sts/ (default: as corpus)")
     p.add_argument("--no-peers", action="store_true", help="only the student and the teacher (no BM25, Model2Vec)")
+    kinds = "token, ngram or skipgram"
+    p = add(
+        "vocab",
+        cmd_vocab,
+        "Summary of a model's vocabulary: entries per kind (n-grams by length, skip-grams by gap), size of the "
+        "entry store, and the top entries by each statistic of its vocabulary.tsv (count, NPMI, score).",
+        [],
+    )
+    p.add_argument("model", metavar="MODEL", help="model directory")
+    p.add_argument("--top", type=int, default=10, help="entries listed per statistic (default: %(default)s)")
+    p.add_argument("--kind", default=None, help=f"list only entries of this kind: {kinds}")
+    p.add_argument(
+        "--by",
+        action="append",
+        default=None,
+        metavar="COLUMN",
+        help="rank by this column of vocabulary.tsv (count, npmi, score, ...); repeatable (default: every one)",
+    )
+    p = add(
+        "neighbors",
+        cmd_neighbors,
+        "The vocabulary entries nearest to a word or phrase by cosine: to the entry's stored vector if TEXT is an "
+        "entry (a '*' on its own is a wildcard: 'how * you'), else to the model's embedding of TEXT.",
+        [],
+    )
+    p.add_argument("model", metavar="MODEL", help="model directory")
+    p.add_argument("text", metavar="TEXT", help="a word or phrase")
+    p.add_argument("--top", type=int, default=10, help="entries listed (default: %(default)s)")
+    p.add_argument("--kind", default=None, help=f"list only entries of this kind: {kinds}")
+    p = add(
+        "serve",
+        cmd_serve,
+        "Serve a model over HTTP with OpenAI's embeddings API (POST /v1/embeddings, GET /v1/models, GET /health). "
+        "With $VOCABERT_API_KEY set, requests must send 'Authorization: Bearer <key>'. Needs the serve extra: "
+        "pip install 'vocabert[serve]'.",
+        [],
+    )
+    _serve_options(p)
     add(
         "run",
         cmd_run,
@@ -458,10 +584,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _serve_options(p: argparse.ArgumentParser) -> None:
+    from vocabert import serve as s  # no FastAPI at import: only the defaults
+
+    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--host", default=s.DEFAULT_HOST, help="address to listen on (default: %(default)s)")
+    p.add_argument("--port", type=int, default=s.DEFAULT_PORT, help="(default: %(default)s)")
+    p.add_argument("--name", default=None, help="model name in answers and in /v1/models (default: --model as given)")
+    p.add_argument(
+        "--max-batch", type=int, default=s.DEFAULT_MAX_BATCH, help="most texts in one request (default: %(default)s)"
+    )
+    p.add_argument(
+        "--max-chars",
+        type=int,
+        default=s.DEFAULT_MAX_CHARS,
+        help="most characters in one text; the model reads only its first max_length tokens (256 for the default "
+        "model) anyway (default: %(default)s)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="requests encoded at once per worker, each in its own thread (default: one per CPU)",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=s.DEFAULT_BATCH_SIZE, help="texts per encode batch (default: %(default)s)"
+    )
+    p.add_argument(
+        "--workers", type=int, default=1, help="server processes, each with the model loaded (default: %(default)s)"
+    )
+    p.add_argument(
+        "--strict-model",
+        action="store_true",
+        help="refuse requests naming another model (404 model_not_found); by default any 'model' is accepted",
+    )
+    p.add_argument("--access-log", action="store_true", help="log every request (off by default: it costs time)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if os.environ.get("CI") and not args.no_progress and not sys.stderr.isatty():
+    # (vocab and neighbors show no progress bars, and have no --no-progress)
+    if os.environ.get("CI") and not getattr(args, "no_progress", True) and not sys.stderr.isatty():
         args.no_progress = True
     try:
         args.func(args)

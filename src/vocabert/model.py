@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
@@ -252,40 +253,122 @@ class StudentModel:
 
     # ------------------------------------------------------------------------------------ encode
 
-    def encode(self, texts: Sequence[str] | str, batch_size: int = 64, show_progress_bar: bool = False) -> np.ndarray:
+    def encode(
+        self,
+        texts: Sequence[str] | str | None = None,
+        batch_size: int = 64,
+        show_progress_bar: bool | None = None,
+        *,
+        output_value: str | None = "sentence_embedding",
+        precision: str = "float32",
+        convert_to_numpy: bool = True,
+        convert_to_tensor: bool = False,
+        device: str | None = None,
+        normalize_embeddings: bool = False,
+        truncate_dim: int | None = None,
+        prompt: str | None = None,
+        prompt_name: str | None = None,
+        long_texts: str = "truncate",
+        **kwargs: Any,
+    ) -> Any:
         """Embeddings of ``texts``: float32, L2-normalized rows, shape (len(texts), dim).
 
-        A single string gives a single vector, as in sentence-transformers. Texts are truncated at
-        the teacher's maximum length, as the teacher truncates them; an empty text gets the vector
-        of a text with no words (defined, never NaN).
+        ``SentenceTransformer.encode``'s arguments, with its meaning, so a vocabert model can stand in
+        for one (see :mod:`vocabert.encoding`):
+
+        - a single string gives a single vector; ``sentences=`` / ``inputs=`` name ``texts`` too;
+        - ``show_progress_bar``: None shows it when the ``vocabert`` logger's level is INFO or DEBUG;
+        - ``precision``: ``float32``, ``int8``, ``uint8``, ``binary`` or ``ubinary``, as
+          :func:`vocabert.encoding.quantize_embeddings` (int8/uint8 ranges come from this call's
+          embeddings, as in sentence-transformers: one text cannot be quantized that way);
+        - ``convert_to_tensor``: one torch tensor; ``convert_to_numpy=False``: a list of row tensors
+          (both need torch; numpy needs nothing);
+        - ``normalize_embeddings``: rows are unit length anyway (the model ends in a normalization,
+          as all-MiniLM-L6-v2 ends in its Normalize module, whose vectors are unit length under
+          ``normalize_embeddings=False`` too); it only changes rows that ``truncate_dim`` cut short;
+        - ``truncate_dim``: keep the first ``truncate_dim`` dimensions;
+        - ``prompt``: a string put before every text; ``prompt_name``: one of the model's prompts
+          (a vocabert model has none);
+        - ``device``: None or ``"cpu"``; ``pool``, other devices, ``task``, ``processing_kwargs`` and
+          ``output_value`` other than ``"sentence_embedding"``: ValueError; ``chunk_size`` is ignored
+          (it only applies to a pool); any other keyword: TypeError.
+
+        ``long_texts``: ``"truncate"`` (the default) truncates texts at the teacher's maximum length
+        (256 tokens), as the teacher does; ``"chunk"`` embeds a longer text window by window (each
+        window of at most the maximum length, with its own ``[CLS]`` and ``[SEP]``) and takes the
+        token-weighted mean of the windows' vectors, normalized. Shorter texts get the same vector
+        either way. An empty text gets the vector of a text with no words (defined, never NaN).
         """
-        if isinstance(texts, str):
-            return self.encode([texts], batch_size=batch_size)[0]
-        texts = list(texts)
+        from vocabert import encoding
+
+        if texts is None:
+            texts = kwargs.pop("sentences", kwargs.pop("inputs", None))
+            if texts is None:
+                raise TypeError("encode() needs the texts to encode")
+        if kwargs:
+            encoding.check_extra_arguments(kwargs)
+        if output_value != "sentence_embedding":
+            raise ValueError(
+                f"output_value={output_value!r}: a vocabert model has sentence embeddings only (no token embeddings)"
+            )
+        if precision != "float32":
+            encoding.check_precision(precision)
+        if long_texts not in encoding.LONG_TEXTS:
+            raise ValueError(f"long_texts must be one of {encoding.LONG_TEXTS}, got {long_texts!r}")
+        if device is not None:
+            encoding.check_device(device)
+        if truncate_dim is not None and not (isinstance(truncate_dim, int) and 1 <= truncate_dim <= self.dim):
+            raise ValueError(f"truncate_dim must be an integer from 1 to {self.dim}, got {truncate_dim!r}")
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        if prompt is not None or prompt_name is not None:
+            prompt = encoding.resolve_prompt(prompt, prompt_name, self.config.get("prompts"))
+        single = isinstance(texts, str)
+        texts = [texts] if single else list(texts)
         for t in texts:
             if not isinstance(t, str):
                 raise TypeError(f"encode expects strings, got {type(t).__name__}")
-        if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
+        if prompt:
+            texts = [prompt + t for t in texts]
+        if show_progress_bar is None:
+            show_progress_bar = encoding.default_progress_bar()
+
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         starts = range(0, len(texts), batch_size)
         if show_progress_bar:  # even a disabled tqdm costs ~0.1 ms, a tenth of a one-text call
             starts = tqdm(starts, desc="encoding", unit="batch")
         for start in starts:
             batch = texts[start : start + batch_size]
-            out[start : start + len(batch)] = self.encode_batch(batch)
-        return out
+            if long_texts == "chunk":
+                out[start : start + len(batch)] = encoding.embed_long(self, batch, batch_size)
+            else:
+                out[start : start + len(batch)] = self.encode_batch(batch)
+
+        if truncate_dim is not None:
+            out = out[:, :truncate_dim]
+        if normalize_embeddings and truncate_dim is not None:
+            out = normalize(out)  # the model's rows are unit length already: only cut rows change
+        if precision != "float32":
+            out = encoding.quantize_embeddings(out, precision)
+        if convert_to_tensor or not convert_to_numpy:
+            out = encoding.convert_output(out, convert_to_numpy, convert_to_tensor)
+        return out[0] if single else out
 
     def encode_batch(self, texts: list[str], timings: dict[str, float] | None = None) -> np.ndarray:
         """One batch, split across ``self.threads`` threads; with ``timings`` (one thread), adds the seconds
         spent in each step to it."""
         parts = 1 if timings is not None else min(self.threads, len(texts) // MIN_TEXTS_PER_THREAD)
-        with self._blas.limit(limits=1, user_api="blas"):  # process-wide, so it holds in our threads too
+        with self.one_blas_thread():  # process-wide, so it holds in our threads too
             if parts <= 1:
                 return self._encode_part(texts, timings)
             bounds = np.linspace(0, len(texts), parts + 1).astype(int)
             chunks = [texts[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
             return np.concatenate(list(self._executor().map(self._encode_part, chunks)))
+
+    def one_blas_thread(self):
+        """A context in which BLAS runs one thread (process-wide): on encode's small matrices its threads
+        cost more than they give."""
+        return self._blas.limit(limits=1, user_api="blas")
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None or self._pool_size != self.threads:

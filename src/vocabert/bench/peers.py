@@ -304,10 +304,26 @@ def build_peers(
                 name, "model2vec", lambda pca=pca: model2vec_peer(teacher_path, cache_root, pca, show_progress_bar)
             )
         )
-    for path in students:
-        name = "vocabert" if len(students) == 1 else f"vocabert-{Path(path).name}"
+    for path, name in zip(students, student_names(students), strict=True):
         peers.append(try_peer(name, "student", lambda path=path, name=name: StudentEncoder(path, name=name)))
     return peers
+
+
+def student_names(paths: list[str | Path]) -> list[str]:
+    """``vocabert`` for one student; for several, ``vocabert-`` and the shortest tail of their paths that tells
+    them apart, after the folder names they all end with (``sizes/b25000/model`` -> ``vocabert-b25000``)."""
+    if len(paths) == 1:
+        return ["vocabert"]
+    parts = [Path(p).resolve().parts for p in paths]
+    if len(set(parts)) < len(parts):
+        raise VocabertError("the same model folder is given twice")
+    while all(len(p) > 1 for p in parts) and len({p[-1] for p in parts}) == 1:
+        parts = [p[:-1] for p in parts]  # a folder name every path ends with tells nothing apart
+    for k in range(1, max(len(p) for p in parts) + 1):
+        names = ["-".join(p[-k:]) for p in parts]
+        if len(set(names)) == len(names):
+            return [f"vocabert-{n}" for n in names]
+    raise AssertionError("distinct paths always have distinct tails")
 
 
 # --- cached encodings, for quality only --------------------------------------------------------
