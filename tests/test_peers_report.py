@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -206,10 +207,25 @@ class Fake(peers.Encoder):
 def test_measure_throughput_counts():
     texts = [f"text {i}" for i in range(50)]
     enc = Fake()
-    out = speed.measure_throughput(enc.encode, texts, batch_size=16, repeats=3)
+    out = speed.measure_throughput(enc.encode, texts, batch_size=16, repeats=3, min_seconds=0)
     assert out["texts_per_s"] > 0 and out["n_texts"] == 50 and out["batch_size"] == 16
-    assert len(out["runs_texts_per_s"]) == 3
+    assert len(out["runs_texts_per_s"]) == 3 and out["runs_passes"] == [1, 1, 1]
     assert enc.calls == 16 + 3 * 50  # warm-up slice plus three full runs
+
+
+def test_measure_throughput_runs_last_min_seconds():
+    calls = []
+
+    def encode(texts, batch_size):
+        calls.append(len(texts))
+        time.sleep(0.01)
+        return np.zeros((len(texts), 4))
+
+    out = speed.measure_throughput(encode, ["a", "b"], batch_size=2, repeats=2, warmup=False, min_seconds=0.05)
+    assert all(s >= 0.05 for s in out["runs_seconds"]) and all(n >= 3 for n in out["runs_passes"])
+    assert sum(out["runs_passes"]) == len(calls)
+    for rate, n, s in zip(out["runs_texts_per_s"], out["runs_passes"], out["runs_seconds"], strict=True):
+        assert rate == pytest.approx(2 * n / s)
 
 
 def test_cached_encoder_is_not_timed_and_hits(tmp_path):
