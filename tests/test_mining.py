@@ -423,3 +423,13 @@ def test_open_vocabulary_errors(tmp_path, corpus, tok):
     (ws.vocab_dir / "vocabulary.safetensors").unlink()
     with pytest.raises(VocabertError, match="missing"):
         open_vocabulary(ws)
+
+
+def test_preset_fast_sets_the_budget_and_flags_win():
+    from vocabert import cli
+
+    assert cli.parse_args(["mine"]).budget == MineSettings.budget
+    assert cli.parse_args(["mine", "--preset", "fast"]).budget == cli.PRESETS["fast"]["budget"]
+    assert cli.parse_args(["run", "--preset", "fast"]).budget == cli.PRESETS["fast"]["budget"]
+    assert cli.parse_args(["mine", "--preset", "fast", "--budget", "5000"]).budget == 5000
+    assert cli.parse_args(["mine", "--budget", "5000", "--preset", "fast"]).budget == 5000

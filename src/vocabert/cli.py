@@ -218,7 +218,15 @@ def cmd_run(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------------------ parser
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Named sets of stage settings; a flag given on the command line still wins. `fast`: a vocabulary of the
+# 25,000 most frequent tokens and no phrases. Measured in one bench run against the default (100k entries):
+# 13,132 vs 9,320 passages/s at batch 64 (x260 vs x185 the teacher), fidelity 0.835 vs 0.852 (passages),
+# 0.811 vs 0.819 (unseen topics), 0.875 vs 0.887 (queries), STS-B 0.827 vs 0.825, DL19 0.415 vs 0.402, 28 vs 106 MB.
+PRESETS: dict[str, dict] = {"default": {}, "fast": {"budget": 25_000}}
+
+
+def build_parser(preset: str = "default") -> argparse.ArgumentParser:
+    """The command line; ``preset`` (a key of :data:`PRESETS`) replaces the defaults it names."""
     from vocabert.distill.corpus import CorpusSettings
     from vocabert.distill.embedding import EmbedSettings
     from vocabert.distill.engine import ENGINES, EngineSettings
@@ -291,7 +299,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     mine = argparse.ArgumentParser(add_help=False)
     g = mine.add_argument_group("mining")
-    m = MineSettings
+    m = MineSettings(**PRESETS[preset])
+    g.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        default=preset,
+        help="named settings: fast = a 25k tokens-only vocabulary, ~1.4x the default's speed for ~0.01 less "
+        "fidelity (see the README); flags given beside it win (default: %(default)s)",
+    )
     g.add_argument("--budget", type=int, default=m.budget, help="maximum vocabulary entries (default: %(default)s)")
     g.add_argument("--max-ngram", type=int, default=m.max_ngram, help="longest n-gram in tokens (default: %(default)s)")
     g.add_argument(
@@ -621,9 +636,16 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--access-log", action="store_true", help="log every request (off by default: it costs time)")
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line parsed, with ``--preset``'s defaults under the flags actually given."""
+    args = build_parser().parse_args(argv)
+    if getattr(args, "preset", "default") != "default":
+        args = build_parser(args.preset).parse_args(argv)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     # (vocab and neighbors show no progress bars, and have no --no-progress)
     if os.environ.get("CI") and not getattr(args, "no_progress", True) and not sys.stderr.isatty():
         args.no_progress = True

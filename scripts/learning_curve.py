@@ -1,0 +1,88 @@
+"""Learning curve over the teacher share: what more teacher compute buys.
+
+    python scripts/learning_curve.py [--workdir runs/minilm-msmarco] [--shares 0.1 0.25 0.5 1.0]
+
+For each share, a work directory ``WORKDIR/shares/s<share>`` with copies of the corpus and the vocabulary of
+WORKDIR (the same entries everywhere), its own teacher pass over that share of the training texts (the share
+of WORKDIR itself is copied, not recomputed), the entry store and the student trained with the default
+settings. Then one bench of all of them next to the teacher (fidelity, STS-B, DL19), and
+``WORKDIR/shares/learning_curve.png``: each figure against the number of texts the teacher encoded.
+Every stage skips itself when current, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+
+def vocabert(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "vocabert.cli", *args, "--no-progress"], check=True)
+
+
+def point(workdir: Path, out: Path, share: float, own_share: float) -> Path:
+    """Work directory of one share, with its model trained."""
+    directory = out / f"s{round(share * 100):03d}"
+    directory.mkdir(parents=True, exist_ok=True)
+    stages = ["corpus", "vocab"] + (["teacher"] if share == own_share else [])
+    for stage in stages:  # copies, not links: a stage may rewrite its files in place
+        if not (directory / stage).exists():
+            shutil.copytree(workdir / stage, directory / stage)
+    vocabert("embed", "--workdir", str(directory), "--teacher-share", str(share))
+    vocabert("train", "--workdir", str(directory))
+    return directory
+
+
+def teacher_texts(directory: Path) -> int:
+    return int(json.loads((directory / "teacher" / "manifest.json").read_text())["texts"])
+
+
+def plot(points: list[tuple[float, int, dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [texts for _, texts, _ in points]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, label in (("passages", "passages"), ("passages-unseen", "unseen-topic passages"), ("queries", "queries")):
+        left.plot(x, [m["fidelity"][name]["cosine_mean"] for _, _, m in points], "o-", label=label)
+    left.set(xscale="log", xlabel="texts through the teacher", ylabel="mean cosine to the teacher", title="Fidelity")
+    right.plot(x, [m["retrieval"]["dl19"]["ndcg@10"] for _, _, m in points], "o-", label="DL19 nDCG@10")
+    right.plot(x, [m["sts"]["spearman"] for _, _, m in points], "s-", label="STS-B dev Spearman")
+    right.set(xscale="log", xlabel="texts through the teacher", title="Downstream")
+    for ax in (left, right):
+        ax.grid(alpha=0.3, which="both")
+        ax.legend()
+        for (share, texts, _), y in zip(points, ax.lines[0].get_ydata(), strict=True):
+            ax.annotate(f"{share:g}", (texts, y), textcoords="offset points", xytext=(4, -12), fontsize=8)
+    fig.suptitle("Learning curve over the teacher share (labels: share of the training texts)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, default=Path("runs/minilm-msmarco"))
+    parser.add_argument("--shares", type=float, nargs="+", default=[0.1, 0.25, 0.5, 1.0])
+    args = parser.parse_args()
+    workdir, out = args.workdir, args.workdir / "shares"
+    own = json.loads((workdir / "teacher" / "manifest.json").read_text())["key"]["settings"]["teacher_share"]
+    directories = [point(workdir, out, share, own) for share in args.shares]
+    models = [a for d in directories for a in ("--model", str(d / "model"))]
+    vocabert("bench", "--workdir", str(workdir), "--no-peers", *models, "--out", str(out))
+    bench = json.loads((out / "bench.json").read_text())["models"]
+    points = []
+    for share, directory in zip(args.shares, directories, strict=True):
+        name = next(n for n, m in bench.items() if m.get("description", "").endswith(str(directory / "model")))
+        points.append((share, teacher_texts(directory), bench[name]))
+    plot(points, out / "learning_curve.png")
+    print(f"{out / 'learning_curve.png'}, {out / 'bench.md'}")
+
+
+if __name__ == "__main__":
+    main()
