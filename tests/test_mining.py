@@ -30,6 +30,7 @@ from vocabert.distill.mining import (
     entry_bytes,
     listing,
     log_likelihood_ratio,
+    merge_counts,
     mine_vocabulary,
     open_vocabulary,
     run_mining,
@@ -366,6 +367,43 @@ def test_key_counter_empty():
     assert len(counter.keys) == 0
     k, c = counter.frequent(1)
     assert len(k) == 0 and len(c) == 0
+
+
+@pytest.mark.parametrize("max_keys", [8, 60, 400])
+def test_bounded_merge_keeps_what_it_promises(max_keys):
+    """Zipf-like keys over 12 shards: a pruning counter holds at most max_keys keys, and after the exact
+    recount every key above the loss bound is there with its exact count, and nothing infrequent is."""
+    rng = np.random.default_rng(max_keys)
+    shards = []
+    for _ in range(12):
+        keys = (rng.zipf(1.3, size=400) % 5000).astype(np.uint64) * np.uint64(2**50 + 3)
+        k, c = np.unique(keys, return_counts=True)
+        shards.append({"ngram.keys": k, "ngram.counts": c})
+    truth_keys, truth_counts = np.unique(
+        np.concatenate([np.repeat(s["ngram.keys"], s["ngram.counts"]) for s in shards]), return_counts=True
+    )
+    counter = KeyCounter(max_keys)
+    sizes = []
+    for shard in shards:
+        counter.add(shard["ngram.keys"], shard["ngram.counts"])
+        sizes.append(len(counter.keys))
+    assert max(sizes) <= max_keys and counter.lost > 0
+    keys, counts = merge_counts(lambda: iter(shards), 5, max_keys)["ngram"]
+    truth = dict(zip(truth_keys.tolist(), truth_counts.tolist(), strict=True))
+    assert all(truth[k] == c and c >= 5 for k, c in zip(keys.tolist(), counts.tolist(), strict=True))
+    must = {k for k, c in truth.items() if c >= 5 and c > counter.lost}
+    assert must <= set(keys.tolist())
+    unbounded = merge_counts(lambda: iter(shards), 5)["ngram"]
+    if counter.lost < 5:
+        assert np.array_equal(keys, unbounded[0]) and np.array_equal(counts, unbounded[1])
+
+
+def test_bounded_mining_equals_unbounded(corpus, tok, full):
+    bounded = mine_vocabulary(
+        corpus, budget=100_000, special_ids=tok["specials"], show_progress_bar=False, max_keys=300, **SETTINGS
+    )
+    for name in ("patterns", "kind", "count", "score"):
+        np.testing.assert_array_equal(getattr(bounded, name), getattr(full, name))
 
 
 # ------------------------------------------------------------------------------------ listing & files

@@ -327,6 +327,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(needs the teacher pass: `vocabert embed --pass-only` first) (default: %(default)s)",
     )
     g.add_argument(
+        "--max-keys",
+        type=int,
+        default=m.max_keys,
+        metavar="N",
+        help="distinct keys a counter holds (16 bytes each) before it drops the rarest; what it dropped is "
+        "recounted exactly, so this bounds memory, not the result (default: %(default)s)",
+    )
+    g.add_argument(
         "--min-dispersion",
         type=float,
         default=m.min_dispersion,

@@ -126,11 +126,18 @@ def listing(vocab: Vocabulary, tokens: list[str]) -> str:
 
 
 class KeyCounter:
-    """Counts of uint64 keys, merged shard by shard so memory follows distinct keys, not corpus size."""
+    """Counts of uint64 keys, merged shard by shard so memory follows distinct keys, not corpus size.
 
-    def __init__(self) -> None:
+    With ``max_keys``, memory is bounded too: when more distinct keys than that are held, the rarest are
+    dropped until at most half remain, and ``lost`` grows by the highest count dropped. A key's count is
+    then short by at most ``lost``, and every key that occurs more than ``lost`` times is still held
+    (see :func:`merge_counts`, which recounts the survivors exactly)."""
+
+    def __init__(self, max_keys: int | None = None) -> None:
         self.keys = np.zeros(0, dtype=np.uint64)
         self.counts = np.zeros(0, dtype=np.int64)
+        self.max_keys = max_keys
+        self.lost = 0
 
     def add(self, keys: np.ndarray, counts: np.ndarray | None = None) -> None:
         """Count ``keys`` (each once), or add ``counts`` of distinct ``keys`` (a shard's counts)."""
@@ -141,6 +148,15 @@ class KeyCounter:
         merged_counts = np.concatenate([self.counts, c])
         self.keys, inverse = np.unique(merged, return_inverse=True)
         self.counts = np.bincount(inverse.reshape(-1), weights=merged_counts).astype(np.int64)
+        if self.max_keys is not None and len(self.keys) > self.max_keys:
+            self._prune()
+
+    def _prune(self) -> None:
+        keep = max(self.max_keys // 2, 1)
+        threshold = int(np.partition(self.counts, len(self.counts) - keep)[len(self.counts) - keep])
+        survive = self.counts > threshold  # ties at the threshold go too: at most `keep` remain
+        self.lost += threshold
+        self.keys, self.counts = self.keys[survive], self.counts[survive]
 
     def frequent(self, min_count: int) -> tuple[np.ndarray, np.ndarray]:
         keep = self.counts >= min_count
@@ -285,13 +301,37 @@ def counter_names(counts: dict[str, np.ndarray]) -> list[str]:
     return sorted(k.removesuffix(".keys") for k in counts if k.endswith(".keys"))
 
 
-def merge_counts(counted: Iterable[dict[str, np.ndarray]], min_count: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per-shard counts (``count_phrases``'s) merged into each counter's keys that reach ``min_count``."""
+def merge_counts(
+    counted: Callable[[], Iterable[dict[str, np.ndarray]]], min_count: int, max_keys: int | None = None
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-shard counts (``count_phrases``'s, from ``counted()``) merged into each counter's keys that
+    reach ``min_count``. With ``max_keys`` the counters prune as they go (:class:`KeyCounter`); a counter
+    that pruned is recounted exactly over a second ``counted()``, for the keys that may be frequent only,
+    so the result is the unbounded one whenever no key lost ``min_count`` or more."""
     counters: dict[str, KeyCounter] = {}
-    for counts in counted:
+    for counts in counted():
         for name in counter_names(counts):
-            counters.setdefault(name, KeyCounter()).add(counts[f"{name}.keys"], counts[f"{name}.counts"])
-    return {name: counter.frequent(min_count) for name, counter in counters.items()}
+            counters.setdefault(name, KeyCounter(max_keys)).add(counts[f"{name}.keys"], counts[f"{name}.counts"])
+    out = {name: counter.frequent(min_count) for name, counter in counters.items() if not counter.lost}
+    pruned = {name: c for name, c in counters.items() if c.lost}
+    if not pruned:
+        return out
+    candidates = {name: c.keys[c.counts + c.lost >= min_count] for name, c in pruned.items()}
+    exact = {name: np.zeros(len(keys), dtype=np.int64) for name, keys in candidates.items()}
+    del counters, pruned
+    for counts in counted():
+        for name, keys in candidates.items():
+            k, c = counts.get(f"{name}.keys"), counts.get(f"{name}.counts")
+            if k is None or len(keys) == 0:
+                continue
+            hit = _contains(keys, k)
+            exact[name] += np.bincount(np.searchsorted(keys, k[hit]), weights=c[hit], minlength=len(keys)).astype(
+                np.int64
+            )
+    for name, keys in candidates.items():
+        keep = exact[name] >= min_count
+        out[name] = keys[keep], exact[name][keep]
+    return out
 
 
 class Counting(Protocol):
@@ -307,10 +347,10 @@ class Counting(Protocol):
 
 
 class LocalCounts:
-    """:class:`Counting` in this process, shard after shard."""
+    """:class:`Counting` in this process, shard after shard; counters hold at most ``max_keys`` keys."""
 
-    def __init__(self, corpus: Corpus, show_progress_bar: bool = True):
-        self.corpus, self.show_progress_bar = corpus, show_progress_bar
+    def __init__(self, corpus: Corpus, show_progress_bar: bool = True, max_keys: int | None = None):
+        self.corpus, self.show_progress_bar, self.max_keys = corpus, show_progress_bar, max_keys
 
     def _each(self, name: str, fn: Callable[..., dict], kwargs: dict) -> Iterator[dict[str, np.ndarray]]:
         for shard in self.corpus.shards("train", progress=f"mine: {name}" if self.show_progress_bar else None):
@@ -325,7 +365,7 @@ class LocalCounts:
     def frequent(
         self, name: str, fn: Callable[..., dict], kwargs: dict, min_count: int
     ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        return merge_counts(self._each(name, fn, kwargs), min_count)
+        return merge_counts(lambda: self._each(name, fn, kwargs), min_count, self.max_keys)
 
 
 # -------------------------------------------------------------------------------------------- mining
@@ -342,6 +382,7 @@ class MineSettings:
     min_count: int = 5  # occurrences a phrase needs
     min_npmi: float = 0.1  # association a phrase needs (whole words are exempt)
     min_dispersion: float = 0.5  # share of a skip-gram's count not explained by its most frequent filler
+    max_keys: int = 8_000_000  # distinct keys a counter holds (16 bytes each) before it prunes the rarest
     score: str = "npmi"  # statistic that ranks phrases: npmi (count*npmi), llr, count (blind frequency)
     select: str = "statistics"  # statistics: rank by score; semantics: by the teacher's error removed
 
@@ -393,6 +434,7 @@ def mine_vocabulary(
     min_count: int = MineSettings.min_count,
     min_npmi: float = MineSettings.min_npmi,
     min_dispersion: float = MineSettings.min_dispersion,
+    max_keys: int = MineSettings.max_keys,
     score: str = MineSettings.score,
     select: str = MineSettings.select,
     special_ids: list[int] | None = None,
@@ -406,7 +448,7 @@ def mine_vocabulary(
     ``continuation`` marks the token ids that continue a word (``##...``): an n-gram that is a whole word
     (not only the start of a longer one) at least ``min_count`` times is of kind ``word``.
     ``select="semantics"`` ranks phrases by ``semantic_gains``. ``counting`` runs the per-shard counting
-    and merges it (default: :class:`LocalCounts`, here)."""
+    and merges it (default: :class:`LocalCounts`, here, with counters of at most ``max_keys`` keys)."""
     base = int(corpus.manifest["vocab_size"])
     if budget < 1:
         raise VocabertError("the vocabulary budget must be at least 1")
@@ -421,7 +463,9 @@ def mine_vocabulary(
     special = np.zeros(base, dtype=bool)
     special[list(special_ids or [])] = True
 
-    counting = counting or LocalCounts(corpus, show_progress_bar)
+    if max_keys < 2:
+        raise VocabertError("--max-keys must be at least 2")
+    counting = counting or LocalCounts(corpus, show_progress_bar, max_keys)
     unigram = counting.total("tokens", count_tokens, {"base": base}).get("unigram", np.zeros(base, np.int64))
     total = int(unigram.sum())
     if total == 0:
@@ -563,7 +607,7 @@ def run_mining(ws: Workspace, settings: MineSettings, force: bool = False, engin
         scratch = out_dir / PARTIAL
         if force:
             shutil.rmtree(scratch, ignore_errors=True)
-        counting = RayCounts(engine, corpus, scratch, key, ws.show_progress_bar)
+        counting = RayCounts(engine, corpus, scratch, key, ws.show_progress_bar, max_keys=settings.max_keys)
     gains = None
     if settings.select == "semantics":
         from vocabert.distill.embedding import open_teacher_pass
