@@ -316,6 +316,10 @@ def merge_counts(
     pruned = {name: c for name, c in counters.items() if c.lost}
     if not pruned:
         return out
+    for name, c in pruned.items():
+        # The recount is exact, but keys seen fewer than `lost` times may be gone.
+        exact_result = "exact" if c.lost < min_count else f"{name}s seen at most {c.lost} times may be missing"
+        log(f"mine: the {name} counter reached {max_keys} keys, pruned counts up to {c.lost}; recount: {exact_result}")
     candidates = {name: c.keys[c.counts + c.lost >= min_count] for name, c in pruned.items()}
     exact = {name: np.zeros(len(keys), dtype=np.int64) for name, keys in candidates.items()}
     del counters, pruned

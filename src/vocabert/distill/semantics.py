@@ -101,9 +101,10 @@ def semantic_gains(
         best[ends] = ((mean[vocab_size + ends] - estimate) ** 2).sum(axis=1)
 
     kp = k[vocab_size:].astype(np.float64)
-    mp = mean[vocab_size:].astype(np.float64)
+    mp = mean[vocab_size:]
+    norms = np.einsum("ij,ij->i", mp, mp, dtype=np.float64)  # no float64 copy of the means: that doubled the peak
     with np.errstate(divide="ignore", invalid="ignore"):
-        variance = (squares[vocab_size:] - kp * (mp**2).sum(axis=1)) / (kp - 1)  # total variance of y
+        variance = (squares[vocab_size:] - kp * norms) / (kp - 1)  # total variance of y
         per_occurrence = np.where(known, np.maximum(best - variance / kp, 0.0), 0.0)
     gains = per_occurrence * phrase_counts
     log(
