@@ -185,11 +185,10 @@ class VocabularySummary:
         lines = [f"{where}{self.entries:,} entries of dimension {self.dim}, vectors in {self.dtype}"]
         by_length = ", ".join(f"{length} tokens {c:,}" for length, c in self.ngram_lengths.items())
         by_gap = ", ".join(f"gap {gap} {c:,}" for gap, c in self.skipgram_gaps.items())
-        for name, label, detail in (
-            ("token", "tokens", ""),
-            ("ngram", "n-grams", by_length),
-            ("skipgram", "skip-grams", by_gap),
-        ):
+        kinds = [("token", "tokens", ""), ("ngram", "n-grams", by_length), ("skipgram", "skip-grams", by_gap)]
+        if "word" in self.kinds:  # named by the listing; the n-gram lengths above count them too
+            kinds.insert(2, ("word", "words", "whole words of several pieces, in the lengths above"))
+        for name, label, detail in kinds:
             count = self.kinds[name]
             lines.append(f"  {label:<11}{count:>10,}  {100 * count / n:5.1f}%" + (f"  ({detail})" if detail else ""))
         lines.append(
