@@ -331,8 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=m.max_keys,
         metavar="N",
-        help="distinct keys a counter holds (16 bytes each) before it drops the rarest; what it dropped is "
-        "recounted exactly, so this bounds memory, not the result (default: %(default)s)",
+        help="distinct keys a counter holds (16 bytes each) before it drops the rarest; the survivors are then "
+        "recounted exactly, and the result is exact unless the counts dropped reach --min-count, which the "
+        "command reports (default: %(default)s)",
     )
     g.add_argument(
         "--min-dispersion",
