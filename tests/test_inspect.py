@@ -152,7 +152,7 @@ def test_listing_is_read_and_ranked(saved):
     lst = s.listing
     assert lst is not None and len(lst) == s.entries
     assert lst.entries == entry_texts(m)
-    assert list(lst.numbers) == ["count", "npmi", "score"] and list(lst.labels) == ["chosen_by"]
+    assert list(lst.numbers) == ["count", "npmi", "llr", "score"] and list(lst.labels) == ["chosen_by"]
     np.testing.assert_array_equal(lst.kinds, entry_kinds(m.store.patterns))
     np.testing.assert_array_equal(lst.top("count", 3), [0, 1, 2])
     # NPMI is undefined (nan) for tokens: ranking by it lists phrases only, the highest last in the file.
@@ -179,8 +179,8 @@ def test_malformed_listing_is_one_error(tmp_path):
     path.write_text("entry\tkind\tcount\nthe\ttoken\t3\nnew york\tngram\n", encoding="utf-8")
     with pytest.raises(VocabertError, match="line 3: 2 fields"):
         read_listing(path)
-    path.write_text("entry\tkind\tcount\nthe\tword\t3\n", encoding="utf-8")
-    with pytest.raises(VocabertError, match="unknown kind 'word'"):
+    path.write_text("entry\tkind\tcount\nthe\tphrase\t3\n", encoding="utf-8")
+    with pytest.raises(VocabertError, match="unknown kind 'phrase'"):
         read_listing(path)
 
 

@@ -254,3 +254,38 @@ def test_only_token_patterns_and_empty_vocabulary():
     assert as_triples(m) == [(0, 0, 0), (0, 1, 1), (1, 1, 0)]
     empty = EntryIndex(np.zeros((0, 4), dtype=np.int64), 5)
     assert len(empty.match(np.array([1, 2, 3]), np.array([0, 3]))) == 0
+
+
+def test_real_vocab_size_six_grams_and_gap_three_match_exactly():
+    """5- and 6-token entries have hashed keys (verified on hit); exact shapes beside them stay exact."""
+    vocab_size = 30522
+    rng = np.random.default_rng(11)
+    high = np.arange(vocab_size - 8, vocab_size)
+    rows = []
+    for _ in range(400):
+        n = int(rng.integers(2, 7))
+        pool = high if rng.random() < 0.5 else np.arange(vocab_size)
+        rows.append(list(rng.choice(pool, size=n)) + [PAD] * (6 - n))
+    for _ in range(50):
+        a, b = rng.choice(high, size=2)
+        rows.append([int(a), WILDCARD, WILDCARD, WILDCARD, int(b), PAD])
+    rows += [[int(t)] + [PAD] * 5 for t in rng.choice(vocab_size, 200, replace=False)]
+    patterns = np.unique(np.array(rows, dtype=np.int64), axis=0)
+    index = EntryIndex(patterns, vocab_size)
+    assert not index._all_exact and index._exact.any()
+    long = patterns[(patterns != PAD).sum(axis=1) >= 5]
+    texts = []
+    for _ in range(40):
+        pieces = []
+        for _ in range(int(rng.integers(0, 5))):
+            p = long[rng.integers(len(long))] if rng.random() < 0.7 else patterns[rng.integers(len(patterns))]
+            p = np.where(p == WILDCARD, rng.choice(high), p)[p != PAD].copy()
+            if rng.random() < 0.3:  # near misses: one position differs
+                p[rng.integers(len(p))] = rng.choice(high)
+            pieces += [p, rng.choice(high, size=int(rng.integers(0, 3)))]
+        texts.append(np.concatenate(pieces).astype(np.int64) if pieces else np.zeros(0, np.int64))
+    ids, offsets = flatten(texts)
+    m = index.match(ids, offsets)
+    check_matches(m, brute_force(patterns, texts, vocab_size), texts)
+    spans = (patterns[m.entry] != PAD).sum(axis=1)
+    assert (spans == 6).sum() > 5 and (spans == 5).sum() > 5

@@ -15,19 +15,27 @@ import pytest
 from vocabert.artifacts import VocabertError
 from vocabert.distill import teacher
 from vocabert.distill.corpus import Corpus, build_corpus
+from vocabert.distill.embedding import TeacherPass
 from vocabert.distill.mining import (
+    CHOSEN_NAMES,
     KIND_NGRAM,
     KIND_SKIPGRAM,
     KIND_TOKEN,
+    KIND_WORD,
     KeyCounter,
     MineSettings,
     Vocabulary,
+    budget_entries,
     describe,
+    entry_bytes,
     listing,
+    log_likelihood_ratio,
+    merge_counts,
     mine_vocabulary,
     open_vocabulary,
     run_mining,
 )
+from vocabert.distill.semantics import semantic_gains
 from vocabert.distill.workspace import Workspace
 from vocabert.matching import PAD, WILDCARD
 from vocabert.tokenizer import load_tokenizer
@@ -290,9 +298,13 @@ def test_budget_smaller_than_tokens(corpus, full, tok):
         mine_vocabulary(corpus, budget=0, show_progress_bar=False)
 
 
-def test_max_ngram_too_long_for_exact_keys(corpus):
-    with pytest.raises(VocabertError, match="max_ngram=5"):
-        mine_vocabulary(corpus, max_ngram=5, show_progress_bar=False)
+def test_bad_settings(corpus):
+    with pytest.raises(VocabertError, match="max-ngram"):
+        mine_vocabulary(corpus, max_ngram=0, show_progress_bar=False)
+    with pytest.raises(VocabertError, match="unknown score"):
+        mine_vocabulary(corpus, score="tf-idf", show_progress_bar=False)
+    with pytest.raises(VocabertError, match="semantic"):
+        mine_vocabulary(corpus, select="semantics", show_progress_bar=False)
 
 
 def test_no_training_tokens(tmp_path, tok):
@@ -357,6 +369,43 @@ def test_key_counter_empty():
     assert len(k) == 0 and len(c) == 0
 
 
+@pytest.mark.parametrize("max_keys", [8, 60, 400])
+def test_bounded_merge_keeps_what_it_promises(max_keys):
+    """Zipf-like keys over 12 shards: a pruning counter holds at most max_keys keys, and after the exact
+    recount every key above the loss bound is there with its exact count, and nothing infrequent is."""
+    rng = np.random.default_rng(max_keys)
+    shards = []
+    for _ in range(12):
+        keys = (rng.zipf(1.3, size=400) % 5000).astype(np.uint64) * np.uint64(2**50 + 3)
+        k, c = np.unique(keys, return_counts=True)
+        shards.append({"ngram.keys": k, "ngram.counts": c})
+    truth_keys, truth_counts = np.unique(
+        np.concatenate([np.repeat(s["ngram.keys"], s["ngram.counts"]) for s in shards]), return_counts=True
+    )
+    counter = KeyCounter(max_keys)
+    sizes = []
+    for shard in shards:
+        counter.add(shard["ngram.keys"], shard["ngram.counts"])
+        sizes.append(len(counter.keys))
+    assert max(sizes) <= max_keys and counter.lost > 0
+    keys, counts = merge_counts(lambda: iter(shards), 5, max_keys)["ngram"]
+    truth = dict(zip(truth_keys.tolist(), truth_counts.tolist(), strict=True))
+    assert all(truth[k] == c and c >= 5 for k, c in zip(keys.tolist(), counts.tolist(), strict=True))
+    must = {k for k, c in truth.items() if c >= 5 and c > counter.lost}
+    assert must <= set(keys.tolist())
+    unbounded = merge_counts(lambda: iter(shards), 5)["ngram"]
+    if counter.lost < 5:
+        assert np.array_equal(keys, unbounded[0]) and np.array_equal(counts, unbounded[1])
+
+
+def test_bounded_mining_equals_unbounded(corpus, tok, full):
+    bounded = mine_vocabulary(
+        corpus, budget=100_000, special_ids=tok["specials"], show_progress_bar=False, max_keys=300, **SETTINGS
+    )
+    for name in ("patterns", "kind", "count", "score"):
+        np.testing.assert_array_equal(getattr(bounded, name), getattr(full, name))
+
+
 # ------------------------------------------------------------------------------------ listing & files
 
 
@@ -372,13 +421,14 @@ def test_describe(tok):
 def test_listing(full, tok):
     text = listing(full, tok["tokens"])
     lines = text.splitlines()
-    assert lines[0].split("\t") == ["entry", "kind", "count", "npmi", "score", "chosen_by"]
+    assert lines[0].split("\t") == ["entry", "kind", "count", "npmi", "llr", "score", "chosen_by"]
     assert len(lines) == len(full) + 1
     for line, k, c in zip(lines[1:], full.kind, full.count, strict=True):
         fields = line.split("\t")
-        assert len(fields) == 6
+        assert len(fields) == 7
         assert fields[1] == {KIND_TOKEN: "token", KIND_NGRAM: "ngram", KIND_SKIPGRAM: "skipgram"}[int(k)]
         assert int(fields[2]) == c
+        assert fields[6] == ("token that occurs" if k == KIND_TOKEN else "statistics: count*npmi")
 
 
 def _workspace(tmp_path, corpus) -> Workspace:
@@ -394,16 +444,18 @@ def test_run_mining_and_load(tmp_path, corpus, full, tok):
     out = ws.vocab_dir
     assert {p.name for p in out.iterdir()} == {"vocabulary.safetensors", "vocabulary.tsv", "manifest.json"}
     loaded, manifest = open_vocabulary(ws)
-    for name in ("patterns", "kind", "count", "npmi", "score"):
+    for name in ("patterns", "kind", "count", "npmi", "llr", "score", "chosen"):
         a, b = getattr(loaded, name), getattr(vocab, name)
-        assert a.dtype == b.dtype and np.array_equal(a, b, equal_nan=name == "npmi"), name
-        assert np.array_equal(a, getattr(full, name), equal_nan=name == "npmi"), name
+        assert a.dtype == b.dtype and np.array_equal(a, b, equal_nan=name in ("npmi", "llr")), name
+        if name != "kind":  # run_mining knows the tokenizer's word continuations: some n-grams are words
+            assert np.array_equal(a, getattr(full, name), equal_nan=name in ("npmi", "llr")), name
+    assert np.array_equal(np.where(vocab.kind == KIND_WORD, KIND_NGRAM, vocab.kind), full.kind)
     assert manifest["artifact"] == "vocabulary"
     assert manifest["key"]["settings"] == asdict(settings)
     assert manifest["key"]["provenance"] == corpus.provenance
     assert manifest["entries"] == len(vocab)
     summary = manifest["summary"]
-    assert summary["token"] + summary["ngram"] + summary["skipgram"] == len(vocab)
+    assert summary["token"] + summary["ngram"] + summary["word"] + summary["skipgram"] == len(vocab)
     assert summary["skipgram"] == int((vocab.kind == KIND_SKIPGRAM).sum())
     assert sum(summary["by_span"].values()) == len(vocab)
     assert (out / "vocabulary.tsv").read_text(encoding="utf-8") == listing(vocab, tok["tokens"])
@@ -433,3 +485,144 @@ def test_preset_fast_sets_the_budget_and_flags_win():
     assert cli.parse_args(["run", "--preset", "fast"]).budget == cli.PRESETS["fast"]["budget"]
     assert cli.parse_args(["mine", "--preset", "fast", "--budget", "5000"]).budget == 5000
     assert cli.parse_args(["mine", "--budget", "5000", "--preset", "fast"]).budget == 5000
+
+
+# ------------------------------------------------------------------------ longer entries, LLR, words
+
+
+LONG = {**SETTINGS, "max_ngram": 6, "max_gap": 3}
+
+
+@pytest.fixture(scope="module")
+def long_vocab(corpus, tok) -> Vocabulary:
+    return mine_vocabulary(corpus, budget=100_000, special_ids=tok["specials"], show_progress_bar=False, **LONG)
+
+
+def test_six_grams_and_gap_three_equal_brute_force(long_vocab, texts_ids, tok):
+    brute = Brute(texts_ids, LONG["max_ngram"], LONG["max_gap"])
+    mc = LONG["min_count"]
+    ok = {t for t, c in brute.unigram.items() if c >= mc and t not in set(tok["specials"])}
+    expected = {}
+    for gram, c in brute.ngram.items():
+        if c >= mc and all(t in ok for t in gram) and brute.ngram_npmi(gram) >= LONG["min_npmi"]:
+            expected[gram] = c
+    got = {key: int(long_vocab.count[row]) for key, row in entries(long_vocab).items() if key[-1] != "skip"}
+    assert got == expected
+    assert Counter(len(k) for k in got)[5] > 3  # beyond 4 tokens: keys by the prefix's rank
+    gap3 = [row for key, row in entries(long_vocab).items() if key[-1] == "skip" and key[2] == 3]
+    for row in gap3:
+        p = long_vocab.patterns[row]
+        assert long_vocab.count[row] == brute.skip[(int(p[0]), int(p[4]), 3)]
+    assert gap3
+
+
+def test_mining_is_deterministic(corpus, tok, long_vocab):
+    again = mine_vocabulary(corpus, budget=100_000, special_ids=tok["specials"], show_progress_bar=False, **LONG)
+    for name in ("patterns", "kind", "count", "npmi", "llr", "score", "chosen"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(long_vocab, name))
+
+
+def test_llr_is_dunnings_g2(long_vocab, texts_ids):
+    brute = Brute(texts_ids, 2, 0)
+    rows = [r for r, p in enumerate(long_vocab.patterns) if long_vocab.kind[r] == KIND_NGRAM and p[2] == PAD]
+    for r in rows[:20]:
+        a, b = int(long_vocab.patterns[r, 0]), int(long_vocab.patterns[r, 1])
+        k11 = brute.ngram[(a, b)]
+        n, left, right = brute.total, brute.unigram[a], brute.unigram[b]
+        table = [[k11, left - k11], [right - k11, n - left - right + k11]]
+        rows_sum, cols_sum = [left, n - left], [right, n - right]
+        g2 = 2 * sum(
+            table[i][j] * math.log(table[i][j] * n / (rows_sum[i] * cols_sum[j]))
+            for i in range(2)
+            for j in range(2)
+            if table[i][j] > 0
+        )
+        assert long_vocab.llr[r] == pytest.approx(g2, rel=1e-6)
+    assert log_likelihood_ratio(np.array([0]), np.array([0]), np.array([0]), 10)[0] == 0
+
+
+def test_score_count_is_blind_frequency(corpus, tok):
+    vocab = mine_vocabulary(
+        corpus,
+        budget=200,
+        special_ids=tok["specials"],
+        show_progress_bar=False,
+        **{**SETTINGS, "min_npmi": -1},
+        score="count",
+    )
+    phrases = vocab.kind != KIND_TOKEN
+    assert phrases.sum() > 0 and (vocab.chosen[phrases] == 3).all()
+    assert (np.diff(vocab.count[phrases]) <= 0).all()
+    assert CHOSEN_NAMES[3] in listing(vocab, tok["tokens"])
+
+
+def test_whole_words_are_their_own_kind(tmp_path, tok):
+    texts = [f"the cholesterol level of {p} the hygienist" for p in PLACES] + [
+        f"cholesterol tests in {p} for a dental hygienist" for p in PLACES[:4]
+    ]
+    corpus = _build(tmp_path, tok, texts)
+    tokens = tok["tokens"]
+    continuation = np.array([t.startswith("##") and len(t) > 2 for t in tokens])
+    vocab = mine_vocabulary(
+        corpus, special_ids=tok["specials"], continuation=continuation, show_progress_bar=False, **SETTINGS
+    )
+    words = {describe(p, tokens) for p, k in zip(vocab.patterns, vocab.kind, strict=True) if k == KIND_WORD}
+    pieces = {
+        w: " ".join(tokens[i] for i in load_tokenizer(tok["text"], 64).encode(w).ids[1:-1])
+        for w in ("cholesterol", "hygienist")
+    }
+    assert all(len(p.split()) > 1 for p in pieces.values())  # several WordPieces each
+    assert set(pieces.values()) <= words
+    for word in words:  # a whole word: starts a word, continuations after
+        parts = word.split()
+        assert not parts[0].startswith("##") and all(p.startswith("##") for p in parts[1:])
+    # A word's first pieces alone are no whole word (never followed by anything but its continuation).
+    first_two = " ".join(pieces["hygienist"].split()[:2])
+    assert first_two not in words
+
+
+def test_budget_in_megabytes():
+    assert entry_bytes(384, 4) == 2 * 384 + 256 + 16
+    assert budget_entries(100_000, None, 384, 4) == 100_000
+    assert budget_entries(0, 104.0, 384, 4) == int(104e6 // 1040)
+    with pytest.raises(VocabertError, match="budget-mb"):
+        budget_entries(1, 0.0, 384, 4)
+
+
+def _teacher_pass(ids: list[list[int]], vectors: list[np.ndarray]) -> TeacherPass:
+    offsets = np.cumsum([0] + [len(t) for t in ids])
+    return TeacherPass(
+        targets=np.zeros((len(ids), 4), np.float32),
+        text_index=np.arange(len(ids)),
+        validation=np.zeros(len(ids), bool),
+        token_offsets=offsets,
+        token_ids=np.concatenate([np.array(t, np.int32) for t in ids]),
+        token_vectors=np.concatenate(vectors).astype(np.float16),
+    )
+
+
+def test_semantic_gain_is_the_error_removed():
+    """Bigram (1, 2) means something its tokens do not (its vectors move away from theirs); (3, 4) is just
+    its tokens: only the first removes error, and the gain is count * ||m - estimate||^2 less the noise."""
+    rng = np.random.default_rng(0)
+    base = np.eye(4, dtype=np.float32)
+    ids, vectors = [], []
+    for _ in range(40):
+        ids.append([1, 5, 2, 6])  # tokens 1 and 2 apart: their usual vectors
+        vectors.append(np.stack([base[0], base[3], base[1], base[3]]) + rng.normal(0, 0.01, (4, 4)))
+        ids.append([1, 2, 3, 4])
+        shift = np.array([0, 0, 1.0, 0], np.float32)  # inside "1 2" both tokens lean toward axis 2
+        vectors.append(np.stack([base[0] + shift, base[1] + shift, base[2], base[3]]) + rng.normal(0, 0.01, (4, 4)))
+        ids.append([3, 4])
+        vectors.append(np.stack([base[2], base[3]]) + rng.normal(0, 0.01, (2, 4)))
+    phrases = np.array([[1, 2], [3, 4]])
+    gains = semantic_gains(_teacher_pass(ids, vectors), phrases, np.array([10, 10]), 8, show_progress_bar=False)
+    # Tokens 1 and 2 average half their occurrences inside the bigram: the estimate is off by 0.5 on axis 2.
+    assert gains[0] == pytest.approx(10 * 0.5**2, rel=0.05)
+    assert gains[1] == pytest.approx(0, abs=0.01)
+
+
+def test_semantic_selection_needs_the_teacher_pass(tmp_path, corpus, tok):
+    ws = _workspace(tmp_path, corpus)
+    with pytest.raises(VocabertError, match="embed --pass-only"):
+        run_mining(ws, MineSettings(select="semantics"))

@@ -439,3 +439,22 @@ def test_cli_encode_warns_about_invalid_utf8_and_refuses_binary(workspace, tmp_p
     result = _cli("encode", "--model", model, "--input", str(binary), "--output", str(tmp_path / "b.npy"), cwd=tmp_path)
     assert result.returncode == 1 and "looks binary" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "b.npy").exists()
+
+
+def test_run_with_semantic_selection_reads_the_teacher_pass(workspace, small_data, tmp_path):
+    """`vocabert run --select semantics`: the teacher pass first (here current: copied), then mining by the
+    error the phrases remove, then the store and the student from that vocabulary."""
+    import dataclasses
+
+    from vocabert.distill.mining import CHOSEN_SEMANTICS, KIND_TOKEN, Vocabulary
+
+    ws = Workspace(tmp_path / "work", None, cache_dir=tmp_path / "cache", show_progress_bar=False)
+    for stage in ("corpus", "teacher"):
+        shutil.copytree(workspace.root / stage, ws.root / stage)
+    mine = dataclasses.replace(SMALL_MINE, select="semantics")
+    build_model(ws, small_data, mine=mine, train=dataclasses.replace(SMALL_TRAIN, epochs=1))
+    vocab = Vocabulary.load(ws.vocab_dir)
+    phrases = vocab.kind != KIND_TOKEN
+    assert phrases.any() and (vocab.chosen[phrases] == CHOSEN_SEMANTICS).all()
+    assert "semantics: error removed" in (ws.vocab_dir / "vocabulary.tsv").read_text(encoding="utf-8")
+    assert (ws.model_dir / "model.safetensors").is_file()

@@ -38,6 +38,7 @@ needs_ray = pytest.mark.skipif(
 
 # ~150 short texts in shards of 40, batches of 16: several shards, several batches per shard.
 MINE = MineSettings(budget=3000, min_count=2)
+MINE_ARGS = {k: v for k, v in vars(MINE).items() if k != "budget_mb"}  # mine_vocabulary's arguments
 EMBED = EmbedSettings(teacher_share=1.0, batch_size=16)
 
 
@@ -131,12 +132,12 @@ def test_ray_mining_resumes_from_the_shards_counted(local, engine, tmp_path):
 
     counting.frequent = stopped
     with pytest.raises(KeyboardInterrupt):
-        mine_vocabulary(corpus, special_ids=special, show_progress_bar=False, counting=counting, **vars(MINE))
+        mine_vocabulary(corpus, special_ids=special, show_progress_bar=False, counting=counting, **MINE_ARGS)
     shards = len(corpus.shard_paths)
     assert counting.computed == 2 * shards  # tokens and 2-grams
 
     again = ray_jobs.RayCounts(engine, corpus, tmp_path / "partial", key, show_progress_bar=False, partitions=3)
-    found = mine_vocabulary(corpus, special_ids=special, show_progress_bar=False, counting=again, **vars(MINE))
+    found = mine_vocabulary(corpus, special_ids=special, show_progress_bar=False, counting=again, **MINE_ARGS)
     assert again.reused == 2 * shards and again.computed == (MINE.max_ngram - 2) * shards
     np.testing.assert_array_equal(found.patterns, Vocabulary.load(local.vocab_dir).patterns)
 

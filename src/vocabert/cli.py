@@ -77,7 +77,8 @@ def cmd_embed(args: argparse.Namespace) -> None:
     from vocabert.distill.embedding import EmbedSettings, run_embedding
 
     with _engine(args) as engine:
-        run_embedding(_workspace(args), _settings(EmbedSettings, args), force=args.force, engine=engine)
+        settings = _settings(EmbedSettings, args)
+        run_embedding(_workspace(args), settings, force=args.force, engine=engine, pass_only=args.pass_only)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -230,7 +231,7 @@ def build_parser(preset: str = "default") -> argparse.ArgumentParser:
     from vocabert.distill.corpus import CorpusSettings
     from vocabert.distill.embedding import EmbedSettings
     from vocabert.distill.engine import ENGINES, EngineSettings
-    from vocabert.distill.mining import MineSettings
+    from vocabert.distill.mining import SCORES, SELECTIONS, MineSettings
     from vocabert.distill.training import TrainSettings
     from vocabert.encoding import LONG_TEXTS, PRECISIONS
 
@@ -317,6 +318,37 @@ def build_parser(preset: str = "default") -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--min-npmi", type=float, default=m.min_npmi, help="minimum normalized PMI of a phrase (default: %(default)s)"
+    )
+    g.add_argument(
+        "--budget-mb",
+        type=float,
+        default=m.budget_mb,
+        metavar="MB",
+        help="the budget in megabytes of model instead of entries (fp16 vector, the default student's attention "
+        "key and query, and the pattern of each entry)",
+    )
+    g.add_argument(
+        "--score",
+        choices=SCORES,
+        default=m.score,
+        help="statistic that ranks phrases: npmi (count x NPMI), llr (log-likelihood ratio), count (frequency "
+        "alone; combine with --min-npmi -1 for no association at all) (default: %(default)s)",
+    )
+    g.add_argument(
+        "--select",
+        choices=SELECTIONS,
+        default=m.select,
+        help="statistics: phrases ranked by --score; semantics: by the teacher's approximation error they remove "
+        "(needs the teacher pass: `vocabert embed --pass-only` first) (default: %(default)s)",
+    )
+    g.add_argument(
+        "--max-keys",
+        type=int,
+        default=m.max_keys,
+        metavar="N",
+        help="distinct keys a counter holds (16 bytes each) before it drops the rarest; the survivors are then "
+        "recounted exactly, and the result is exact unless the counts dropped reach --min-count, which the "
+        "command reports (default: %(default)s)",
     )
     g.add_argument(
         "--min-dispersion",
@@ -468,15 +500,21 @@ def build_parser(preset: str = "default") -> argparse.ArgumentParser:
     add(
         "mine",
         cmd_mine,
-        "Mine tokens, n-grams and skip-grams by counts and association (NPMI) under a budget.",
+        "Mine tokens, n-grams, whole words and skip-grams by counts and association (NPMI, LLR), or by the "
+        "teacher's error they remove, under a budget.",
         [common, mine, engine],
     )
-    add(
+    p = add(
         "embed",
         cmd_embed,
         "Run the teacher over the training texts: cache sentence embeddings (targets) and "
         "store each entry's mean contextual vector.",
         [common, embed, engine],
+    )
+    p.add_argument(
+        "--pass-only",
+        action="store_true",
+        help="only the teacher pass (no vocabulary needed): what `vocabert mine --select semantics` reads",
     )
     p = add(
         "train",

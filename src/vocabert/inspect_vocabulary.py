@@ -27,8 +27,10 @@ from vocabert.matching import PAD, WILDCARD, pattern_span
 if TYPE_CHECKING:
     from vocabert.model import StudentModel
 
-KINDS = ("token", "ngram", "skipgram")  # the kinds of vocabulary.tsv, in this order (KIND_NAMES of the mining)
-KIND_TOKEN, KIND_NGRAM, KIND_SKIPGRAM = range(3)
+# The kinds of vocabulary.tsv, in this order (KIND_NAMES of the mining). From patterns alone a whole word is
+# an n-gram (it takes the tokenizer to tell); the listing names it.
+KINDS = ("token", "ngram", "skipgram", "word")
+KIND_TOKEN, KIND_NGRAM, KIND_SKIPGRAM, KIND_WORD = range(4)
 LISTING = "vocabulary.tsv"
 CHUNK_ROWS = 8192  # entry vectors converted to float32 at a time: 12 MB at dim 384
 _WILDCARD_WORD = re.compile(r"(?:^|\s)\*(?=\s|$)")  # a "*" standing alone in a query text
@@ -183,11 +185,10 @@ class VocabularySummary:
         lines = [f"{where}{self.entries:,} entries of dimension {self.dim}, vectors in {self.dtype}"]
         by_length = ", ".join(f"{length} tokens {c:,}" for length, c in self.ngram_lengths.items())
         by_gap = ", ".join(f"gap {gap} {c:,}" for gap, c in self.skipgram_gaps.items())
-        for name, label, detail in (
-            ("token", "tokens", ""),
-            ("ngram", "n-grams", by_length),
-            ("skipgram", "skip-grams", by_gap),
-        ):
+        kinds = [("token", "tokens", ""), ("ngram", "n-grams", by_length), ("skipgram", "skip-grams", by_gap)]
+        if "word" in self.kinds:  # named by the listing; the n-gram lengths above count them too
+            kinds.insert(2, ("word", "words", "whole words of several pieces, in the lengths above"))
+        for name, label, detail in kinds:
             count = self.kinds[name]
             lines.append(f"  {label:<11}{count:>10,}  {100 * count / n:5.1f}%" + (f"  ({detail})" if detail else ""))
         lines.append(
@@ -249,6 +250,15 @@ def _table(listing: Listing, rows: np.ndarray) -> list[str]:
     return [line(header), *(line(row) for row in cells)]
 
 
+def _kind_counts(kinds: np.ndarray, listing: Listing | None, entries: int) -> dict[str, int]:
+    """Entries per kind from the patterns; whole words (n-grams to the patterns) as the listing names them."""
+    counts = {name: int((kinds == i).sum()) for i, name in enumerate(KINDS) if i != KIND_WORD}
+    if listing is not None and len(listing) == entries and (words := int((listing.kinds == KIND_WORD).sum())):
+        counts["ngram"] -= words
+        counts["word"] = words
+    return counts
+
+
 def vocabulary_summary(model: StudentModel) -> VocabularySummary:
     """Counts of the model's entries by kind, the entry store's size, and its vocabulary.tsv if it has one."""
     store = model.store
@@ -267,7 +277,7 @@ def vocabulary_summary(model: StudentModel) -> VocabularySummary:
         entries=len(store),
         dim=store.dim,
         dtype=dtype,
-        kinds={name: int((kinds == i).sum()) for i, name in enumerate(KINDS)},
+        kinds=_kind_counts(kinds, listing, len(store)),
         ngram_lengths={int(k): int(c) for k, c in zip(lengths, length_counts, strict=True)},
         skipgram_gaps={int(k): int(c) for k, c in zip(gap_values, gap_counts, strict=True)},
         vector_bytes=vector_bytes,

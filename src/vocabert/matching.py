@@ -49,9 +49,10 @@ def window_keys(ids: np.ndarray, positions: np.ndarray, span: int, base: int) ->
         return np.zeros(0, dtype=np.uint64)
     key = np.zeros(n, dtype=np.uint64)
     factor = np.uint64(1)
-    for p in positions:
-        key += ids[p : p + n].astype(np.uint64) * factor
-        factor = factor * np.uint64(base)
+    with np.errstate(over="ignore"):  # long shapes wrap around on purpose
+        for p in positions:
+            key += ids[p : p + n].astype(np.uint64) * factor
+            factor = factor * np.uint64(base)
     return key
 
 
@@ -59,9 +60,10 @@ def pattern_keys(patterns: np.ndarray, positions: np.ndarray, base: int) -> np.n
     """Keys of patterns that share one shape, computed as :func:`window_keys` computes windows."""
     key = np.zeros(len(patterns), dtype=np.uint64)
     factor = np.uint64(1)
-    for p in positions:
-        key += patterns[:, p].astype(np.uint64) * factor
-        factor = factor * np.uint64(base)
+    with np.errstate(over="ignore"):
+        for p in positions:
+            key += patterns[:, p].astype(np.uint64) * factor
+            factor = factor * np.uint64(base)
     return key
 
 
@@ -82,7 +84,8 @@ class EntryIndex:
     key that holds its shape and its tokens, ``(tokens as base-vocab digits) * shapes + shape``, in one
     open-addressing hash table with linear probing, at most half full: a batch's windows of every shape
     are hashed and probed together, a few vectorized passes in all. Keys too long for 64 bits wrap around
-    (a hash), so a hit of such a shape is checked against its pattern.
+    (a hash), so a hit of such a shape (5 or more fixed tokens of a 30k vocabulary) is checked against its
+    pattern; hits of exact shapes are not checked.
     """
 
     def __init__(self, patterns: np.ndarray, vocab_size: int):
@@ -102,6 +105,8 @@ class EntryIndex:
         shape_codes, inverse = np.unique(codes, return_inverse=True)
         self._n_shapes = np.uint64(max(len(shape_codes), 1))
         keys, entries = [], []
+        self._entry_shape = np.full(len(patterns), -1, dtype=np.int64)  # the shape index of each longer entry
+        self._entry_shape[multi] = inverse.reshape(-1)
         for code_index, code in enumerate(shape_codes):
             rows = multi[inverse == code_index]
             positions = np.flatnonzero((int(code) >> np.arange(width)) & 1)
@@ -109,14 +114,16 @@ class EntryIndex:
             self.shapes.append(_Shape(positions, int(code) >> width, bool(exact)))
             keys.append(pattern_keys(patterns[rows], positions, vocab_size) * self._n_shapes + np.uint64(code_index))
             entries.append(rows)
-        self._all_exact = all(shape.exact for shape in self.shapes)
+        self._exact = np.array([shape.exact for shape in self.shapes], dtype=bool)
+        self._all_exact = bool(self._exact.all())
         self._spans = np.array([shape.span for shape in self.shapes], dtype=np.int64)
         # Each shape's key as a sum over its fixed positions p of tokens[i + p] * factor (uint64 arithmetic
         # wraps around exactly as pattern_keys does); the shape's index is added last.
         self._width = width
         self._factors = []
         for shape in self.shapes:
-            factors = self._n_shapes * np.uint64(vocab_size) ** np.arange(len(shape.positions), dtype=np.uint64)
+            with np.errstate(over="ignore"):
+                factors = self._n_shapes * np.uint64(vocab_size) ** np.arange(len(shape.positions), dtype=np.uint64)
             self._factors.append(list(zip(shape.positions.tolist(), factors, strict=True)))
         self._shape_index = np.arange(len(self.shapes), dtype=np.uint64)
         self._build_table(
@@ -194,8 +201,14 @@ class EntryIndex:
         start, shape_of = np.divmod(hit, len(self.shapes)) if self.shapes else (hit, hit)
         entry = entry[hit]
         ok = start + self._spans[shape_of] <= np.repeat(offsets[1:], lengths)[start]  # the window ends in its text
-        if has_outside or not self._all_exact:
+        if has_outside:
             ok &= self._windows_equal_patterns(ids, outside, start, entry)
+        elif not self._all_exact:
+            # Hashed keys (5+ fixed tokens) can collide, with each other or with an exact key of another shape:
+            # check the shape, and the tokens of hashed shapes only, so the common shapes pay nothing.
+            ok &= self._entry_shape[entry] == shape_of
+            hashed = np.flatnonzero(ok & ~self._exact[shape_of])
+            ok[hashed] = self._windows_equal_patterns(ids, outside, start[hashed], entry[hashed])
         entry, start = entry[ok], start[ok]
 
         start = np.concatenate([token_hits, start])  # position in the batch: sorting by it sorts by (text, start)

@@ -408,10 +408,8 @@ def run_teacher_pass(
 # ------------------------------------------------------------------------------------------ store
 
 
-def occurrence_sums(
-    matches: Matches, patterns: np.ndarray, vectors: np.ndarray, offsets: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per entry found: the sum over its occurrences of the mean vector of the tokens it covers."""
+def occurrence_means(matches: Matches, patterns: np.ndarray, vectors: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Per match: the mean of the vectors of the tokens its entry covers (wildcards left out)."""
     fixed = patterns[matches.entry] >= 0  # (matches, width): positions that are tokens, not wildcards
     base = offsets[matches.text] + matches.start
     acc = np.zeros((len(matches), vectors.shape[1]), dtype=np.float32)
@@ -419,6 +417,14 @@ def occurrence_sums(
         rows = np.flatnonzero(fixed[:, j])
         acc[rows] += vectors[base[rows] + j]
     acc /= fixed.sum(axis=1, keepdims=True)
+    return acc
+
+
+def occurrence_sums(
+    matches: Matches, patterns: np.ndarray, vectors: np.ndarray, offsets: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per entry found: the sum over its occurrences of the mean vector of the tokens it covers."""
+    acc = occurrence_means(matches, patterns, vectors, offsets)
     order = np.argsort(matches.entry, kind="stable")
     entries, first = np.unique(matches.entry[order], return_index=True)
     sums = np.add.reduceat(acc[order], first, axis=0)
@@ -482,17 +488,17 @@ def entry_vectors(
 
 
 def run_embedding(
-    ws: Workspace, settings: EmbedSettings, force: bool = False, engine: Engine | None = None
-) -> VocabularyStore:
+    ws: Workspace, settings: EmbedSettings, force: bool = False, engine: Engine | None = None, pass_only: bool = False
+) -> VocabularyStore | None:
     """The ``embed`` stage: the teacher pass (skipped when current, resumed when interrupted), then the
-    store. With a Ray ``engine`` the teacher's work runs on Ray (:mod:`vocabert.distill.ray_jobs`)."""
+    store (not with ``pass_only``: the pass needs no vocabulary, and semantic mining reads it). With a Ray
+    ``engine`` the teacher's work runs on Ray (:mod:`vocabert.distill.ray_jobs`)."""
     if engine is None:
         with Engine() as local:
-            return run_embedding(ws, settings, force, local)
+            return run_embedding(ws, settings, force, local, pass_only)
     if settings.dtype not in ("float16", "int8"):
         raise VocabertError(f"unknown store dtype {settings.dtype!r}: use float16 or int8")
     corpus = open_corpus(ws)
-    vocab, _ = open_vocabulary(ws)
     check_same_teacher(ws.provenance, corpus.provenance, f"corpus {ws.corpus_dir}")
     pass_key = {
         "provenance": ws.provenance,
@@ -533,6 +539,9 @@ def run_embedding(
             f"peak RSS {peak_rss_mib():.0f} MiB)"
         )
 
+    if pass_only:
+        return None
+    vocab, _ = open_vocabulary(ws)
     store_key = {
         "provenance": ws.provenance,
         "settings": {"dtype": settings.dtype},

@@ -1,11 +1,17 @@
-"""Stage 2: mine a vocabulary of tokens, n-grams and skip-grams from the tokenized corpus.
+"""Stage 2: mine a vocabulary of tokens, n-grams, whole words and skip-grams from the tokenized corpus.
 
 Candidates are counted level by level, Apriori-style: an n-gram is only counted where both of its
 (n-1)-grams were frequent, and a skip-gram only where both of its tokens were, so nothing is ever
-enumerated blindly. Each candidate is scored by normalized PMI against its weakest split; a
-skip-gram must also be *dispersed* (no single filler accounts for most of its count, otherwise
-the n-gram already covers it). Under a size budget, every token that occurs is kept and the
-phrases with the highest ``count * npmi`` fill the rest. The listing records why each entry is in.
+enumerated blindly. Keys are exact 64-bit integers at every length: up to 4 tokens the tokens
+themselves (base-vocabulary digits); beyond, the rank of the n-gram's (n-1)-token prefix among the
+frequent (n-1)-grams, times the vocabulary size, plus its last token (Apriori guarantees that the
+prefix is frequent). Each candidate is scored against its weakest split by normalized PMI and by
+the log-likelihood ratio; a skip-gram must also be *dispersed* (no single filler accounts for most
+of its count, otherwise the n-gram already covers it). A whole word of several WordPieces is its
+own kind, exempt from the association threshold. Under a size budget, every token that occurs is
+kept and the phrases fill the rest, ranked by a statistic (``score``) or by the approximation error
+of the teacher's vectors they remove (``select="semantics"``, :mod:`vocabert.distill.semantics`).
+The listing records which criterion chose each entry.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import numpy as np
 from vocabert.artifacts import VocabertError, write_text
 from vocabert.distill.corpus import Corpus, Shard, open_corpus
 from vocabert.distill.engine import Engine, peak_rss_mib
+from vocabert.distill.teacher import embedding_dim
 from vocabert.distill.workspace import (
     Workspace,
     begin,
@@ -36,9 +43,21 @@ from vocabert.matching import PAD, WILDCARD, pattern_keys, pattern_span, window_
 from vocabert.store import load_safetensors, save_safetensors
 from vocabert.tokenizer import load_tokenizer
 
-KIND_TOKEN, KIND_NGRAM, KIND_SKIPGRAM = 0, 1, 2
+KIND_TOKEN, KIND_NGRAM, KIND_SKIPGRAM, KIND_WORD = 0, 1, 2, 3
 PARTIAL = "partial"  # per-shard counts of an unfinished Ray mining job (vocab/partial/<level>/...)
-KIND_NAMES = {KIND_TOKEN: "token", KIND_NGRAM: "ngram", KIND_SKIPGRAM: "skipgram"}
+KIND_NAMES = {KIND_TOKEN: "token", KIND_NGRAM: "ngram", KIND_SKIPGRAM: "skipgram", KIND_WORD: "word"}
+SCORES = ("npmi", "llr", "count")  # statistics a phrase can be ranked by: count*npmi, log-likelihood ratio, count
+SELECTIONS = ("statistics", "semantics")
+# Why an entry is in (the chosen_by column): tokens always, phrases by the criterion that ranked them.
+CHOSEN_TOKEN, CHOSEN_SEMANTICS = 0, 4
+CHOSEN_BY_SCORE = {"npmi": 1, "llr": 2, "count": 3}
+CHOSEN_NAMES = {
+    0: "token that occurs",
+    1: "statistics: count*npmi",
+    2: "statistics: llr",
+    3: "statistics: count",
+    4: "semantics: error removed",
+}
 
 
 @dataclass
@@ -49,7 +68,16 @@ class Vocabulary:
     kind: np.ndarray  # int8
     count: np.ndarray  # int64, occurrences in the mining corpus
     npmi: np.ndarray  # float32, nan for tokens
-    score: np.ndarray  # float32, the selection score (count for tokens, count * npmi for phrases)
+    score: np.ndarray  # float32, the selection score (count for tokens; for phrases the chosen criterion's)
+    llr: np.ndarray | None = None  # float32, log-likelihood ratio of the weakest split, nan for tokens
+    chosen: np.ndarray | None = None  # int8, a key of CHOSEN_NAMES
+
+    def __post_init__(self) -> None:
+        # Vocabularies mined before these columns existed: unknown LLR, phrases chosen by count*npmi.
+        if self.llr is None:
+            self.llr = np.full(len(self.patterns), np.nan, dtype=np.float32)
+        if self.chosen is None:
+            self.chosen = np.where(self.kind == KIND_TOKEN, CHOSEN_TOKEN, CHOSEN_BY_SCORE["npmi"]).astype(np.int8)
 
     def __len__(self) -> int:
         return len(self.patterns)
@@ -63,6 +91,8 @@ class Vocabulary:
                 "count": self.count.astype(np.int64),
                 "npmi": self.npmi.astype(np.float32),
                 "score": self.score.astype(np.float32),
+                "llr": self.llr.astype(np.float32),
+                "chosen": self.chosen.astype(np.int8),
             },
         )
         write_text(directory / "vocabulary.tsv", listing(self, tokens))
@@ -71,9 +101,10 @@ class Vocabulary:
     def load(cls, directory: Path) -> Vocabulary:
         t, _ = load_safetensors(Path(directory) / "vocabulary.safetensors", "vocabulary")
         try:
-            return cls(*(np.asarray(t[k]) for k in ("patterns", "kind", "count", "npmi", "score")))
+            arrays = [np.asarray(t[k]) for k in ("patterns", "kind", "count", "npmi", "score")]
         except KeyError as e:
             raise VocabertError(f"vocabulary in {directory} lacks tensor {e}") from None
+        return cls(*arrays, **{k: np.asarray(t[k]) for k in ("llr", "chosen") if k in t})
 
 
 def describe(pattern: np.ndarray, tokens: list[str]) -> str:
@@ -82,10 +113,12 @@ def describe(pattern: np.ndarray, tokens: list[str]) -> str:
 
 
 def listing(vocab: Vocabulary, tokens: list[str]) -> str:
-    lines = ["entry\tkind\tcount\tnpmi\tscore\tchosen_by"]
-    for p, k, c, n, s in zip(vocab.patterns, vocab.kind, vocab.count, vocab.npmi, vocab.score, strict=True):
-        why = "token that occurs" if k == KIND_TOKEN else "statistics: count*npmi"
-        lines.append(f"{describe(p, tokens)}\t{KIND_NAMES[int(k)]}\t{c}\t{n:.3f}\t{s:.1f}\t{why}")
+    lines = ["entry\tkind\tcount\tnpmi\tllr\tscore\tchosen_by"]
+    columns = (vocab.patterns, vocab.kind, vocab.count, vocab.npmi, vocab.llr, vocab.score, vocab.chosen)
+    for p, k, c, n, g, s, why in zip(*columns, strict=True):
+        lines.append(
+            f"{describe(p, tokens)}\t{KIND_NAMES[int(k)]}\t{c}\t{n:.3f}\t{g:.1f}\t{s:.1f}\t{CHOSEN_NAMES[int(why)]}"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -93,11 +126,18 @@ def listing(vocab: Vocabulary, tokens: list[str]) -> str:
 
 
 class KeyCounter:
-    """Counts of uint64 keys, merged shard by shard so memory follows distinct keys, not corpus size."""
+    """Counts of uint64 keys, merged shard by shard so memory follows distinct keys, not corpus size.
 
-    def __init__(self) -> None:
+    With ``max_keys``, memory is bounded too: when more distinct keys than that are held, the rarest are
+    dropped until at most half remain, and ``lost`` grows by the highest count dropped. A key's count is
+    then short by at most ``lost``, and every key that occurs more than ``lost`` times is still held
+    (see :func:`merge_counts`, which recounts the survivors exactly)."""
+
+    def __init__(self, max_keys: int | None = None) -> None:
         self.keys = np.zeros(0, dtype=np.uint64)
         self.counts = np.zeros(0, dtype=np.int64)
+        self.max_keys = max_keys
+        self.lost = 0
 
     def add(self, keys: np.ndarray, counts: np.ndarray | None = None) -> None:
         """Count ``keys`` (each once), or add ``counts`` of distinct ``keys`` (a shard's counts)."""
@@ -108,6 +148,15 @@ class KeyCounter:
         merged_counts = np.concatenate([self.counts, c])
         self.keys, inverse = np.unique(merged, return_inverse=True)
         self.counts = np.bincount(inverse.reshape(-1), weights=merged_counts).astype(np.int64)
+        if self.max_keys is not None and len(self.keys) > self.max_keys:
+            self._prune()
+
+    def _prune(self) -> None:
+        keep = max(self.max_keys // 2, 1)
+        threshold = int(np.partition(self.counts, len(self.counts) - keep)[len(self.counts) - keep])
+        survive = self.counts > threshold  # ties at the threshold go too: at most `keep` remain
+        self.lost += threshold
+        self.keys, self.counts = self.keys[survive], self.counts[survive]
 
     def frequent(self, min_count: int) -> tuple[np.ndarray, np.ndarray]:
         keep = self.counts >= min_count
@@ -126,6 +175,14 @@ def _lookup(sorted_keys: np.ndarray, values: np.ndarray, keys: np.ndarray) -> np
     return values[pos]
 
 
+def direct_length(base: int) -> int:
+    """Longest n-gram whose key is its tokens as base-``base`` digits in 64 bits (4 for BERT's 30,522)."""
+    n = 1
+    while float(base) ** (n + 1) < 2.0**64:
+        n += 1
+    return n
+
+
 def _decode(keys: np.ndarray, n: int, base: int) -> np.ndarray:
     """Token ids of n-gram keys (inverse of :func:`window_keys` with positions 0..n-1)."""
     out = np.zeros((len(keys), n), dtype=np.int64)
@@ -134,6 +191,44 @@ def _decode(keys: np.ndarray, n: int, base: int) -> np.ndarray:
         out[:, j] = (rest % np.uint64(base)).astype(np.int64)
         rest //= np.uint64(base)
     return out
+
+
+def decode_grams(keys: np.ndarray, n: int, base: int, levels: dict[int, np.ndarray]) -> np.ndarray:
+    """Token ids of the n-gram keys of any length (see :func:`gram_keys`); ``levels[m]`` are the sorted
+    keys of the frequent m-grams."""
+    if n <= direct_length(base):
+        return _decode(keys, n, base)
+    prefix = levels[n - 1][(keys // np.uint64(base)).astype(np.int64)]
+    last = (keys % np.uint64(base)).astype(np.int64)
+    return np.column_stack([decode_grams(prefix, n - 1, base, levels), last])
+
+
+def gram_keys(toks: np.ndarray, base: int, levels: dict[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Keys of n-grams given as rows of token ids, and whether each has one: beyond the direct length,
+    a key needs the (n-1)-token prefix to be a frequent (n-1)-gram (``levels[n-1]``, sorted keys)."""
+    n = toks.shape[1]
+    if n <= direct_length(base):
+        return pattern_keys(toks, np.arange(n), base), np.ones(len(toks), dtype=bool)
+    prefix, valid = gram_keys(toks[:, :-1], base, levels)
+    valid &= _contains(levels[n - 1], prefix)
+    rank = np.searchsorted(levels[n - 1], prefix).astype(np.uint64)
+    return rank * np.uint64(base) + toks[:, -1].astype(np.uint64), valid
+
+
+def frequent_windows(
+    ids: np.ndarray, n: int, base: int, levels: dict[int, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Key of the n-token window at every start of ``ids`` (``len(ids) - n + 1`` of them) and whether it is a
+    frequent n-gram (``levels[n]``; the keys of windows that are not may be meaningless)."""
+    if n <= direct_length(base):
+        keys = window_keys(ids, np.arange(n), n, base)
+    else:
+        prefix, frequent = frequent_windows(ids, n - 1, base, levels)
+        rank = np.searchsorted(levels[n - 1], prefix[:-1]).astype(np.uint64)
+        keys = np.where(frequent[:-1], rank * np.uint64(base) + ids[n - 1 :].astype(np.uint64), np.uint64(0))
+        if n in levels:
+            return keys, frequent[:-1] & _contains(levels[n], keys)
+    return keys, _contains(levels[n], keys) if n in levels else np.zeros(len(keys), dtype=bool)
 
 
 def _windows(ids: np.ndarray, offsets: np.ndarray, span: int, allowed: np.ndarray) -> np.ndarray:
@@ -161,17 +256,38 @@ def count_tokens(shard: Shard, base: int) -> dict[str, np.ndarray]:
 
 
 def count_phrases(
-    shard: Shard, n: int, base: int, phrase_ok: np.ndarray, prev: np.ndarray, max_gap: int
+    shard: Shard,
+    n: int,
+    base: int,
+    phrase_ok: np.ndarray,
+    levels: dict[int, np.ndarray],
+    max_gap: int,
+    continuation: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Counts of a shard's n-grams whose tokens may start phrases and whose two (n-1)-grams are in
-    ``prev`` (sorted keys of the frequent ones); with ``n == 2``, of its skip-grams too. Counters
-    come as ``<name>.keys`` (distinct, sorted) and ``<name>.counts``."""
+    """Counts of a shard's n-grams whose tokens may start phrases and whose two (n-1)-grams are frequent
+    (``levels[m]``: sorted keys of the frequent m-grams, m < n); with ``n == 2``, of its skip-grams too;
+    with ``continuation`` (token ids that continue a word), of the n-grams that are one whole word.
+    Counters come as ``<name>.keys`` (distinct, sorted) and ``<name>.counts``."""
     starts = _windows(shard.ids, shard.offsets, n, phrase_ok)
-    keys = window_keys(shard.ids, np.arange(n), n, base)[starts]
-    if n > 2:
-        prefix = window_keys(shard.ids, np.arange(n - 1), n - 1, base)
-        keys = keys[_contains(prev, prefix[starts]) & _contains(prev, prefix[starts + 1])]
+    if n == 2:
+        keys = window_keys(shard.ids, np.arange(2), 2, base)[starts]
+    else:
+        prefix, frequent = frequent_windows(shard.ids, n - 1, base, levels)
+        starts = starts[frequent[starts] & frequent[starts + 1]]
+        if n <= direct_length(base):
+            keys = window_keys(shard.ids, np.arange(n), n, base)[starts]
+        else:  # the prefix's rank among the frequent (n-1)-grams, then the last token
+            rank = np.searchsorted(levels[n - 1], prefix[starts]).astype(np.uint64)
+            keys = rank * np.uint64(base) + shard.ids[starts + n - 1].astype(np.uint64)
     out = dict(zip(("ngram.keys", "ngram.counts"), np.unique(keys, return_counts=True), strict=True))
+    if continuation is not None:  # a word start, continuations only, and no continuation after it
+        cont = np.append(continuation[shard.ids], False)
+        whole = ~cont[starts]
+        for j in range(1, n):
+            whole &= cont[starts + j]
+        after = starts + n
+        whole &= ~cont[after] | np.isin(after, shard.offsets)
+        out["word.keys"], out["word.counts"] = np.unique(keys[whole], return_counts=True)
     if n == 2:
         for gap in range(1, max_gap + 1):
             s = _windows(shard.ids, shard.offsets, gap + 2, np.ones(base, bool))
@@ -185,13 +301,41 @@ def counter_names(counts: dict[str, np.ndarray]) -> list[str]:
     return sorted(k.removesuffix(".keys") for k in counts if k.endswith(".keys"))
 
 
-def merge_counts(counted: Iterable[dict[str, np.ndarray]], min_count: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per-shard counts (``count_phrases``'s) merged into each counter's keys that reach ``min_count``."""
+def merge_counts(
+    counted: Callable[[], Iterable[dict[str, np.ndarray]]], min_count: int, max_keys: int | None = None
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-shard counts (``count_phrases``'s, from ``counted()``) merged into each counter's keys that
+    reach ``min_count``. With ``max_keys`` the counters prune as they go (:class:`KeyCounter`); a counter
+    that pruned is recounted exactly over a second ``counted()``, for the keys that may be frequent only,
+    so the result is the unbounded one whenever no key lost ``min_count`` or more."""
     counters: dict[str, KeyCounter] = {}
-    for counts in counted:
+    for counts in counted():
         for name in counter_names(counts):
-            counters.setdefault(name, KeyCounter()).add(counts[f"{name}.keys"], counts[f"{name}.counts"])
-    return {name: counter.frequent(min_count) for name, counter in counters.items()}
+            counters.setdefault(name, KeyCounter(max_keys)).add(counts[f"{name}.keys"], counts[f"{name}.counts"])
+    out = {name: counter.frequent(min_count) for name, counter in counters.items() if not counter.lost}
+    pruned = {name: c for name, c in counters.items() if c.lost}
+    if not pruned:
+        return out
+    for name, c in pruned.items():
+        # The recount is exact, but keys seen fewer than `lost` times may be gone.
+        exact_result = "exact" if c.lost < min_count else f"{name}s seen at most {c.lost} times may be missing"
+        log(f"mine: the {name} counter reached {max_keys} keys, pruned counts up to {c.lost}; recount: {exact_result}")
+    candidates = {name: c.keys[c.counts + c.lost >= min_count] for name, c in pruned.items()}
+    exact = {name: np.zeros(len(keys), dtype=np.int64) for name, keys in candidates.items()}
+    del counters, pruned
+    for counts in counted():
+        for name, keys in candidates.items():
+            k, c = counts.get(f"{name}.keys"), counts.get(f"{name}.counts")
+            if k is None or len(keys) == 0:
+                continue
+            hit = _contains(keys, k)
+            exact[name] += np.bincount(np.searchsorted(keys, k[hit]), weights=c[hit], minlength=len(keys)).astype(
+                np.int64
+            )
+    for name, keys in candidates.items():
+        keep = exact[name] >= min_count
+        out[name] = keys[keep], exact[name][keep]
+    return out
 
 
 class Counting(Protocol):
@@ -207,10 +351,10 @@ class Counting(Protocol):
 
 
 class LocalCounts:
-    """:class:`Counting` in this process, shard after shard."""
+    """:class:`Counting` in this process, shard after shard; counters hold at most ``max_keys`` keys."""
 
-    def __init__(self, corpus: Corpus, show_progress_bar: bool = True):
-        self.corpus, self.show_progress_bar = corpus, show_progress_bar
+    def __init__(self, corpus: Corpus, show_progress_bar: bool = True, max_keys: int | None = None):
+        self.corpus, self.show_progress_bar, self.max_keys = corpus, show_progress_bar, max_keys
 
     def _each(self, name: str, fn: Callable[..., dict], kwargs: dict) -> Iterator[dict[str, np.ndarray]]:
         for shard in self.corpus.shards("train", progress=f"mine: {name}" if self.show_progress_bar else None):
@@ -225,7 +369,7 @@ class LocalCounts:
     def frequent(
         self, name: str, fn: Callable[..., dict], kwargs: dict, min_count: int
     ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        return merge_counts(self._each(name, fn, kwargs), min_count)
+        return merge_counts(lambda: self._each(name, fn, kwargs), min_count, self.max_keys)
 
 
 # -------------------------------------------------------------------------------------------- mining
@@ -236,11 +380,54 @@ class MineSettings:
     """Settings of the ``mine`` stage (every default lives here): :func:`mine_vocabulary`'s arguments."""
 
     budget: int = 100_000  # entries in the vocabulary, tokens included
+    budget_mb: float | None = None  # if set, the budget in megabytes of model (see entry_bytes) instead
     max_ngram: int = 4  # longest n-gram in tokens
     max_gap: int = 2  # largest skip-gram gap in tokens
     min_count: int = 5  # occurrences a phrase needs
-    min_npmi: float = 0.1  # association a phrase needs
+    min_npmi: float = 0.1  # association a phrase needs (whole words are exempt)
     min_dispersion: float = 0.5  # share of a skip-gram's count not explained by its most frequent filler
+    max_keys: int = 8_000_000  # distinct keys a counter holds (16 bytes each) before it prunes the rarest
+    score: str = "npmi"  # statistic that ranks phrases: npmi (count*npmi), llr, count (blind frequency)
+    select: str = "statistics"  # statistics: rank by score; semantics: by the teacher's error removed
+
+
+# A model stores per entry its fp16 vector, the default student's rank-32 key and query (fp32) and its
+# pattern (int32): what --budget-mb divides by.
+ATTENTION_BYTES = 2 * 32 * 4
+
+
+def entry_bytes(dim: int, width: int) -> int:
+    """Bytes one vocabulary entry adds to a model folder (fp16 vector, attention key and query, pattern)."""
+    return 2 * dim + ATTENTION_BYTES + 4 * width
+
+
+def budget_entries(budget: int, budget_mb: float | None, dim: int, width: int) -> int:
+    """The budget in entries: ``budget``, or as many entries as ``budget_mb`` megabytes hold."""
+    if budget_mb is None:
+        return budget
+    if budget_mb <= 0:
+        raise VocabertError("--budget-mb must be above 0")
+    return int(budget_mb * 1e6 // entry_bytes(dim, width))
+
+
+def _xlogx_ratio(k: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(k > 0, k * np.log(k / expected), 0.0)
+
+
+def log_likelihood_ratio(count: np.ndarray, left: np.ndarray, right: np.ndarray, total: int) -> np.ndarray:
+    """Dunning's G^2 of the 2x2 table (left part present or not, right part present or not)."""
+    count, left, right = (np.asarray(x, dtype=np.float64) for x in (count, left, right))
+    # k11 = count, k12 = left without right, k21 = right without left, k22 = neither (clipped: n-gram counts
+    # of the parts come from other window positions, so left - count can dip below 0 by a few).
+    k = [count, np.maximum(left - count, 0), np.maximum(right - count, 0), np.maximum(total - left - right + count, 0)]
+    rows = [left, left, total - left, total - left]
+    cols = [right, total - right, right, total - right]
+    return 2 * sum(_xlogx_ratio(k[i], rows[i] * cols[i] / total) for i in range(4))
+
+
+# Ranks phrases by meaning (vocabert.distill.semantics): (patterns, counts) -> the gain of each
+SemanticGains = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def mine_vocabulary(
@@ -251,22 +438,38 @@ def mine_vocabulary(
     min_count: int = MineSettings.min_count,
     min_npmi: float = MineSettings.min_npmi,
     min_dispersion: float = MineSettings.min_dispersion,
+    max_keys: int = MineSettings.max_keys,
+    score: str = MineSettings.score,
+    select: str = MineSettings.select,
     special_ids: list[int] | None = None,
+    continuation: np.ndarray | None = None,
+    semantic_gains: SemanticGains | None = None,
     show_progress_bar: bool = True,
     counting: Counting | None = None,
 ) -> Vocabulary:
     """Select tokens, n-grams (2..max_ngram) and skip-grams (gaps 1..max_gap) from the training split.
 
-    ``counting`` runs the per-shard counting and merges it (default: :class:`LocalCounts`, here)."""
+    ``continuation`` marks the token ids that continue a word (``##...``): an n-gram that is a whole word
+    (not only the start of a longer one) at least ``min_count`` times is of kind ``word``.
+    ``select="semantics"`` ranks phrases by ``semantic_gains``. ``counting`` runs the per-shard counting
+    and merges it (default: :class:`LocalCounts`, here, with counters of at most ``max_keys`` keys)."""
     base = int(corpus.manifest["vocab_size"])
-    if float(base) ** max_ngram >= 2.0**64:
-        raise VocabertError(f"max_ngram={max_ngram} is too long for exact keys with a {base}-token vocabulary")
     if budget < 1:
         raise VocabertError("the vocabulary budget must be at least 1")
+    if max_ngram < 1 or max_gap < 0:
+        raise VocabertError("--max-ngram must be at least 1 and --max-gap at least 0")
+    if score not in SCORES:
+        raise VocabertError(f"unknown score {score!r}: use {', '.join(SCORES)}")
+    if select not in SELECTIONS:
+        raise VocabertError(f"unknown selection {select!r}: use {' or '.join(SELECTIONS)}")
+    if select == "semantics" and semantic_gains is None:
+        raise VocabertError("semantic selection needs the teacher pass (semantic_gains)")
     special = np.zeros(base, dtype=bool)
     special[list(special_ids or [])] = True
 
-    counting = counting or LocalCounts(corpus, show_progress_bar)
+    if max_keys < 2:
+        raise VocabertError("--max-keys must be at least 2")
+    counting = counting or LocalCounts(corpus, show_progress_bar, max_keys)
     unigram = counting.total("tokens", count_tokens, {"base": base}).get("unigram", np.zeros(base, np.int64))
     total = int(unigram.sum())
     if total == 0:
@@ -275,93 +478,113 @@ def mine_vocabulary(
 
     # Level 2 counts bigrams and skip-grams; level n counts n-grams whose two (n-1)-grams are frequent.
     ngram_keys: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    word_keys: dict[int, np.ndarray] = {}  # n-grams that are one whole word at least min_count times
     none = (np.zeros(0, np.uint64), np.zeros(0, np.int64))
     skip_frequent = {gap: none for gap in range(1, max_gap + 1)}
     for n in range(2, max_ngram + 1):
-        prev = ngram_keys.get(n - 1, none)[0]
-        kwargs = {"n": n, "base": base, "phrase_ok": phrase_ok, "prev": prev, "max_gap": max_gap}
+        levels = {m: keys for m, (keys, _) in ngram_keys.items()}
+        kwargs = {"n": n, "base": base, "phrase_ok": phrase_ok, "levels": levels, "max_gap": max_gap}
+        if continuation is not None:
+            kwargs["continuation"] = continuation
         found = counting.frequent(f"{n}-grams", count_phrases, kwargs, min_count)
         ngram_keys[n] = found.get("ngram", none)
+        word_keys[n] = found.get("word", none)[0]
         if n == 2:
             skip_frequent = {gap: found.get(f"skip{gap}", none) for gap in skip_frequent}
         kinds = ", ".join(f"{len(found[k][0])} {k}s" for k in sorted(found))
         log(f"mine: {kinds} of {n} tokens occur {min_count}+ times")
         if len(ngram_keys[n][0]) == 0:
             break
+    levels = {m: keys for m, (keys, _) in ngram_keys.items()}
 
     def count_of(parts: np.ndarray) -> np.ndarray:
         """Counts of the sub-grams in ``parts`` (rows of token ids, all frequent by construction)."""
-        width = parts.shape[1]
-        if width == 1:
+        if parts.shape[1] == 1:
             return unigram[parts[:, 0]]
-        keys, counts = ngram_keys[width]
-        return _lookup(keys, counts, pattern_keys(parts, np.arange(width), base))
+        keys, counts = ngram_keys[parts.shape[1]]
+        return _lookup(keys, counts, gram_keys(parts, base, levels)[0])
 
     log_total = np.log(total)
-    patterns, kinds, counts, npmis = [], [], [], []
+    width = max(max_ngram, max_gap + 2 if max_gap else 1)
+    patterns, kinds, counts, npmis, llrs = [], [], [], [], []
     for n, (keys, cnt) in ngram_keys.items():
         if len(keys) == 0:
             continue
-        toks = _decode(keys, n, base)
-        pmi = np.full(len(keys), np.inf)
+        toks = decode_grams(keys, n, base, levels)
+        pmi, llr = np.full(len(keys), np.inf), np.full(len(keys), np.inf)
         for split in range(1, n):
             left, right = count_of(toks[:, :split]), count_of(toks[:, split:])
             pmi = np.minimum(pmi, np.log(cnt) + log_total - np.log(left) - np.log(right))
-        npmi = pmi / (log_total - np.log(cnt))
-        row = np.full((len(keys), max_ngram), PAD, dtype=np.int64)
+            llr = np.minimum(llr, log_likelihood_ratio(cnt, left, right, total))
+        row = np.full((len(keys), width), PAD, dtype=np.int64)
         row[:, :n] = toks
+        kind = np.full(len(keys), KIND_NGRAM)
+        kind[_contains(word_keys.get(n, none[0]), keys)] = KIND_WORD
         patterns.append(row)
-        kinds.append(np.full(len(keys), KIND_NGRAM))
+        kinds.append(kind)
         counts.append(cnt)
-        npmis.append(npmi)
+        npmis.append(pmi / (log_total - np.log(cnt)))
+        llrs.append(llr)
 
     for gap, (keys, cnt) in skip_frequent.items():
         if len(keys) == 0:
             continue
         pair = _decode(keys, 2, base)
-        pmi = np.log(cnt) + log_total - np.log(unigram[pair[:, 0]]) - np.log(unigram[pair[:, 1]])
-        npmi = pmi / (log_total - np.log(cnt))
+        left, right = unigram[pair[:, 0]], unigram[pair[:, 1]]
+        pmi = np.log(cnt) + log_total - np.log(left) - np.log(right)
         # The most frequent filler's n-gram: if it explains most of the count, the n-gram suffices.
         dispersion = np.ones(len(keys))
         if gap + 2 in ngram_keys and len(ngram_keys[gap + 2][0]):
             nk, nc = ngram_keys[gap + 2]
-            ends = _decode(nk, gap + 2, base)[:, [0, gap + 1]]
+            ends = decode_grams(nk, gap + 2, base, levels)[:, [0, gap + 1]]
             end_keys = pattern_keys(ends, np.arange(2), base)
-            order = np.argsort(end_keys)
+            order = np.argsort(end_keys, kind="stable")
             uniq, first = np.unique(end_keys[order], return_index=True)
             top = np.maximum.reduceat(nc[order], first)
             has = _contains(uniq, keys)
             dispersion[has] = 1.0 - _lookup(uniq, top, keys[has]) / cnt[has]
         keep = dispersion >= min_dispersion
-        width = max(max_ngram, gap + 2)
         row = np.full((int(keep.sum()), width), PAD, dtype=np.int64)
         row[:, 0], row[:, 1 : gap + 1], row[:, gap + 1] = pair[keep, 0], WILDCARD, pair[keep, 1]
         patterns.append(row)
         kinds.append(np.full(len(row), KIND_SKIPGRAM))
         counts.append(cnt[keep])
-        npmis.append(npmi[keep])
+        npmis.append((pmi / (log_total - np.log(cnt)))[keep])
+        llrs.append(log_likelihood_ratio(cnt, left, right, total)[keep])
 
     token_ids = np.flatnonzero(unigram > 0)
     token_ids = token_ids[np.argsort(-unigram[token_ids], kind="stable")][:budget]
-    width = max([max_ngram] + [p.shape[1] for p in patterns])
-    vocab_patterns = [np.pad(p, ((0, 0), (0, width - p.shape[1])), constant_values=PAD) for p in patterns]
-    phrase_patterns = np.concatenate(vocab_patterns) if vocab_patterns else np.zeros((0, width), np.int64)
+    phrase_patterns = np.concatenate(patterns) if patterns else np.zeros((0, width), np.int64)
     phrase_kind = np.concatenate(kinds) if kinds else np.zeros(0, np.int64)
     phrase_count = np.concatenate(counts) if counts else np.zeros(0, np.int64)
     phrase_npmi = np.concatenate(npmis) if npmis else np.zeros(0)
-    phrase_score = phrase_count * phrase_npmi
-    eligible = np.flatnonzero(phrase_npmi >= min_npmi)
-    room = budget - len(token_ids)
-    chosen = eligible[np.argsort(-phrase_score[eligible], kind="stable")][: max(room, 0)]
+    phrase_llr = np.concatenate(llrs) if llrs else np.zeros(0)
+    statistic = {"npmi": phrase_count * phrase_npmi, "llr": phrase_llr, "count": phrase_count.astype(float)}[score]
+    eligible = np.flatnonzero((phrase_npmi >= min_npmi) | (phrase_kind == KIND_WORD))
+    room = max(budget - len(token_ids), 0)
+    if select == "semantics" and room and len(eligible):
+        phrase_score = np.asarray(semantic_gains(phrase_patterns, phrase_count), dtype=np.float64)
+        why = CHOSEN_SEMANTICS
+    else:
+        phrase_score, why = statistic, CHOSEN_BY_SCORE[score]
+    # Ties (equal scores) keep the order above: by kind and length, then by key, so the result is deterministic.
+    chosen = eligible[np.argsort(-phrase_score[eligible], kind="stable")][:room]
+    log(
+        f"mine: {len(eligible)} phrases pass the thresholds; {len(token_ids)} tokens and the {len(chosen)} phrases of "
+        f"highest {CHOSEN_NAMES[why]} fill the budget of {budget}"
+    )
 
     token_rows = np.full((len(token_ids), width), PAD, dtype=np.int64)
     token_rows[:, 0] = token_ids
+    nan_tokens = np.full(len(token_ids), np.nan)
     return Vocabulary(
         patterns=np.concatenate([token_rows, phrase_patterns[chosen]]).astype(np.int32),
         kind=np.concatenate([np.full(len(token_ids), KIND_TOKEN), phrase_kind[chosen]]).astype(np.int8),
         count=np.concatenate([unigram[token_ids], phrase_count[chosen]]),
-        npmi=np.concatenate([np.full(len(token_ids), np.nan), phrase_npmi[chosen]]).astype(np.float32),
+        npmi=np.concatenate([nan_tokens, phrase_npmi[chosen]]).astype(np.float32),
         score=np.concatenate([unigram[token_ids].astype(float), phrase_score[chosen]]).astype(np.float32),
+        llr=np.concatenate([nan_tokens, phrase_llr[chosen]]).astype(np.float32),
+        chosen=np.concatenate([np.full(len(token_ids), CHOSEN_TOKEN), np.full(len(chosen), why)]).astype(np.int8),
     )
 
 
@@ -370,12 +593,17 @@ def run_mining(ws: Workspace, settings: MineSettings, force: bool = False, engin
     manifest. With a Ray ``engine`` the counting runs as Ray tasks (:mod:`vocabert.distill.ray_jobs`)."""
     corpus = open_corpus(ws)
     out_dir = ws.vocab_dir
-    key = {"provenance": corpus.provenance, "settings": asdict(settings), "inputs": {"corpus": digest(ws.corpus_dir)}}
+    inputs = {"corpus": digest(ws.corpus_dir)}
+    if settings.select == "semantics":
+        inputs["teacher pass"] = _finished_teacher_pass(ws)
+    key = {"provenance": corpus.provenance, "settings": asdict(settings), "inputs": inputs}
     if not force and is_current(out_dir, "vocabulary", key):
         log(f"mine: {out_dir} is up to date")
         return Vocabulary.load(out_dir)
     tokenizer = load_tokenizer(ws.tokenizer_text, ws.max_length)
-    tokens = [tokenizer.id_to_token(i) or f"[{i}]" for i in range(int(corpus.manifest["vocab_size"]))]
+    vocab_size = int(corpus.manifest["vocab_size"])
+    tokens = [tokenizer.id_to_token(i) or f"[{i}]" for i in range(vocab_size)]
+    continuation = np.array([t.startswith("##") and len(t) > 2 for t in tokens])
     counting = None
     if engine is not None and engine.is_ray:
         from vocabert.distill.ray_jobs import RayCounts
@@ -383,13 +611,28 @@ def run_mining(ws: Workspace, settings: MineSettings, force: bool = False, engin
         scratch = out_dir / PARTIAL
         if force:
             shutil.rmtree(scratch, ignore_errors=True)
-        counting = RayCounts(engine, corpus, scratch, key, ws.show_progress_bar)
+        counting = RayCounts(engine, corpus, scratch, key, ws.show_progress_bar, max_keys=settings.max_keys)
+    gains = None
+    if settings.select == "semantics":
+        from vocabert.distill.embedding import open_teacher_pass
+        from vocabert.distill.semantics import semantic_gains
+
+        passed = open_teacher_pass(ws)
+
+        def gains(phrases: np.ndarray, counts: np.ndarray) -> np.ndarray:
+            return semantic_gains(passed, phrases, counts, vocab_size, ws.show_progress_bar)
+
+    options = asdict(settings)
+    width = max(settings.max_ngram, settings.max_gap + 2 if settings.max_gap else 1)
+    options["budget"] = budget_entries(settings.budget, options.pop("budget_mb"), embedding_dim(ws.teacher_path), width)
     vocab = mine_vocabulary(
         corpus,
         special_ids=special_tokens(ws.tokenizer_text)["all"],
+        continuation=continuation,
+        semantic_gains=gains,
         show_progress_bar=ws.show_progress_bar,
         counting=counting,
-        **asdict(settings),
+        **options,
     )
     begin(out_dir)
     vocab.save(out_dir, tokens)
@@ -404,10 +647,20 @@ def run_mining(ws: Workspace, settings: MineSettings, force: bool = False, engin
             f"merged by {counting.partitions} partition tasks per level; peak RSS {peak_rss_mib():.0f} MiB"
         )
     log(
-        f"mine: {len(vocab)} entries ({summary['token']} tokens, {summary['ngram']} n-grams, "
-        f"{summary['skipgram']} skip-grams) -> {out_dir / 'vocabulary.tsv'}"
+        f"mine: {len(vocab)} entries ({summary['token']} tokens, {summary['ngram']} n-grams, {summary['word']} "
+        f"whole words, {summary['skipgram']} skip-grams) -> {out_dir / 'vocabulary.tsv'}"
     )
     return vocab
+
+
+def _finished_teacher_pass(ws: Workspace) -> str:
+    """The digest of the work directory's finished teacher pass, which semantic selection reads."""
+    if not (ws.teacher_dir / "manifest.json").is_file():
+        raise VocabertError(
+            f"--select semantics scores phrases with the teacher pass, and {ws.teacher_dir} holds no finished one: "
+            "run `vocabert embed --pass-only` first (the pass does not depend on the vocabulary)"
+        )
+    return digest(ws.teacher_dir)
 
 
 def open_vocabulary(ws: Workspace) -> tuple[Vocabulary, dict]:

@@ -4,6 +4,7 @@ Each stage lives in its own module and decides there whether it is up to date, h
 what it writes (the protocol is in :mod:`vocabert.distill.workspace`)::
 
     corpus     vocabert.distill.corpus.run_corpus        -> <workdir>/corpus
+    (teacher pass first when mining selects by semantics: it reads the pass, which needs no vocabulary)
     mine       vocabert.distill.mining.run_mining        -> <workdir>/vocab     (counting: local or Ray)
     embed      vocabert.distill.embedding.run_embedding  -> <workdir>/teacher, <workdir>/store  (teacher: local or Ray)
     train      vocabert.distill.training.run_training    -> <workdir>/model
@@ -40,11 +41,15 @@ def build_model(
     embed, train = embed or EmbedSettings(), train or TrainSettings()
     times: dict[str, float] = {}
     with Engine(engine) as runner:
-        for name, stage in (
-            ("corpus", lambda: run_corpus(ws, sources, corpus, force=force, data_dir=data_dir)),
+        stages = [("corpus", lambda: run_corpus(ws, sources, corpus, force=force, data_dir=data_dir))]
+        if mine.select == "semantics":  # semantic mining reads the teacher pass, which needs no vocabulary
+            stages.append(("teacher pass", lambda: run_embedding(ws, embed, force, runner, pass_only=True)))
+        rerun_pass = force and mine.select != "semantics"  # with semantics it was just rebuilt
+        stages += [
             ("mine", lambda: run_mining(ws, mine, force=force, engine=runner)),
-            ("embed", lambda: run_embedding(ws, embed, force=force, engine=runner)),
-        ):
+            ("embed", lambda: run_embedding(ws, embed, force=rerun_pass, engine=runner)),
+        ]
+        for name, stage in stages:
             started = time.perf_counter()
             stage()
             times[name] = time.perf_counter() - started

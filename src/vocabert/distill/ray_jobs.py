@@ -399,7 +399,9 @@ def _count_partitioned(path: str, fn: Callable[..., dict], kwargs: dict, partiti
     return number
 
 
-def _reduce_partition(folder: str, partition: int, shards: int, min_count: int) -> dict[str, np.ndarray]:
+def _reduce_partition(
+    folder: str, partition: int, shards: int, min_count: int, max_keys: int | None = None
+) -> dict[str, np.ndarray]:
     """Merge one partition of every shard's counts (``merge_counts``, as the local path); keep the frequent."""
 
     def counted():
@@ -410,7 +412,7 @@ def _reduce_partition(folder: str, partition: int, shards: int, min_count: int) 
             yield counts
 
     out = {}
-    for name, (keys, counts) in merge_counts(counted(), min_count).items():
+    for name, (keys, counts) in merge_counts(counted, min_count, max_keys).items():
         out[f"{name}.keys"], out[f"{name}.counts"] = keys, counts
     return out
 
@@ -431,6 +433,7 @@ class RayCounts:
         key: dict,
         show_progress_bar: bool = True,
         partitions: int | None = None,
+        max_keys: int | None = None,
     ):
         self.engine, self.show_progress_bar = engine, show_progress_bar
         self.paths = [str(p) for p in corpus.shard_paths]
@@ -442,6 +445,7 @@ class RayCounts:
         write_json(key_file, key)
         self.partitions = partitions or max(16, 4 * int(engine.ray().cluster_resources().get("CPU", 1)))
         self.reused = self.computed = 0
+        self.max_keys = max_keys  # of each partition's counters (see merge_counts)
 
     def _bar(self, total: int, desc: str):
         return tqdm(total=total, desc=f"mine: {desc} (ray)", unit="task", disable=not self.show_progress_bar)
@@ -504,7 +508,7 @@ class RayCounts:
         for _ in self._run(todo, count, name):
             self.computed += 1
         merge = ray.remote(num_cpus=1)(_reduce_partition)
-        calls = [(p, (str(folder), p, len(self.paths), min_count)) for p in range(self.partitions)]
+        calls = [(p, (str(folder), p, len(self.paths), min_count, self.max_keys)) for p in range(self.partitions)]
         merged: dict[str, list[dict]] = {}
         for _, counts in self._run(calls, merge, f"{name}, merging"):
             for counter in counter_names(counts):
