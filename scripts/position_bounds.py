@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from vocabert.distill.embedding import TeacherPass
+from vocabert.distill.workspace import read_manifest
 from vocabert.matching import EntryIndex
 from vocabert.model import normalize
 from vocabert.store import VocabularyStore
@@ -66,8 +67,8 @@ def main() -> None:
     args = parser.parse_args()
     passed = TeacherPass.open(args.workdir / "teacher")
     store = VocabularyStore.load(args.workdir / "store" / "embeddings.safetensors")
-    vocab_size = int(passed.token_ids.max()) + 1
-    index = EntryIndex(np.asarray(store.patterns), max(vocab_size, int(np.asarray(store.patterns).max()) + 1))
+    vocab_size = int(read_manifest(args.workdir / "corpus", "corpus")["vocab_size"])  # as training reads it
+    index = EntryIndex(np.asarray(store.patterns), vocab_size)
     sample = np.sort(np.random.default_rng(0).choice(len(passed), min(args.texts, len(passed)), replace=False))
     cosines: dict[str, list[float]] = {}
     lengths = []

@@ -22,7 +22,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -103,8 +103,29 @@ def _from_bytes(data: bytes) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
+class _BatchBytes:
+    """Bytes of a batch dataclass whose fields are ``shard``, ``number``, ``start``, ``texts`` and then
+    arrays (one .npz), so that a Ray task can hand it over or the driver park it on disk."""
+
+    _HEAD = ("shard", "number", "start", "texts")
+
+    def to_bytes(self) -> bytes:
+        texts, text_offsets = _pack_strings(self.texts)
+        arrays = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self._HEAD}
+        head = np.array([self.shard, self.number, self.start], dtype=np.int64)
+        return _to_bytes({"head": head, "texts": texts, "text_offsets": text_offsets, **arrays})
+
+    @classmethod
+    def from_bytes(cls, data: bytes):
+        a = _from_bytes(data)
+        shard, number, start = (int(x) for x in a["head"])
+        texts = _unpack_strings(a["texts"], a["text_offsets"])
+        arrays = {f.name: a[f.name] for f in fields(cls) if f.name not in cls._HEAD}
+        return cls(shard, number, start, texts, **arrays)
+
+
 @dataclass
-class TeacherBatch:
+class TeacherBatch(_BatchBytes):
     """The texts of one teacher call: batch ``number`` of corpus shard ``shard``, after ``start``
     texts of the teacher pass."""
 
@@ -120,30 +141,9 @@ class TeacherBatch:
     def __len__(self) -> int:
         return len(self.texts)
 
-    def to_bytes(self) -> bytes:
-        texts, text_offsets = _pack_strings(self.texts)
-        return _to_bytes(
-            {
-                "head": np.array([self.shard, self.number, self.start], dtype=np.int64),
-                "texts": texts,
-                "text_offsets": text_offsets,
-                "ids": self.ids,
-                "lengths": self.lengths,
-                "index": self.index,
-                "validation": self.validation,
-            }
-        )
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> TeacherBatch:
-        a = _from_bytes(data)
-        shard, number, start = (int(x) for x in a["head"])
-        texts = _unpack_strings(a["texts"], a["text_offsets"])
-        return cls(shard, number, start, texts, a["ids"], a["lengths"], a["index"], a["validation"])
-
 
 @dataclass
-class BatchRows:
+class BatchRows(_BatchBytes):
     """What the teacher made of one batch: its rows of the teacher-pass files."""
 
     shard: int
@@ -157,27 +157,6 @@ class BatchRows:
 
     def __len__(self) -> int:
         return len(self.targets)
-
-    def to_bytes(self) -> bytes:
-        texts, text_offsets = _pack_strings(self.texts)
-        return _to_bytes(
-            {
-                "head": np.array([self.shard, self.number, self.start], dtype=np.int64),
-                "texts": texts,
-                "text_offsets": text_offsets,
-                "targets": self.targets,
-                "rows": self.rows,
-                "token_ids": self.token_ids,
-                "token_vectors": self.token_vectors,
-            }
-        )
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> BatchRows:
-        a = _from_bytes(data)
-        shard, number, start = (int(x) for x in a["head"])
-        texts = _unpack_strings(a["texts"], a["text_offsets"])
-        return cls(shard, number, start, texts, a["targets"], a["rows"], a["token_ids"], a["token_vectors"])
 
 
 def shard_batches(
