@@ -20,11 +20,18 @@ import vocabert
 from vocabert.artifacts import VocabertError
 from vocabert.cli import main
 from vocabert.distill.corpus import CorpusSettings, open_corpus, run_corpus
-from vocabert.distill.embedding import EmbedSettings, open_teacher_pass, run_embedding, teacher_texts
+from vocabert.distill.embedding import (
+    EmbedSettings,
+    isolated_vectors,
+    open_teacher_pass,
+    run_embedding,
+    teacher_texts,
+)
 from vocabert.distill.mining import run_mining
 from vocabert.distill.pipeline import build_model
 from vocabert.distill.training import run_training
-from vocabert.distill.workspace import Workspace
+from vocabert.distill.workspace import Workspace, read_manifest, special_tokens
+from vocabert.store import VocabularyStore
 
 # ------------------------------------------------------------------------------------- model API
 
@@ -243,6 +250,24 @@ def test_teacher_pass_matches_the_teacher(workspace):
     np.testing.assert_allclose(np.asarray(passed.targets[row_of[sample]]), expected, atol=1e-4)
     tokens = passed.token_offsets[row_of[sample] + 1] - passed.token_offsets[row_of[sample]]
     assert tokens.tolist() == [len(workspace.teacher().model.tokenize([texts[i]])["input_ids"][0]) for i in sample]
+
+
+def test_isolated_entry_vectors(workspace, tmp_path):
+    """--entry-vectors isolated: every entry's vector is the teacher's of the entry alone."""
+    ws = Workspace(tmp_path / "copy", None, cache_dir=tmp_path / "cache", show_progress_bar=False)
+    shutil.copytree(workspace.root, ws.root)
+    contextual = VocabularyStore.load(ws.store_dir / "embeddings.safetensors").vectors(np.arange(40))
+    store = run_embedding(ws, EmbedSettings(entry_vectors="isolated"))
+    assert read_manifest(ws.store_dir, "store")["isolated"] == len(store)
+    special = special_tokens(ws.tokenizer_text)
+    sample = np.arange(40)
+    expected = isolated_vectors(
+        workspace.teacher(), np.asarray(store.patterns)[sample], special["cls"], special["sep"], special["mask"]
+    )
+    np.testing.assert_allclose(store.vectors(sample), expected, atol=2e-3)  # float16 rows
+    assert not np.allclose(store.vectors(sample), contextual, atol=2e-3)
+    with pytest.raises(VocabertError, match="contextual or isolated"):
+        run_embedding(ws, EmbedSettings(entry_vectors="alone"))
 
 
 @pytest.fixture

@@ -373,6 +373,14 @@ def build_parser(preset: str = "default") -> argparse.ArgumentParser:
         help="precision of the stored entry vectors (default: %(default)s)",
     )
     g.add_argument(
+        "--entry-vectors",
+        choices=["contextual", "isolated"],
+        default=e.entry_vectors,
+        help="an entry's vector: the mean of the teacher's contextual vectors over its occurrences in the teacher "
+        "pass, or the teacher's vector of the entry alone (as Model2Vec does); entries that never occur are "
+        "isolated either way (default: %(default)s)",
+    )
+    g.add_argument(
         "--teacher-batch-size",
         type=int,
         default=e.batch_size,

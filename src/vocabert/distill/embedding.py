@@ -12,7 +12,8 @@ and so are the files they end in.
 **Store** (``<workdir>/store``). Each entry's vector is the mean, over its occurrences in the
 teacher-pass texts (validation texts excluded), of the mean of the token vectors it covers
 (*contextual*). Entries that never occur there are run through the teacher alone, wildcards as
-[MASK] (*isolated*, as Model2Vec does).
+[MASK] (*isolated*, as Model2Vec does); ``--entry-vectors isolated`` makes every entry's vector that way,
+for comparison.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class EmbedSettings:
 
     teacher_share: float = 0.5  # share of the training texts sent through the teacher (the expensive part)
     dtype: str = "float16"  # precision of the stored entry vectors: float16 or int8 (per-row scales)
+    entry_vectors: str = "contextual"  # contextual (mean over occurrences) or isolated (each entry alone)
     batch_size: int = 64  # texts per teacher call, and the unit that an interruption can lose
 
 
@@ -477,6 +479,8 @@ def run_embedding(
             return run_embedding(ws, settings, force, local, pass_only)
     if settings.dtype not in ("float16", "int8"):
         raise VocabertError(f"unknown store dtype {settings.dtype!r}: use float16 or int8")
+    if settings.entry_vectors not in ("contextual", "isolated"):
+        raise VocabertError(f"unknown entry vectors {settings.entry_vectors!r}: use contextual or isolated")
     corpus = open_corpus(ws)
     check_same_teacher(ws.provenance, corpus.provenance, f"corpus {ws.corpus_dir}")
     pass_key = {
@@ -523,7 +527,7 @@ def run_embedding(
     vocab, _ = open_vocabulary(ws)
     store_key = {
         "provenance": ws.provenance,
-        "settings": {"dtype": settings.dtype},
+        "settings": {"dtype": settings.dtype, "entry_vectors": settings.entry_vectors},
         "inputs": {"vocabulary": digest(ws.vocab_dir), "teacher pass": digest(ws.teacher_dir)},
     }
     if not force and is_current(ws.store_dir, "store", store_key):
@@ -539,7 +543,7 @@ def run_embedding(
 
     vocab_size = int(corpus.manifest["vocab_size"])
     vectors, counts = entry_vectors(passed, vocab.patterns, vocab_size, ws.show_progress_bar, partial_sums)
-    alone = np.flatnonzero(counts == 0)
+    alone = np.flatnonzero(counts == 0) if settings.entry_vectors == "contextual" else np.arange(len(counts))
     if len(alone):
         special = special_tokens(ws.tokenizer_text)
         patterns = vocab.patterns[alone].astype(np.int64)
@@ -554,8 +558,9 @@ def run_embedding(
     store = VocabularyStore.from_float(vocab.patterns, vectors, settings.dtype, metadata)
     store.save(out_dir / "embeddings.safetensors")
     write_npy(out_dir / "occurrences.npy", counts)
-    finish(out_dir, "store", store_key, contextual=int((counts > 0).sum()), isolated=int(len(alone)))
-    log(f"embed: {int((counts > 0).sum())} entries contextual, {len(alone)} isolated -> {out_dir}")
+    contextual = len(counts) - len(alone)
+    finish(out_dir, "store", store_key, contextual=contextual, isolated=int(len(alone)))
+    log(f"embed: {contextual} entries contextual, {len(alone)} isolated -> {out_dir}")
     return store
 
 
