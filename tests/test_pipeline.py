@@ -270,6 +270,27 @@ def test_isolated_entry_vectors(workspace, tmp_path):
         run_embedding(ws, EmbedSettings(entry_vectors="alone"))
 
 
+def test_teacher_sources_restrict_the_teacher_pass(workspace, tmp_path):
+    """--teacher-sources queries: the pass holds the queries of the full pass, and only them."""
+    ws = Workspace(tmp_path / "copy", None, cache_dir=tmp_path / "cache", show_progress_bar=False)
+    shutil.copytree(workspace.root, ws.root)
+    full = open_teacher_pass(workspace)
+    corpus = open_corpus(ws)
+    settings = EmbedSettings(teacher_sources=("queries",))
+    run_embedding(ws, settings, pass_only=True)
+    passed = open_teacher_pass(ws)
+    keys = [k for shard, _ in teacher_texts(corpus, settings.teacher_share) for k in corpus.keys(shard)]
+    chosen = [k for k in keys if k.startswith("queries:")]
+    assert 0 < len(passed) == len(chosen) < len(full)
+    assert read_manifest(ws.teacher_dir, "teacher pass")["key"]["settings"]["teacher_sources"] == ["queries"]
+    # The same texts get the same targets as in the pass over every source.
+    row_of_full = {keys[i]: r for r, i in enumerate(full.text_index)}
+    rows = [row_of_full[chosen[i]] for i in passed.text_index]
+    np.testing.assert_allclose(np.asarray(passed.targets), np.asarray(full.targets[rows]), atol=1e-4)
+    with pytest.raises(VocabertError, match="unknown teacher source.*glossary.*passages"):
+        run_embedding(ws, EmbedSettings(teacher_sources=("glossary",)), pass_only=True)
+
+
 @pytest.fixture
 def other_teacher(tmp_path) -> Path:
     """A teacher folder whose tokenizer differs (two vocabulary entries swapped)."""

@@ -381,6 +381,14 @@ def build_parser(preset: str = "default") -> argparse.ArgumentParser:
         "isolated either way (default: %(default)s)",
     )
     g.add_argument(
+        "--teacher-sources",
+        type=lambda v: tuple(sorted({s.strip() for s in v.split(",") if s.strip()})),
+        default=e.teacher_sources,
+        metavar="SOURCE,...",
+        help="send only these corpus sources' training texts through the teacher (the bundled corpus has passages, "
+        "queries, dev_queries and glosses) (default: all)",
+    )
+    g.add_argument(
         "--teacher-batch-size",
         type=int,
         default=e.batch_size,

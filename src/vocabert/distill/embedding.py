@@ -59,24 +59,34 @@ class EmbedSettings:
     teacher_share: float = 0.5  # share of the training texts sent through the teacher (the expensive part)
     dtype: str = "float16"  # precision of the stored entry vectors: float16 or int8 (per-row scales)
     entry_vectors: str = "contextual"  # contextual (mean over occurrences) or isolated (each entry alone)
+    teacher_sources: tuple[str, ...] = ()  # corpus sources whose training texts the teacher sees (empty: all)
     batch_size: int = 64  # texts per teacher call, and the unit that an interruption can lose
 
 
-def select_teacher_texts(shard: Shard, keys: list[str], share: float) -> tuple[Shard, np.ndarray]:
-    """The texts of one (training) shard that the teacher sees, and a mask of the validation texts
-    among them (their vectors stay out of the store, so that validation measures the student on
-    texts it has not seen through the entries either). ``keys`` are the texts' ``source:id``."""
-    chosen = np.array([share >= 1.0 or hash_fraction(k, "teacher:") < share for k in keys], dtype=bool)
+def select_teacher_texts(
+    shard: Shard, keys: list[str], share: float, sources: tuple[str, ...] = ()
+) -> tuple[Shard, np.ndarray]:
+    """The texts of one (training) shard that the teacher sees (``share`` of them, of ``sources`` only if
+    given), and a mask of the validation texts among them (their vectors stay out of the store, so that
+    validation measures the student on texts it has not seen through the entries either). ``keys`` are
+    the texts' ``source:id``."""
+    chosen = np.array(
+        [
+            (share >= 1.0 or hash_fraction(k, "teacher:") < share) and (not sources or k.split(":", 1)[0] in sources)
+            for k in keys
+        ],
+        dtype=bool,
+    )
     keys = [k for k, c in zip(keys, chosen, strict=True) if c]
     validation = np.array([hash_fraction(k, "validation:") < VALIDATION_SHARE for k in keys], dtype=bool)
     return shard.select(chosen), validation
 
 
-def teacher_texts(corpus: Corpus, share: float) -> Iterator[tuple[Shard, np.ndarray]]:
+def teacher_texts(corpus: Corpus, share: float, sources: tuple[str, ...] = ()) -> Iterator[tuple[Shard, np.ndarray]]:
     """The training texts that the teacher sees, shard by shard in a fixed order (the teacher-pass
     order), each with its validation mask."""
     for shard in corpus.shards("train"):
-        yield select_teacher_texts(shard, corpus.keys(shard), share)
+        yield select_teacher_texts(shard, corpus.keys(shard), share, sources)
 
 
 # ----------------------------------------------------------------------------------- teacher pass
@@ -187,10 +197,12 @@ def shard_batches(
         )
 
 
-def teacher_batches(corpus: Corpus, share: float, batch_size: int) -> Iterator[TeacherBatch]:
+def teacher_batches(
+    corpus: Corpus, share: float, batch_size: int, sources: tuple[str, ...] = ()
+) -> Iterator[TeacherBatch]:
     """Every batch of the teacher pass, in the teacher-pass order."""
     first = 0
-    for number, (shard, validation) in enumerate(teacher_texts(corpus, share)):
+    for number, (shard, validation) in enumerate(teacher_texts(corpus, share, sources)):
         yield from shard_batches(number, shard, validation, first, batch_size)
         first += len(shard)
 
@@ -370,12 +382,15 @@ def run_teacher_pass(
     writer = PassWriter(out_dir, key, teacher.dim, cache)
     if writer.texts:
         log(f"embed: resuming the teacher pass after {writer.texts} texts")
-    counts = corpus.manifest["counts"].values()  # the bar's total is an estimate: counting would read every shard
+    # The bar's total is an estimate: counting would read every shard.
+    counts = [
+        c for s, c in corpus.manifest["counts"].items() if not settings.teacher_sources or s in settings.teacher_sources
+    ]
     total = round(settings.teacher_share * sum(c["texts"] - c["heldout"] - c.get("unseen", 0) for c in counts))
     quiet = not show_progress_bar
     bar = tqdm(total=total, initial=writer.texts, desc="embed: teacher pass", unit="text", disable=quiet)
     try:
-        for batch in teacher_batches(corpus, settings.teacher_share, settings.batch_size):
+        for batch in teacher_batches(corpus, settings.teacher_share, settings.batch_size, settings.teacher_sources):
             if batch.start + len(batch) <= writer.texts:
                 continue
             writer.append(run_teacher_batch(teacher, batch))
@@ -483,9 +498,17 @@ def run_embedding(
         raise VocabertError(f"unknown entry vectors {settings.entry_vectors!r}: use contextual or isolated")
     corpus = open_corpus(ws)
     check_same_teacher(ws.provenance, corpus.provenance, f"corpus {ws.corpus_dir}")
+    unknown = sorted(set(settings.teacher_sources) - set(corpus.sources))
+    if unknown:
+        raise VocabertError(
+            f"unknown teacher source(s) {', '.join(unknown)}: the corpus has {', '.join(corpus.sources)}"
+        )
+    pass_settings = {"teacher_share": settings.teacher_share, "batch_size": settings.batch_size}
+    if settings.teacher_sources:  # (only when given, so that passes over every source keep their key)
+        pass_settings["teacher_sources"] = sorted(settings.teacher_sources)
     pass_key = {
         "provenance": ws.provenance,
-        "settings": {"teacher_share": settings.teacher_share, "batch_size": settings.batch_size},
+        "settings": pass_settings,
         "inputs": {"corpus": digest(ws.corpus_dir)},
     }
     if force:
@@ -527,7 +550,9 @@ def run_embedding(
     vocab, _ = open_vocabulary(ws)
     store_key = {
         "provenance": ws.provenance,
-        "settings": {"dtype": settings.dtype, "entry_vectors": settings.entry_vectors},
+        # (entry_vectors only when not the default, so that existing stores keep their key)
+        "settings": {"dtype": settings.dtype}
+        | ({"entry_vectors": settings.entry_vectors} if settings.entry_vectors != "contextual" else {}),
         "inputs": {"vocabulary": digest(ws.vocab_dir), "teacher pass": digest(ws.teacher_dir)},
     }
     if not force and is_current(ws.store_dir, "store", store_key):

@@ -70,19 +70,21 @@ from vocabert.matching import EntryIndex
 # ----------------------------------------------------------------------------------- teacher pass
 
 
-def _teacher_texts_of(path: str, sources: list[str], share: float):
+def _teacher_texts_of(path: str, sources: list[str], share: float, only: tuple[str, ...]):
     shard = load_shard(path, "train")
-    return select_teacher_texts(shard, shard_keys(shard, sources), share)
+    return select_teacher_texts(shard, shard_keys(shard, sources), share, only)
 
 
-def _count_teacher_texts(row: dict, sources: list[str], share: float) -> dict:
-    selected, _ = _teacher_texts_of(row["path"], sources, share)
+def _count_teacher_texts(row: dict, sources: list[str], share: float, only: tuple[str, ...]) -> dict:
+    selected, _ = _teacher_texts_of(row["path"], sources, share, only)
     return {"shard": row["shard"], "texts": len(selected)}
 
 
-def _read_batches(row: dict, sources: list[str], share: float, batch_size: int) -> Iterator[dict]:
+def _read_batches(
+    row: dict, sources: list[str], share: float, only: tuple[str, ...], batch_size: int
+) -> Iterator[dict]:
     """The batches of one shard still to do (the teacher-pass batches of the local path)."""
-    selected, validation = _teacher_texts_of(row["path"], sources, share)
+    selected, validation = _teacher_texts_of(row["path"], sources, share, only)
     skip = {int(b) for b in (row["skip"] if row["skip"] is not None else [])}
     numbers = [b for b in range(int(row["from"]), -(-len(selected) // batch_size)) if b not in skip]
     for batch in shard_batches(int(row["shard"]), selected, validation, int(row["first"]), batch_size, numbers):
@@ -221,8 +223,11 @@ def ray_teacher_pass(
     writer = PassWriter(out_dir, key, embedding_dim(teacher_path), cache)
     parts = _Parts(writer.dir / PARTS, key)
     sources, share, batch_size = corpus.sources, settings.teacher_share, settings.batch_size
+    only = tuple(settings.teacher_sources)
     shards = [{"shard": i, "path": str(p)} for i, p in enumerate(corpus.shard_paths)]
-    planned = ray.data.from_items(shards).map(_count_teacher_texts, fn_kwargs={"sources": sources, "share": share})
+    planned = ray.data.from_items(shards).map(
+        _count_teacher_texts, fn_kwargs={"sources": sources, "share": share, "only": only}
+    )
     texts_per_shard = np.zeros(len(shards), dtype=np.int64)
     for row in planned.iter_rows():
         texts_per_shard[int(row["shard"])] = int(row["texts"])
@@ -264,7 +269,7 @@ def ray_teacher_pass(
             try:
                 batches = ray.data.from_items(todo).flat_map(
                     _read_batches,
-                    fn_kwargs={"sources": sources, "share": share, "batch_size": batch_size},
+                    fn_kwargs={"sources": sources, "share": share, "only": only, "batch_size": batch_size},
                     num_cpus=0,  # light: the teacher workers hold the CPUs
                     compute=ray.data.TaskPoolStrategy(size=2),  # a shard is read in well under a second
                 )
