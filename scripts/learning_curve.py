@@ -1,6 +1,7 @@
-"""Learning curve over the teacher share: what more teacher compute buys.
+"""What teacher data buys: the learning curve over the teacher share, or (--leave-out) each source's part.
 
     python scripts/learning_curve.py [--workdir runs/minilm-msmarco] [--shares 0.1 0.25 0.5 1.0]
+    python scripts/learning_curve.py --leave-out [--workdir runs/minilm-msmarco]
 
 For each share, a work directory ``WORKDIR/shares/s<share>`` with copies of the corpus and the vocabulary of
 WORKDIR (the same entries everywhere), its own teacher pass over that share of the training texts (the share
@@ -8,6 +9,11 @@ of WORKDIR itself is copied, not recomputed), the entry store and the student tr
 settings. Then one bench of all of them next to the teacher (fidelity, STS-B, DL19), and
 ``WORKDIR/shares/learning_curve.png``: each figure against the number of texts the teacher encoded.
 Every stage skips itself when current, so an interrupted run resumes where it stopped.
+
+``--leave-out``: at WORKDIR's own share, one work directory ``WORKDIR/sources/no-<group>`` per group of
+sources left out of the teacher pass (passages; queries, i.e. the train and dev query files; glosses),
+each with its own teacher pass over the other sources, store and student, benched beside WORKDIR's own model
+(every source): the unseen-topic passages column says what each source brings to topics no text reached.
 """
 
 from __future__ import annotations
@@ -24,17 +30,35 @@ def vocabert(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "vocabert.cli", *args, "--no-progress"], check=True)
 
 
-def point(workdir: Path, out: Path, share: float, own_share: float) -> Path:
-    """Work directory of one share, with its model trained."""
-    directory = out / f"s{round(share * 100):03d}"
+# Groups of the bundled corpus's sources that --leave-out leaves out of the teacher pass, one at a time.
+SOURCE_GROUPS = {"passages": ["passages"], "queries": ["queries", "dev_queries"], "glosses": ["glosses"]}
+
+
+def point(workdir: Path, directory: Path, share: float, own_share: float, sources: list[str] | None = None) -> Path:
+    """A work directory with the corpus and vocabulary of ``workdir``, its own teacher pass over ``share``
+    of the training texts (of ``sources`` only, if given) and its model trained."""
     directory.mkdir(parents=True, exist_ok=True)
-    stages = ["corpus", "vocab"] + (["teacher"] if share == own_share else [])
+    stages = ["corpus", "vocab"] + (["teacher"] if share == own_share and not sources else [])
     for stage in stages:  # copies, not links: a stage may rewrite its files in place
         if not (directory / stage).exists():
             shutil.copytree(workdir / stage, directory / stage)
-    vocabert("embed", "--workdir", str(directory), "--teacher-share", str(share))
+    selection = ["--teacher-sources", ",".join(sources)] if sources else []
+    vocabert("embed", "--workdir", str(directory), "--teacher-share", str(share), *selection)
     vocabert("train", "--workdir", str(directory))
     return directory
+
+
+def leave_out(workdir: Path, own_share: float) -> None:
+    """One student per source group left out of the teacher pass, benched beside WORKDIR's own model."""
+    out = workdir / "sources"
+    corpus_sources = json.loads((workdir / "corpus" / "manifest.json").read_text())["sources"]
+    models = ["--model", str(workdir / "model")]
+    for group, left_out in SOURCE_GROUPS.items():
+        kept = [s for s in corpus_sources if s not in left_out]
+        directory = point(workdir, out / f"no-{group}", own_share, own_share, kept)
+        models += ["--model", str(directory / "model")]
+    vocabert("bench", "--workdir", str(workdir), "--no-peers", *models, "--out", str(out))
+    print(out / "bench.md")
 
 
 def teacher_texts(directory: Path) -> int:
@@ -69,10 +93,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("runs/minilm-msmarco"))
     parser.add_argument("--shares", type=float, nargs="+", default=[0.1, 0.25, 0.5, 1.0])
+    parser.add_argument("--leave-out", action="store_true", help="leave each group of sources out instead")
     args = parser.parse_args()
     workdir, out = args.workdir, args.workdir / "shares"
     own = json.loads((workdir / "teacher" / "manifest.json").read_text())["key"]["settings"]["teacher_share"]
-    directories = [point(workdir, out, share, own) for share in args.shares]
+    if args.leave_out:
+        return leave_out(workdir, own)
+    directories = [point(workdir, out / f"s{round(share * 100):03d}", share, own) for share in args.shares]
     models = [a for d in directories for a in ("--model", str(d / "model"))]
     vocabert("bench", "--workdir", str(workdir), "--no-peers", *models, "--out", str(out))
     bench = json.loads((out / "bench.json").read_text())["models"]
