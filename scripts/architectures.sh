@@ -6,7 +6,11 @@
 #
 # Writes WORKDIR/architectures/<name>/ (model folders) and WORKDIR/architectures/bench.{md,json},
 # pareto.png. Extra arguments after WORKDIR go to every `vocabert train` (e.g. --epochs 5).
+# The default student is also trained on isolated entry vectors (`embed --entry-vectors isolated`: each
+# entry through the teacher alone, as Model2Vec does), in WORKDIR/architectures/isolated-store, a work
+# directory that shares WORKDIR's corpus, vocabulary and teacher pass (links: it only reads them).
 set -euo pipefail
+source "$(dirname "$0")/common.sh"
 workdir=${1:-runs/minilm-msmarco}
 shift || true
 out="$workdir/architectures"
@@ -23,4 +27,13 @@ for name in weighted_mean context_specials context_attention context_attention_m
   vocabert train --workdir "$workdir" --no-progress ${variants[$name]} --model-out "$out/$name" "$@"
   models+=(--model "$out/$name")
 done
+isolated="$out/isolated-store"
+mkdir -p "$isolated"
+for stage in corpus vocab teacher; do
+  [ -e "$isolated/$stage" ] || ln -s "$(realpath "$workdir/$stage")" "$isolated/$stage"
+done
+vocabert embed --workdir "$isolated" --no-progress --entry-vectors isolated \
+  --teacher-share "$(teacher_share "$workdir")"
+vocabert train --workdir "$isolated" --no-progress --model-out "$out/isolated_vectors_tuned" "$@"
+models+=(--model "$out/isolated_vectors_tuned")
 vocabert bench --workdir "$workdir" --no-progress --no-peers "${models[@]}" --out "$out"
