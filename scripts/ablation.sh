@@ -16,11 +16,13 @@
 # Writes WORKDIR/ablation/<variant>/ (corpus and teacher pass copied from WORKDIR, so the teacher runs
 # once) and WORKDIR/ablation/bench.{md,json}. Stages that are up to date are skipped, so a rerun resumes.
 set -euo pipefail
+source "$(dirname "$0")/common.sh"
 workdir=${1:-runs/minilm-msmarco}
 shift || true
 variants=("$@")
 [ ${#variants[@]} -gt 0 ] || variants=(stats sem tokens blind noskip n6 sem-n6)
 out="$workdir/ablation"
+share=$(teacher_share "$workdir")  # the pass copied into every variant
 vocabert=${VOCABERT:-vocabert}
 declare -A options=(
   [tokens]="--max-ngram 1 --max-gap 0"
@@ -41,7 +43,7 @@ for name in "${variants[@]}"; do
   done
   # shellcheck disable=SC2086  # the options are words
   $vocabert mine --workdir "$dir" --no-progress --budget 100000 ${options[$name]}
-  $vocabert embed --workdir "$dir" --no-progress
+  $vocabert embed --workdir "$dir" --no-progress --teacher-share "$share"
   $vocabert train --workdir "$dir" --no-progress
   models+=(--model "$dir/model")
 done

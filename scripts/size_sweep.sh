@@ -9,8 +9,10 @@
 # so the expensive teacher pass runs once) and WORKDIR/sizes/bench.{md,json}, pareto.png.
 # Budgets above the number of candidates that pass the mining thresholds give all of them.
 set -euo pipefail
+source "$(dirname "$0")/common.sh"
 workdir=${1:-runs/minilm-msmarco}
 out="$workdir/sizes"
+share=$(teacher_share "$workdir")  # the pass copied into every point
 models=()
 point() {  # name, then `vocabert mine` / `vocabert embed` options
   local name=$1 budget=$2 dtype=$3 dir="$out/$1"
@@ -19,7 +21,7 @@ point() {  # name, then `vocabert mine` / `vocabert embed` options
     [ -e "$dir/$stage" ] || cp -a "$workdir/$stage" "$dir/$stage"
   done
   vocabert mine --workdir "$dir" --no-progress --budget "$budget"
-  vocabert embed --workdir "$dir" --no-progress --dtype "$dtype"
+  vocabert embed --workdir "$dir" --no-progress --dtype "$dtype" --teacher-share "$share"
   vocabert train --workdir "$dir" --no-progress
   models+=(--model "$dir/model")
 }

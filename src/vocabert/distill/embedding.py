@@ -56,7 +56,7 @@ VALIDATION_SHARE = 0.05  # of the teacher-pass texts: kept out of the entry vect
 class EmbedSettings:
     """Settings of the ``embed`` stage (every default lives here)."""
 
-    teacher_share: float = 0.5  # share of the training texts sent through the teacher (the expensive part)
+    teacher_share: float = 1.0  # share of the training texts sent through the teacher (the expensive part)
     dtype: str = "float16"  # precision of the stored entry vectors: float16 or int8 (per-row scales)
     entry_vectors: str = "contextual"  # contextual (mean over occurrences) or isolated (each entry alone)
     teacher_sources: tuple[str, ...] = ()  # corpus sources whose training texts the teacher sees (empty: all)
