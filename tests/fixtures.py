@@ -90,24 +90,25 @@ def tiny_model(dtype: str = "float16", max_length: int = 16, seed: int = 0) -> S
     return StudentModel(config(text, max_length), text, store, network)
 
 
-def tiny_context_model(rank: int = 3, hidden: int = 5, seed: int = 0) -> StudentModel:
-    """An untrained ``context_pool`` student (attention rank ``rank``, MLP of ``hidden`` units)."""
+def tiny_context_model(rank: int = 3, hidden: int = 5, seed: int = 0, heads: int = 1) -> StudentModel:
+    """An untrained ``context_pool`` student (``heads`` attention heads of rank ``rank``, MLP of ``hidden``
+    units)."""
     rng = np.random.default_rng(seed)
     text = tokenizer_text()
     p = patterns()
     store = VocabularyStore.from_float(p, rng.normal(size=(len(p), DIM)).astype(np.float32), "float16", {"dim": DIM})
     t = {
         "entry_weight": rng.uniform(0.5, 2.0, size=len(p)),
-        "entry_key": rng.normal(size=(len(p), rank)),
-        "entry_query": rng.normal(size=(len(p), rank)),
-        "weight": np.eye(DIM) + 0.1 * rng.normal(size=(DIM, DIM)),
+        "entry_key": rng.normal(size=(len(p), heads, rank)),
+        "entry_query": rng.normal(size=(len(p), heads, rank)),
+        "weight": np.tile(np.eye(DIM), heads) / heads + 0.1 * rng.normal(size=(DIM, heads * DIM)),
         "bias": 0.01 * rng.normal(size=DIM),
-        "special_weight": 0.5 * rng.normal(size=(DIM, DIM)),
+        "special_weight": 0.5 * rng.normal(size=(DIM, heads * DIM)),
         "special_bias": 0.5 * rng.normal(size=DIM),
     }
     if hidden:
         t |= {
-            "mlp_in": rng.normal(size=(hidden, DIM)),
+            "mlp_in": rng.normal(size=(hidden, heads * DIM)),
             "mlp_in_bias": rng.normal(size=hidden),
             "mlp_out": rng.normal(size=(DIM, hidden)),
             "mlp_out_bias": rng.normal(size=DIM),

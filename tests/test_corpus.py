@@ -12,7 +12,16 @@ from tokenizers import Tokenizer
 
 from vocabert.artifacts import VocabertError, atomic_write
 from vocabert.distill import teacher
-from vocabert.distill.corpus import Corpus, build_corpus, hash_fraction, is_heldout, load_shard
+from vocabert.distill.corpus import (
+    PASSAGE_SENTENCES,
+    Corpus,
+    build_corpus,
+    hash_fraction,
+    is_heldout,
+    load_shard,
+    parent_key,
+    split_sentences,
+)
 from vocabert.distill.workspace import MANIFEST, read_manifest
 from vocabert.readers import read_texts
 
@@ -475,3 +484,84 @@ def test_read_id_list_formats(tmp_path):
     plain = tmp_path / "ids.txt"
     plain.write_text("p1\np2\n")
     assert read_id_list(trec) == {"p7", "p9"} and read_id_list(plain) == {"p1", "p2"}
+
+
+def test_passage_sentences_split():
+    text = (
+        "The U.S. Army was founded in 1775. It is big. Dr. Smith said so in 1990! Was it (really) true? "
+        "42 is the answer."
+    )
+    assert split_sentences(text) == [
+        "The U.S. Army was founded in 1775.",
+        "Dr. Smith said so in 1990!",
+        "Was it (really) true?",
+        "42 is the answer.",
+    ]  # "It is big." is under MIN_SENTENCE_WORDS
+    assert split_sentences("One sentence only, so nothing to crop.") == []
+    assert parent_key("passage_sentences:p7#2") == "passages:p7" and parent_key("queries:q1") == "queries:q1"
+
+
+def test_sentences_of_training_passages_are_teacher_texts_only(tmp_path, tok):
+    """Sentences of training passages become CROP texts: read by the teacher pass, never by mining's
+    "train" split; held-out and unseen-topic passages give none; a crop follows its passage into validation."""
+    lines = [f"p{i}\tParis{i} is the capital of France. It is big. Museum {i} draws many visitors." for i in range(40)]
+    passages = write_lines(tmp_path / "passages.tsv", lines + ["solo\tJust one sentence in this passage here."])
+    run = tmp_path / "run.txt"
+    run.write_text("p0\n")
+    corpus = build_corpus(
+        {"passages": passages},
+        tmp_path / "c",
+        tok["prov"],
+        tok["text"],
+        64,
+        heldout_fraction=0.25,
+        unseen_topics=run,
+        shard_size=16,
+        passage_sentences=True,
+        show_progress_bar=False,
+    )
+    assert corpus.sources == ["passages", PASSAGE_SENTENCES]
+    train = [i for sh in corpus.shards("train") for i in sh.text_ids]
+    crops = [(i, t) for sh in corpus.shards("crop") for i, t in zip(sh.text_ids, sh.texts, strict=True)]
+    assert all(not i.count("#") for i in train) and "solo" in train
+    parents = {i.split("#")[0] for i, _ in crops}
+    assert parents == {i for i in train if i != "solo"} and "p0" not in parents
+    # Two sentences of each training passage (the middle one is too short), in order, tokenized as texts.
+    assert len(crops) == 2 * len(parents)
+    assert crops[0] == (
+        f"{crops[0][0].split('#')[0]}#0",
+        f"Paris{crops[0][0].split('#')[0][1:]} is the capital of France.",
+    )
+    counts = corpus.manifest["counts"]
+    assert counts[PASSAGE_SENTENCES]["texts"] == counts[PASSAGE_SENTENCES]["crops"] == len(crops)
+    teacher = [
+        (corpus.sources[s], i) for sh in corpus.shards("teacher") for s, i in zip(sh.source, sh.text_ids, strict=True)
+    ]
+    assert sorted(i for _, i in teacher) == sorted(train + [i for i, _ in crops])
+    assert counts["passages"]["heldout"] > 0 and not parents & {
+        i for sh in corpus.shards("heldout") for i in sh.text_ids
+    }
+    # A crop's teacher share and validation are its passage's.
+    from vocabert.distill.embedding import select_teacher_texts
+
+    for sh in corpus.shards("teacher"):
+        keys = corpus.keys(sh)
+        _, validation = select_teacher_texts(sh, keys, 1.0)
+        by_id = dict(zip(sh.text_ids, validation, strict=True))
+        for i, v in by_id.items():
+            if "#" in i and i.split("#")[0] in by_id:
+                assert v == by_id[i.split("#")[0]]
+        half, _ = select_teacher_texts(sh, keys, 0.5)
+        kept = set(half.text_ids)
+        assert all((i.split("#")[0] in kept) == (i in kept) for i in sh.text_ids if i.split("#")[0] in by_id)
+    # Off: no crop source, the key of corpora built before crops existed.
+    plain = build_corpus(
+        {"passages": passages},
+        tmp_path / "c2",
+        tok["prov"],
+        tok["text"],
+        64,
+        passage_sentences=False,
+        show_progress_bar=False,
+    )
+    assert plain.sources == ["passages"] and "passage_sentences" not in plain.manifest["key"]["settings"]

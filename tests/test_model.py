@@ -16,7 +16,7 @@ import vocabert
 from vocabert.artifacts import VocabertError, write_text
 from vocabert.card import EVAL_END, EVAL_START, NOT_EVALUATED
 from vocabert.matching import PAD, WILDCARD
-from vocabert.model import MODEL_FILES, StudentModel
+from vocabert.model import MODEL_FILES, ContextPool, StudentModel
 from vocabert.store import load_safetensors, save_safetensors
 
 TEXTS = ["the cat sat on the mat", "New York City is big", "how long do cats live", "a zebra", "the big red car"]
@@ -60,10 +60,14 @@ def brute_force_context(model: StudentModel, text: str) -> np.ndarray:
     """``context_pool`` by its docstring, one text, in float64 (GELU in its tanh form, as trained)."""
     ids, found = found_entries(model, text)
     t = {k: v.astype(np.float64) for k, v in model.network.tensors().items()}
-    w = t["entry_weight"][found]
-    q = w @ t["entry_query"][found] / w.sum()
-    w = w * np.exp(t["entry_key"][found] @ q)
-    m = w @ model.store.vectors(np.array(found)).astype(np.float64) / w.sum()
+    vectors = model.store.vectors(np.array(found)).astype(np.float64)
+    m = []
+    for h in range(t["entry_key"].shape[1]):
+        w = t["entry_weight"][found]
+        q = w @ t["entry_query"][found, h] / w.sum()
+        w = w * np.exp(t["entry_key"][found, h] @ q)
+        m.append(w @ vectors / w.sum())
+    m = np.concatenate(m)
     out = t["weight"] @ m + t["bias"] + (t["special_weight"] @ m + t["special_bias"]) / max(len(ids) - 2, 1)
     if "mlp_in" in t:
         h = t["mlp_in"] @ m + t["mlp_in_bias"]
@@ -72,15 +76,25 @@ def brute_force_context(model: StudentModel, text: str) -> np.ndarray:
     return out / np.linalg.norm(out)
 
 
-@pytest.mark.parametrize("rank, hidden", [(3, 5), (0, 0), (2, 0)])
-def test_context_pool_matches_its_definition(rank, hidden, tmp_path):
-    model = tiny_context_model(rank, hidden)
+@pytest.mark.parametrize("rank, hidden, heads", [(3, 5, 1), (0, 0, 1), (2, 0, 1), (2, 4, 3)])
+def test_context_pool_matches_its_definition(rank, hidden, heads, tmp_path):
+    model = tiny_context_model(rank, hidden, heads=heads)
     out = model.encode(TEXTS)
     for text, row in zip(TEXTS, out, strict=True):
         np.testing.assert_allclose(row, brute_force_context(model, text), atol=1e-5)
     again = vocabert.load(model.save(tmp_path / "m"))
     np.testing.assert_allclose(again.encode(TEXTS), out, atol=1e-6)
-    assert again.config["architecture"] == "context_pool"
+    assert again.config["architecture"] == "context_pool" and again.network.heads == heads
+
+
+def test_context_pool_of_one_head_reads_the_older_layout():
+    """Models written before heads existed store keys and queries as (entries, rank): one head."""
+    model = tiny_context_model(3, 0)
+    t = model.network.tensors()
+    older = ContextPool({**t, "entry_key": t["entry_key"][:, 0], "entry_query": t["entry_query"][:, 0]})
+    assert older.heads == 1 and older.rank == 3
+    model_older = StudentModel(model.config, model.tokenizer_text, model.store, older)
+    np.testing.assert_allclose(model_older.encode(TEXTS), model.encode(TEXTS), atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------- encode

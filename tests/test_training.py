@@ -29,10 +29,16 @@ def synthetic_data(model, seed: int = 0) -> TrainingData:
 
 
 @pytest.mark.parametrize(
-    "arch, rank, hidden",
-    [("weighted_mean", 0, 0), ("context_pool", 0, 0), ("context_pool", 3, 0), ("context_pool", 3, 6)],
+    "arch, rank, hidden, heads",
+    [
+        ("weighted_mean", 0, 0, 1),
+        ("context_pool", 0, 0, 1),
+        ("context_pool", 3, 0, 1),
+        ("context_pool", 3, 6, 1),
+        ("context_pool", 2, 5, 3),
+    ],
 )
-def test_exported_network_computes_what_was_trained(arch, rank, hidden):
+def test_exported_network_computes_what_was_trained(arch, rank, hidden, heads):
     model = tiny_model()
     data = synthetic_data(model)
     network, _, history = train_student(
@@ -40,6 +46,7 @@ def test_exported_network_computes_what_was_trained(arch, rank, hidden):
         model.store,
         arch=arch,
         attention_rank=rank,
+        attention_heads=heads,
         mlp_hidden=hidden,
         tune_entries=0.0,
         epochs=3,
@@ -81,6 +88,16 @@ def test_unknown_architecture_is_refused():
     model = tiny_model()
     with pytest.raises(VocabertError, match="unknown architecture"):
         train_student(synthetic_data(model), model.store, arch="transformer", show_progress_bar=False)
+    for arch, rank, heads in (("weighted_mean", 32, 2), ("context_pool", 0, 2), ("context_pool", 32, 0)):
+        with pytest.raises(VocabertError, match="heads need context_pool"):
+            train_student(
+                synthetic_data(model),
+                model.store,
+                arch=arch,
+                attention_rank=rank,
+                attention_heads=heads,
+                show_progress_bar=False,
+            )
 
 
 def test_tuned_entry_vectors_move_toward_the_targets_and_are_exported():

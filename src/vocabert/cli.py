@@ -297,6 +297,13 @@ def build_parser(preset: str = "default") -> argparse.ArgumentParser:
         action="store_false",
         help="keep texts that repeat one already read (by default they are skipped: the query files overlap)",
     )
+    g.add_argument(
+        "--passage-sentences",
+        action=argparse.BooleanOptionalAction,
+        default=CorpusSettings.passage_sentences,
+        help="add the sentences of training passages as teacher-pass texts of their own: more targets from the "
+        "same passages for more teacher time; mining never counts them (default: %(default)s)",
+    )
 
     mine = argparse.ArgumentParser(add_help=False)
     g = mine.add_argument_group("mining")
@@ -386,7 +393,7 @@ def build_parser(preset: str = "default") -> argparse.ArgumentParser:
         default=e.teacher_sources,
         metavar="SOURCE,...",
         help="send only these corpus sources' training texts through the teacher (the bundled corpus has passages, "
-        "queries, dev_queries and glosses) (default: all)",
+        "passage_sentences, queries, dev_queries and glosses) (default: all)",
     )
     g.add_argument(
         "--teacher-batch-size",
@@ -448,7 +455,15 @@ def build_parser(preset: str = "default") -> argparse.ArgumentParser:
         "--attention-rank",
         type=int,
         default=t.attention_rank,
-        help="context_pool: rank of the per-entry attention keys and queries, 0 for none (default: %(default)s)",
+        help="context_pool: rank of the per-entry attention keys and queries of each head, 0 for none "
+        "(default: %(default)s)",
+    )
+    g.add_argument(
+        "--attention-heads",
+        type=int,
+        default=t.attention_heads,
+        help="context_pool: attention heads, each pooling the text with its own weights; the linear maps read "
+        "the heads' pooled vectors side by side (default: %(default)s)",
     )
     g.add_argument(
         "--mlp-hidden",

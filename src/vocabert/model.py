@@ -143,18 +143,21 @@ class WeightedMean:
 
 
 class ContextPool:
-    """Context-aware pooling: each match's weight depends on the text it is in.
+    """Context-aware pooling: each match's weight depends on the text it is in, in ``H`` heads.
 
-    - weight of match ``e`` in text ``t``: ``w_e * exp(q_t . k_e)``, where ``k_e`` (entry key) and
-      ``p_e`` (entry query) are rank-``r`` projections of the entry's vector, stored per entry, and
-      ``q_t`` is the ``w``-weighted mean of the ``p_e`` of the text: O(r) per match, no d x d work;
-    - the pooled mean ``m`` goes through a linear map, plus a term for the teacher's [CLS] and [SEP]
-      vectors, which depend on the whole text and weigh ``2 / (n + 2)`` in its mean over ``n`` tokens:
-      ``(S m + s) / n``;
+    - weight of match ``e`` in text ``t`` in head ``h``: ``w_e * exp(q_th . k_eh)``, where ``k_eh``
+      (entry key) and ``p_eh`` (entry query) are rank-``r`` projections of the entry's vector, stored per
+      entry and head, and ``q_th`` is the ``w``-weighted mean of the ``p_eh`` of the text: O(H r) per
+      match, no d x d work;
+    - each head pools the matched vectors with its weights into ``m_h``; ``m`` is the heads' pooled
+      vectors side by side (``H d``). It goes through a linear map to the teacher's space, plus a term for
+      the teacher's [CLS] and [SEP] vectors, which depend on the whole text and weigh ``2 / (n + 2)`` in
+      its mean over ``n`` tokens: ``(S m + s) / n``;
     - plus a residual MLP on ``m`` (``hidden`` units, GELU), where ``hidden > 0``.
 
     ``out = W m + b + (S m + s) / n + B gelu(A m + a) + c`` with ``n`` the text's tokens but [CLS] and
-    [SEP]. Everything d x d happens once per text.
+    [SEP]. Everything d x d happens once per text. ``entry_key`` and ``entry_query`` are
+    (entries, H, r); models of one head written before heads existed store them as (entries, r).
     """
 
     name = "context_pool"
@@ -163,6 +166,9 @@ class ContextPool:
 
     def __init__(self, tensors: dict[str, np.ndarray]):
         self.t = {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()}
+        for name in ("entry_key", "entry_query"):
+            if self.t[name].ndim == 2:
+                self.t[name] = self.t[name][:, None, :]
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, np.ndarray]) -> ContextPool:
@@ -173,46 +179,65 @@ class ContextPool:
         return dict(self.t)
 
     @property
-    def rank(self) -> int:
+    def heads(self) -> int:
         return self.t["entry_key"].shape[1]
+
+    @property
+    def rank(self) -> int:
+        return self.t["entry_key"].shape[2]
 
     @property
     def hidden(self) -> int:
         return self.t["mlp_in"].shape[0] if "mlp_in" in self.t else 0
 
     def check(self, n_entries: int, dim: int) -> None:
-        r, h = self.rank, self.hidden
+        heads, r, h = self.heads, self.rank, self.hidden
         expected = {
             "entry_weight": (n_entries,),
-            "entry_key": (n_entries, r),
-            "entry_query": (n_entries, r),
-            "weight": (dim, dim),
+            "entry_key": (n_entries, heads, r),
+            "entry_query": (n_entries, heads, r),
+            "weight": (dim, heads * dim),
             "bias": (dim,),
-            "special_weight": (dim, dim),
+            "special_weight": (dim, heads * dim),
             "special_bias": (dim,),
         }
         if h:
-            expected |= {"mlp_in": (h, dim), "mlp_in_bias": (h,), "mlp_out": (dim, h), "mlp_out_bias": (dim,)}
+            expected |= {
+                "mlp_in": (h, heads * dim),
+                "mlp_in_bias": (h,),
+                "mlp_out": (dim, h),
+                "mlp_out_bias": (dim,),
+            }
         _check_shapes(self.name, self.t, expected)
 
     def flops(self, matches: float, distinct: float, dim: int) -> float:
         """Multiply-adds per text, given matches and distinct entries per text."""
-        return 3 * matches * (self.rank + 1) + distinct * dim + 2 * dim * dim + 2 * dim * self.hidden
+        heads = self.heads
+        return (
+            3 * matches * heads * (self.rank + 1)
+            + heads * distinct * dim
+            + 2 * heads * dim * dim
+            + 2 * heads * dim * self.hidden
+        )
 
     def forward(self, batch: Batch) -> np.ndarray:
         """(texts, dim), not normalized."""
-        t, matches = self.t, batch.matches
+        t, matches, heads = self.t, batch.matches, self.heads
         w = t["entry_weight"][matches.entry]
         if self.rank:
-            # q_t: the w-weighted mean of the entry queries of text t; then each match's score q_t . k_e.
+            # q_th: the w-weighted mean of the entry queries of text t; then each match's score q_th . k_eh.
             weights = batch.weight_matrix(w)
-            q = weights @ t["entry_query"][batch.entries]
+            u = len(batch.entries)
+            q = weights @ t["entry_query"][batch.entries].reshape(u, -1)
             q /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
-            scores = q @ t["entry_key"][batch.entries].T
-            score = scores[matches.text, batch.column]
+            q = q.reshape(len(q), heads, self.rank).transpose(1, 0, 2)  # (H, texts, r)
+            keys = t["entry_key"][batch.entries].transpose(1, 2, 0)  # (H, r, u)
+            score = np.matmul(q, keys)[:, matches.text, batch.column]  # (H, matches)
             # The score is bounded by the projections' scale; subtracting each text's max keeps exp finite anyway.
-            w = w * np.exp(score - per_text_max(score, matches.text))
-        m = pool(batch, w)
+            w = [w * np.exp(s - per_text_max(s, matches.text)) for s in score]
+        else:
+            w = [w] * heads
+        m = np.concatenate([pool(batch, wh) for wh in w], axis=1)
         lengths = batch.lengths
         body = np.maximum(np.asarray(lengths, dtype=np.float32) - 2, 1)[:, None]
         out = m @ t["weight"].T + t["bias"] + (m @ t["special_weight"].T + t["special_bias"]) / body

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -108,8 +109,34 @@ def hash_fraction(key: str, salt: str = "") -> float:
 
 
 # What ``Shard.split`` holds for a text. Held-out texts never reach mining, the teacher pass or training.
-TRAIN, HELDOUT, UNSEEN = 0, 1, 2  # UNSEEN: held out with its whole topic (a DL19 pool, say)
-SPLITS = {"train": TRAIN, "heldout": HELDOUT, "unseen": UNSEEN}
+# UNSEEN: held out with its whole topic (a DL19 pool, say). CROP: a sentence of a training passage, a
+# training text for the teacher pass only (mining would count its passage's n-grams twice).
+TRAIN, HELDOUT, UNSEEN, CROP = 0, 1, 2, 3
+SPLITS = {"train": TRAIN, "heldout": HELDOUT, "unseen": UNSEEN, "crop": CROP}
+SPLIT_GROUPS = {"teacher": (TRAIN, CROP)}  # what the teacher pass reads
+
+PASSAGE_SENTENCES = "passage_sentences"  # the source of the crops
+MIN_SENTENCE_WORDS = 4
+# A sentence ends at . ! or ? followed by space and a capital, a digit or an opening quote or bracket.
+# Not after initials (U.S.) or common titles.
+_SENTENCE_END = re.compile(r"(?<=[.!?])(?<!\.[A-Z]\.)(?<!Mr\.)(?<!Dr\.)(?<!St\.)(?<!Ms\.)\s+(?=[\"'(\[]?[A-Z0-9])")
+
+
+def split_sentences(text: str) -> list[str]:
+    """The sentences of a passage of several sentences, those of at least ``MIN_SENTENCE_WORDS`` words.
+
+    Each is a text of its own for the teacher: its sentence vector and its tokens' vectors in a shorter
+    context are new targets for the same teacher compute per token. A wrong split (``U.S. Army``) costs
+    nothing: the target is the teacher's vector of whatever text the crop is."""
+    parts = [p.strip() for p in _SENTENCE_END.split(text)]
+    return [p for p in parts if len(p.split()) >= MIN_SENTENCE_WORDS] if len(parts) > 1 else []
+
+
+def parent_key(key: str) -> str:
+    """The ``source:id`` that decides a text's teacher share and validation: a crop's passage, so that
+    the sentences of a validation passage are validation texts too."""
+    source, _, text_id = key.partition(":")
+    return f"passages:{text_id.partition('#')[0]}" if source == PASSAGE_SENTENCES else key
 
 
 def is_heldout(text_key: str, fraction: float) -> bool:
@@ -193,7 +220,8 @@ def _save_shard(path: Path, shard: Shard, id_dtype: np.dtype) -> None:
 
 
 def load_shard(path: str | Path, split: str = "all") -> Shard:
-    """A shard file, restricted to ``split`` ("all", "train", "heldout" or "unseen")."""
+    """A shard file, restricted to ``split`` ("all", "train", "heldout", "unseen", "crop", or "teacher":
+    train and crop)."""
     try:
         with np.load(path, allow_pickle=False) as z:
             shard = Shard(
@@ -206,7 +234,9 @@ def load_shard(path: str | Path, split: str = "all") -> Shard:
             )
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise VocabertError(f"corpus shard {path} is corrupt or truncated ({e}); rebuild the corpus") from None
-    return shard if split == "all" else shard.select(shard.split == SPLITS[split])
+    if split == "all":
+        return shard
+    return shard.select(np.isin(shard.split, SPLIT_GROUPS.get(split) or (SPLITS[split],)))
 
 
 def shard_keys(shard: Shard, sources: list[str]) -> list[str]:
@@ -235,10 +265,11 @@ class Corpus:
         return self.manifest["key"]["provenance"]
 
     def shards(self, split: str = "all", progress: str | None = None) -> Iterator[Shard]:
-        """Shards restricted to ``split``: "all", "train", "heldout" (a random share of every source) or
-        "unseen" (held out with their topic)."""
-        if split != "all" and split not in SPLITS:
-            raise VocabertError(f"unknown split {split!r}: use all, {', '.join(SPLITS)}")
+        """Shards restricted to ``split``: "all", "train", "heldout" (a random share of every source),
+        "unseen" (held out with their topic), "crop" (sentences of training passages) or "teacher" (train
+        and crop: what the teacher pass reads)."""
+        if split != "all" and split not in SPLITS and split not in SPLIT_GROUPS:
+            raise VocabertError(f"unknown split {split!r}: use all, {', '.join([*SPLITS, *SPLIT_GROUPS])}")
         paths = tqdm(self.shard_paths, desc=progress, unit="shard", disable=progress is None)
         for path in paths:
             yield load_shard(path, split)
@@ -260,6 +291,7 @@ class CorpusSettings:
     shard_size: int = 20_000  # texts per shard: the unit of streaming and of resuming
     unseen_topics: str | None = None  # file of passage ids held out with their topics (None: the DL19 pools)
     dedup: bool = True  # a text already read (up to case and spacing) is not read again
+    passage_sentences: bool = False  # the sentences of training passages are teacher-pass texts too
 
 
 NO_UNSEEN_TOPICS = "none"  # --unseen-topics none: no topic-disjoint split
@@ -296,9 +328,13 @@ def run_corpus(
         shard_size=settings.shard_size,
         unseen_topics=unseen,
         dedup=settings.dedup,
+        passage_sentences=settings.passage_sentences,
         show_progress_bar=ws.show_progress_bar,
     )
     for name, c in corpus.manifest["counts"].items():
+        if name == PASSAGE_SENTENCES:
+            log(f"corpus: {name}: {c['texts']} sentences of training passages, {c['tokens']} tokens")
+            continue
         log(
             f"corpus: {name}: {c['texts']} texts ({c['heldout']} held out at random, {c['unseen']} with unseen "
             f"topics, {c['duplicates']} duplicates skipped), {c['tokens']} tokens"
@@ -323,6 +359,7 @@ def build_corpus(
     shard_size: int = CorpusSettings.shard_size,
     unseen_topics: Path | None = None,
     dedup: bool = CorpusSettings.dedup,
+    passage_sentences: bool = CorpusSettings.passage_sentences,
     batch_size: int = 2_000,
     show_progress_bar: bool = True,
 ) -> Corpus:
@@ -331,7 +368,9 @@ def build_corpus(
 
     Passages (source ``passages``) whose id is listed in ``unseen_topics`` are held out as UNSEEN; of
     the others, ``heldout_fraction`` of every source is held out at random. With ``dedup``, a text
-    already read (up to case and spacing, in any source) is skipped: the query files overlap."""
+    already read (up to case and spacing, in any source) is skipped: the query files overlap. With
+    ``passage_sentences``, the sentences of every training passage (:func:`split_sentences`) follow it
+    as texts of source ``passage_sentences`` and split CROP."""
     out_dir = Path(out_dir)
     for p in sources.values():
         if not Path(p).exists():
@@ -345,6 +384,7 @@ def build_corpus(
         "max_length": max_length,
         "shard_size": shard_size,
         "dedup": dedup,
+        **({"passage_sentences": True} if passage_sentences else {}),  # (corpora without them keep their key)
         "unseen_topics": [str(unseen_topics), sha256_file(unseen_topics)] if unseen_topics else None,
     }
     key = {"provenance": provenance, "settings": settings}
@@ -361,30 +401,25 @@ def build_corpus(
             old.unlink()
     write_json(state_path, key)
 
-    names = list(sources)
+    names = list(sources) + ([PASSAGE_SENTENCES] if passage_sentences and "passages" in sources else [])
     shard_names: list[str] = []
-    counts = {name: {"texts": 0, "heldout": 0, "unseen": 0, "duplicates": 0, "tokens": 0} for name in names}
+    counts = {name: {"texts": 0, "heldout": 0, "unseen": 0, "crops": 0, "duplicates": 0, "tokens": 0} for name in names}
     unseen_ids = read_id_list(unseen_topics) if unseen_topics else set()
     seen: set[int] = set()  # 8-byte keys: ~60 bytes a text in a Python set, fine for 10^7 texts
-    buffer: list[tuple[str, str, int]] = []
+    buffer: list[tuple[str, str, int, int]] = []  # id, text, source, split
     bar = tqdm(desc="corpus: tokenizing", unit="text", disable=not show_progress_bar)
+
+    def split_of(name: str, text_id: str) -> int:
+        if name == "passages" and text_id in unseen_ids:
+            return UNSEEN
+        return HELDOUT if is_heldout(f"{name}:{text_id}", heldout_fraction) else TRAIN
 
     def flush() -> None:
         index = len(shard_names)
         path = out_dir / f"shard-{index:05d}.npz"
-        texts = [t for _, t, _ in buffer]
-        ids_, srcs = [i for i, _, _ in buffer], np.array([s for _, _, s in buffer], dtype=np.int8)
-        split = np.array(
-            [
-                UNSEEN
-                if names[s] == "passages" and i in unseen_ids
-                else HELDOUT
-                if is_heldout(f"{names[s]}:{i}", heldout_fraction)
-                else TRAIN
-                for i, _, s in buffer
-            ],
-            dtype=np.int8,
-        )
+        texts = [t for _, t, _, _ in buffer]
+        ids_, srcs = [i for i, _, _, _ in buffer], np.array([s for _, _, s, _ in buffer], dtype=np.int8)
+        split = np.array([sp for _, _, _, sp in buffer], dtype=np.int8)
         if path.is_file():
             shard = load_shard(path)
             if shard.text_ids != ids_:
@@ -402,20 +437,29 @@ def build_corpus(
             counts[name]["texts"] += int(mine.sum())
             counts[name]["heldout"] += int((mine & (shard.split == HELDOUT)).sum())
             counts[name]["unseen"] += int((mine & (shard.split == UNSEEN)).sum())
+            counts[name]["crops"] += int((mine & (shard.split == CROP)).sum())
             counts[name]["tokens"] += int(np.diff(shard.offsets)[mine].sum())
         shard_names.append(path.name)
         bar.update(len(buffer))
         buffer.clear()
 
-    for s, name in enumerate(names):
+    def add(text_id: str, text: str, s: int, split: int) -> bool:
+        if dedup:
+            identity = dedup_key(text)
+            if identity in seen:
+                counts[names[s]]["duplicates"] += 1
+                return False
+            seen.add(identity)
+        buffer.append((text_id, text, s, split))
+        return True
+
+    crops = names.index(PASSAGE_SENTENCES) if PASSAGE_SENTENCES in names else None
+    for s, name in enumerate(sources):
         for text_id, text in read_texts(sources[name]):
-            if dedup:
-                identity = dedup_key(text)
-                if identity in seen:
-                    counts[name]["duplicates"] += 1
-                    continue
-                seen.add(identity)
-            buffer.append((text_id, text, s))
+            split = split_of(name, text_id)
+            if add(text_id, text, s, split) and crops is not None and name == "passages" and split == TRAIN:
+                for k, sentence in enumerate(split_sentences(text)):
+                    add(f"{text_id}#{k}", sentence, crops, CROP)
             if len(buffer) >= shard_size:
                 flush()
     if buffer:

@@ -31,7 +31,15 @@ from tqdm.auto import tqdm
 
 from vocabert.artifacts import VocabertError, read_json, write_json, write_npy
 from vocabert.distill.cache import EmbeddingCache
-from vocabert.distill.corpus import Corpus, Shard, _pack_strings, _unpack_strings, hash_fraction, open_corpus
+from vocabert.distill.corpus import (
+    Corpus,
+    Shard,
+    _pack_strings,
+    _unpack_strings,
+    hash_fraction,
+    open_corpus,
+    parent_key,
+)
 from vocabert.distill.engine import Engine, peak_rss_mib
 from vocabert.distill.mining import open_vocabulary
 from vocabert.distill.teacher import Teacher
@@ -72,20 +80,21 @@ def select_teacher_texts(
     the texts' ``source:id``."""
     chosen = np.array(
         [
-            (share >= 1.0 or hash_fraction(k, "teacher:") < share) and (not sources or k.split(":", 1)[0] in sources)
+            (share >= 1.0 or hash_fraction(parent_key(k), "teacher:") < share)
+            and (not sources or k.split(":", 1)[0] in sources)
             for k in keys
         ],
         dtype=bool,
     )
     keys = [k for k, c in zip(keys, chosen, strict=True) if c]
-    validation = np.array([hash_fraction(k, "validation:") < VALIDATION_SHARE for k in keys], dtype=bool)
+    validation = np.array([hash_fraction(parent_key(k), "validation:") < VALIDATION_SHARE for k in keys], dtype=bool)
     return shard.select(chosen), validation
 
 
 def teacher_texts(corpus: Corpus, share: float, sources: tuple[str, ...] = ()) -> Iterator[tuple[Shard, np.ndarray]]:
     """The training texts that the teacher sees, shard by shard in a fixed order (the teacher-pass
     order), each with its validation mask."""
-    for shard in corpus.shards("train"):
+    for shard in corpus.shards("teacher"):
         yield select_teacher_texts(shard, corpus.keys(shard), share, sources)
 
 

@@ -71,7 +71,7 @@ from vocabert.matching import EntryIndex
 
 
 def _teacher_texts_of(path: str, sources: list[str], share: float, only: tuple[str, ...]):
-    shard = load_shard(path, "train")
+    shard = load_shard(path, "teacher")
     return select_teacher_texts(shard, shard_keys(shard, sources), share, only)
 
 

@@ -64,7 +64,8 @@ class TrainSettings:
     """Settings of the ``train`` stage (every default lives here): :func:`train_student`'s arguments."""
 
     arch: str = ContextPool.name  # context_pool or weighted_mean (see vocabert.model)
-    attention_rank: int = 32  # context_pool: rank of the per-entry keys and queries (0: no attention)
+    attention_rank: int = 32  # context_pool: rank of the per-entry keys and queries of each head (0: no attention)
+    attention_heads: int = 1  # context_pool: attention heads, each pooling the text with its own weights
     mlp_hidden: int = 0  # context_pool: units of the residual MLP on the pooled vector (0: none)
     tune_entries: float = 0.01  # > 0: fine-tune the entry vectors, with this L2 pull toward the teacher's (0: frozen)
     epochs: int = 10
@@ -75,33 +76,35 @@ class TrainSettings:
     seed: int = 0
 
 
-def _student_module(table, arch: str, rank: int, hidden: int, tune: float):
+def _student_module(table, arch: str, rank: int, hidden: int, tune: float, heads: int = 1):
     """The student in torch, mirroring the numpy network of :mod:`vocabert.model` it exports to."""
     import torch
     from torch import nn
 
     dim = table.shape[1]
+    heads = heads if arch == ContextPool.name else 1
+    pooled_dim = heads * dim  # the heads' pooled vectors side by side
 
     class Student(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.log_weight = nn.Parameter(torch.zeros(len(table)))
-            self.linear = nn.Linear(dim, dim)
-            with torch.no_grad():
-                self.linear.weight.copy_(torch.eye(dim))
+            self.linear = nn.Linear(pooled_dim, dim)
+            with torch.no_grad():  # starts as the mean of the heads' pooled vectors
+                self.linear.weight.copy_(torch.eye(dim).repeat(1, heads) / heads)
                 self.linear.bias.zero_()
             self.context = arch == ContextPool.name
             self.rank = rank if self.context else 0
             if self.context:
-                self.special = nn.Linear(dim, dim)
+                self.special = nn.Linear(pooled_dim, dim)
                 nn.init.zeros_(self.special.weight)
                 nn.init.zeros_(self.special.bias)
                 if self.rank:
-                    self.key = nn.Linear(dim, self.rank, bias=False)
-                    self.query = nn.Linear(dim, self.rank, bias=False)
+                    self.key = nn.Linear(dim, heads * self.rank, bias=False)
+                    self.query = nn.Linear(dim, heads * self.rank, bias=False)
                 if hidden:
                     self.mlp = nn.Sequential(
-                        nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim)
+                        nn.Linear(pooled_dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim)
                     )
                     nn.init.zeros_(self.mlp[2].weight)  # starts as the identity residual
                     nn.init.zeros_(self.mlp[2].bias)
@@ -122,16 +125,25 @@ def _student_module(table, arch: str, rank: int, hidden: int, tune: float):
         def forward(self, entry, segment, n: int, lengths):
             distinct, inverse = torch.unique(entry, return_inverse=True)
             vectors = self.vectors(distinct)
-            w = self.log_weight[entry].exp()
+            w = self.log_weight[entry].exp()[:, None].expand(-1, heads)  # (matches, heads)
             if self.rank:
-                total = torch.zeros(n).index_add_(0, segment, w).clamp_min(1e-12)
-                p = self.query(vectors)[inverse]
-                q = torch.zeros(n, self.rank).index_add_(0, segment, p * w[:, None]) / total[:, None]
-                score = (q[segment] * self.key(vectors)[inverse]).sum(dim=1)
-                top = torch.full((n,), -torch.inf).scatter_reduce(0, segment, score.detach(), "amax")
+                total = torch.zeros(n).index_add_(0, segment, w[:, 0]).clamp_min(1e-12)
+                p = self.query(vectors)[inverse].view(-1, heads, self.rank)
+                q = torch.zeros(n, heads, self.rank).index_add_(0, segment, p * w[:, :, None]) / total[:, None, None]
+                score = (q[segment] * self.key(vectors)[inverse].view(-1, heads, self.rank)).sum(dim=2)
+                top = torch.full((n, heads), -torch.inf).scatter_reduce(
+                    0, segment[:, None].expand(-1, heads), score.detach(), "amax"
+                )
                 w = w * (score - top[segment]).exp()
-            pooled = torch.zeros(n, dim).index_add_(0, segment, vectors[inverse] * w[:, None])
-            m = pooled / torch.zeros(n).index_add_(0, segment, w).clamp_min(1e-12)[:, None]
+            matched = vectors[inverse]
+            m = torch.cat(
+                [
+                    torch.zeros(n, dim).index_add_(0, segment, matched * w[:, h, None])
+                    / torch.zeros(n).index_add_(0, segment, w[:, h]).clamp_min(1e-12)[:, None]
+                    for h in range(heads)
+                ],
+                dim=1,
+            )
             out = self.linear(m)
             if self.context:
                 out = out + self.special(m) / (lengths - 2).clamp_min(1)[:, None]
@@ -166,9 +178,9 @@ def _student_module(table, arch: str, rank: int, hidden: int, tune: float):
                                 np_(proj(self.vectors(torch.arange(i, min(i + 65536, len(table))))))
                                 for i in range(0, len(table), 65536)
                             ]
-                        )
+                        ).reshape(len(table), heads, -1)
                         if proj is not None
-                        else np.zeros((len(table), 0), np.float32)
+                        else np.zeros((len(table), heads, 0), np.float32)
                     )
             if self.hidden:
                 t |= {
@@ -187,6 +199,7 @@ def train_student(
     store: VocabularyStore,
     arch: str = TrainSettings.arch,
     attention_rank: int = TrainSettings.attention_rank,
+    attention_heads: int = TrainSettings.attention_heads,
     mlp_hidden: int = TrainSettings.mlp_hidden,
     tune_entries: float = TrainSettings.tune_entries,
     epochs: int = TrainSettings.epochs,
@@ -205,6 +218,11 @@ def train_student(
         raise VocabertError(f"unknown loss {loss!r}: use cosine, mse or cosine+mse")
     if arch not in ARCHS:
         raise VocabertError(f"unknown architecture {arch!r}: use one of {', '.join(ARCHS)}")
+    if attention_heads < 1 or (attention_heads > 1 and (arch != ContextPool.name or attention_rank == 0)):
+        raise VocabertError(
+            f"attention_heads={attention_heads}: heads need context_pool with an attention rank above 0 (and "
+            "at least one head)"
+        )
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     val_idx, train_idx = np.flatnonzero(data.validation), np.flatnonzero(~data.validation)
@@ -213,7 +231,7 @@ def train_student(
         raise VocabertError("no training texts outside the validation share")
 
     table = torch.from_numpy(store.vectors(np.arange(len(store))))
-    student = _student_module(table, arch, attention_rank, mlp_hidden, tune_entries)
+    student = _student_module(table, arch, attention_rank, mlp_hidden, tune_entries, attention_heads)
     dense = [p for name, p in student.named_parameters() if not name.startswith("delta.")]
     optimizers = [torch.optim.Adam(dense, lr=lr)]
     if tune_entries:
