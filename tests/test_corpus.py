@@ -505,7 +505,8 @@ def test_sentences_of_training_passages_are_teacher_texts_only(tmp_path, tok):
     """Sentences of training passages become CROP texts: read by the teacher pass, never by mining's
     "train" split; held-out and unseen-topic passages give none; a crop follows its passage into validation."""
     lines = [f"p{i}\tParis{i} is the capital of France. It is big. Museum {i} draws many visitors." for i in range(40)]
-    passages = write_lines(tmp_path / "passages.tsv", lines + ["solo\tJust one sentence in this passage here."])
+    solo = ["solo\tJust one sentence in this passage here.", "same\tParis5 is the capital of France."]
+    passages = write_lines(tmp_path / "passages.tsv", lines + solo)
     run = tmp_path / "run.txt"
     run.write_text("p0\n")
     corpus = build_corpus(
@@ -525,9 +526,12 @@ def test_sentences_of_training_passages_are_teacher_texts_only(tmp_path, tok):
     crops = [(i, t) for sh in corpus.shards("crop") for i, t in zip(sh.text_ids, sh.texts, strict=True)]
     assert all(not i.count("#") for i in train) and "solo" in train
     parents = {i.split("#")[0] for i, _ in crops}
-    assert parents == {i for i in train if i != "solo"} and "p0" not in parents
-    # Two sentences of each training passage (the middle one is too short), in order, tokenized as texts.
-    assert len(crops) == 2 * len(parents)
+    assert parents == {i for i in train if i not in ("solo", "same")} and "p0" not in parents
+    # Two sentences of each training passage (the middle one is too short), in order, tokenized as texts;
+    # a passage equal to a sentence of another stays a passage, and that sentence is no crop.
+    held = {i for sh in corpus.shards("heldout") for i in sh.text_ids}
+    assert len(crops) == 2 * len(parents) - ("p5" in parents) and "same" in set(train) | held
+    assert corpus.manifest["counts"]["passages"]["duplicates"] == 0
     assert crops[0] == (
         f"{crops[0][0].split('#')[0]}#0",
         f"Paris{crops[0][0].split('#')[0][1:]} is the capital of France.",

@@ -369,8 +369,8 @@ def build_corpus(
     Passages (source ``passages``) whose id is listed in ``unseen_topics`` are held out as UNSEEN; of
     the others, ``heldout_fraction`` of every source is held out at random. With ``dedup``, a text
     already read (up to case and spacing, in any source) is skipped: the query files overlap. With
-    ``passage_sentences``, the sentences of every training passage (:func:`split_sentences`) follow it
-    as texts of source ``passage_sentences`` and split CROP."""
+    ``passage_sentences``, the sentences of every training passage (:func:`split_sentences`) follow the
+    sources as texts of source ``passage_sentences`` and split CROP (deduplicated against every text)."""
     out_dir = Path(out_dir)
     for p in sources.values():
         if not Path(p).exists():
@@ -453,15 +453,21 @@ def build_corpus(
         buffer.append((text_id, text, s, split))
         return True
 
-    crops = names.index(PASSAGE_SENTENCES) if PASSAGE_SENTENCES in names else None
     for s, name in enumerate(sources):
         for text_id, text in read_texts(sources[name]):
-            split = split_of(name, text_id)
-            if add(text_id, text, s, split) and crops is not None and name == "passages" and split == TRAIN:
-                for k, sentence in enumerate(split_sentences(text)):
-                    add(f"{text_id}#{k}", sentence, crops, CROP)
+            add(text_id, text, s, split_of(name, text_id))
             if len(buffer) >= shard_size:
                 flush()
+    if PASSAGE_SENTENCES in names:
+        # A second read of the passages, after every source: a crop never displaces a text of the corpus
+        # (a later passage or query equal to it) and never repeats a held-out one.
+        crops = names.index(PASSAGE_SENTENCES)
+        for text_id, text in read_texts(sources["passages"]):
+            if split_of("passages", text_id) == TRAIN:
+                for k, sentence in enumerate(split_sentences(text)):
+                    add(f"{text_id}#{k}", sentence, crops, CROP)
+                    if len(buffer) >= shard_size:
+                        flush()
     if buffer:
         flush()
     bar.close()
