@@ -67,21 +67,27 @@ class Batch:
     lengths: np.ndarray  # (texts,) tokens per text, [CLS] and [SEP] included
 
     def weight_matrix(self, weight: np.ndarray) -> np.ndarray:
-        """(texts, u) float32: the summed ``weight`` of each text's matches of each distinct entry.
+        """(texts, u) float32: the summed ``weight`` of each text's matches of each distinct entry; for
+        ``weight`` of shape (H, matches), (H * texts, u): head ``h``'s rows are ``h * texts`` on.
 
         Pooling as this dense matrix times the vectors is one GEMM, far cheaper than summing a row
         per match; ``StudentModel`` keeps batches small (``MICRO_BATCH``) so the matrix stays small.
         """
         n, u = self.matches.n_texts, len(self.entries)
-        flat = self.matches.text * u + self.column
-        return np.bincount(flat, weights=weight, minlength=n * u).reshape(n, u).astype(np.float32)
+        weight = np.atleast_2d(weight)
+        rows = len(weight) * n
+        flat = (np.arange(len(weight))[:, None] * n + self.matches.text) * u + self.column
+        return np.bincount(flat.ravel(), weights=weight.ravel(), minlength=rows * u).reshape(rows, u).astype(np.float32)
 
 
 def pool(batch: Batch, weight: np.ndarray) -> np.ndarray:
-    """Weighted mean of each text's matched vectors, ``weight[i]`` for match ``i``: (texts, dim)."""
+    """Weighted mean of each text's matched vectors, ``weight[i]`` for match ``i``: (texts, dim). With
+    ``weight`` of shape (H, matches), one mean per row of weights, side by side: (texts, H * dim)."""
     weights = batch.weight_matrix(weight)
     weights /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
-    return weights @ batch.vectors
+    heads, n = weights.shape[0] // max(batch.matches.n_texts, 1), batch.matches.n_texts
+    pooled = weights @ batch.vectors  # one GEMM for every head
+    return pooled if np.ndim(weight) == 1 else pooled.reshape(heads, n, -1).transpose(1, 0, 2).reshape(n, -1)
 
 
 def per_text_max(values: np.ndarray, text: np.ndarray) -> np.ndarray:
@@ -234,10 +240,10 @@ class ContextPool:
             keys = t["entry_key"][batch.entries].transpose(1, 2, 0)  # (H, r, u)
             score = np.matmul(q, keys)[:, matches.text, batch.column]  # (H, matches)
             # The score is bounded by the projections' scale; subtracting each text's max keeps exp finite anyway.
-            w = [w * np.exp(s - per_text_max(s, matches.text)) for s in score]
+            w = np.stack([w * np.exp(s - per_text_max(s, matches.text)) for s in score])
         else:
-            w = [w] * heads
-        m = np.concatenate([pool(batch, wh) for wh in w], axis=1)
+            w = np.broadcast_to(w, (heads, len(w)))
+        m = pool(batch, w)  # (texts, H * dim)
         lengths = batch.lengths
         body = np.maximum(np.asarray(lengths, dtype=np.float32) - 2, 1)[:, None]
         out = m @ t["weight"].T + t["bias"] + (m @ t["special_weight"].T + t["special_bias"]) / body
