@@ -237,7 +237,7 @@ def test_build_corpus(tmp_path, sources, tok):
     assert len(expected) == 15
     manifest = read_manifest(out, "corpus")
     assert manifest == corpus.manifest
-    assert manifest["sources"] == ["passages", "queries"]
+    assert manifest["sources"] == ["passages", "queries", PASSAGE_SENTENCES]  # (no crops: one sentence each)
     assert manifest["vocab_size"] == 30522
     assert manifest["key"]["provenance"] == tok["prov"]
     assert len(manifest["shards"]) == 3  # 15 texts in shards of 5
@@ -518,7 +518,6 @@ def test_sentences_of_training_passages_are_teacher_texts_only(tmp_path, tok):
         heldout_fraction=0.25,
         unseen_topics=run,
         shard_size=16,
-        passage_sentences=True,
         show_progress_bar=False,
     )
     assert corpus.sources == ["passages", PASSAGE_SENTENCES]

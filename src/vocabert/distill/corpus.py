@@ -291,7 +291,7 @@ class CorpusSettings:
     shard_size: int = 20_000  # texts per shard: the unit of streaming and of resuming
     unseen_topics: str | None = None  # file of passage ids held out with their topics (None: the DL19 pools)
     dedup: bool = True  # a text already read (up to case and spacing) is not read again
-    passage_sentences: bool = False  # the sentences of training passages are teacher-pass texts too
+    passage_sentences: bool = True  # the sentences of training passages are teacher-pass texts too
 
 
 NO_UNSEEN_TOPICS = "none"  # --unseen-topics none: no topic-disjoint split
