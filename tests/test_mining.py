@@ -36,6 +36,7 @@ from vocabert.distill.mining import (
     run_mining,
 )
 from vocabert.distill.semantics import semantic_gains
+from vocabert.distill.training import TrainSettings
 from vocabert.distill.workspace import Workspace
 from vocabert.matching import PAD, WILDCARD
 from vocabert.tokenizer import load_tokenizer
@@ -485,6 +486,12 @@ def test_preset_fast_sets_the_budget_and_flags_win():
     assert cli.parse_args(["run", "--preset", "fast"]).budget == cli.PRESETS["fast"]["budget"]
     assert cli.parse_args(["mine", "--preset", "fast", "--budget", "5000"]).budget == 5000
     assert cli.parse_args(["mine", "--budget", "5000", "--preset", "fast"]).budget == 5000
+    # fast also trains the one-head student; the default run trains the default one.
+    fast, default = cli.parse_args(["run", "--preset", "fast"]), cli.parse_args(["run"])
+    assert (fast.attention_heads, fast.attention_rank) == (1, 32)
+    assert default.attention_heads == TrainSettings.attention_heads > 1
+    assert default.attention_rank == TrainSettings.attention_rank
+    assert cli.parse_args(["run", "--preset", "fast", "--attention-heads", "2"]).attention_heads == 2
 
 
 # ------------------------------------------------------------------------ longer entries, LLR, words
@@ -582,9 +589,10 @@ def test_whole_words_are_their_own_kind(tmp_path, tok):
 
 
 def test_budget_in_megabytes():
-    assert entry_bytes(384, 4) == 2 * 384 + 256 + 16
+    heads, rank = TrainSettings.attention_heads, TrainSettings.attention_rank
+    assert entry_bytes(384, 4) == 2 * 384 + 2 * heads * rank * 4 + 16  # vector, the default's keys and queries, pattern
     assert budget_entries(100_000, None, 384, 4) == 100_000
-    assert budget_entries(0, 104.0, 384, 4) == int(104e6 // 1040)
+    assert budget_entries(0, 104.0, 384, 4) == int(104e6 // entry_bytes(384, 4))
     with pytest.raises(VocabertError, match="budget-mb"):
         budget_entries(1, 0.0, 384, 4)
 

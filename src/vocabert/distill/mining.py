@@ -391,9 +391,10 @@ class MineSettings:
     select: str = "statistics"  # statistics: rank by score; semantics: by the teacher's error removed
 
 
-# A model stores per entry its fp16 vector, the default student's rank-32 key and query (fp32) and its
-# pattern (int32): what --budget-mb divides by.
-ATTENTION_BYTES = 2 * 32 * 4
+# A model stores per entry its fp16 vector, the default student's keys and queries (fp32, one of rank r per
+# head) and its pattern (int32): what --budget-mb divides by. 4 heads of rank 16 (TrainSettings; a test
+# keeps the two in step: training imports this module, so this one cannot import training).
+ATTENTION_BYTES = 2 * 4 * 16 * 4
 
 
 def entry_bytes(dim: int, width: int) -> int:
