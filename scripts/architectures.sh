@@ -16,10 +16,10 @@ shift || true
 out="$workdir/architectures"
 declare -A variants=(
   [weighted_mean]="--arch weighted_mean --tune-entries 0"
-  [context_specials]="--arch context_pool --attention-rank 0 --tune-entries 0"
-  [context_attention]="--arch context_pool --attention-rank 32 --tune-entries 0"
-  [context_attention_mlp]="--arch context_pool --attention-rank 32 --mlp-hidden 512 --tune-entries 0"
-  [context_attention_tuned]="--arch context_pool --attention-rank 32 --tune-entries 0.01"
+  [context_specials]="--arch context_pool --attention-heads 1 --attention-rank 0 --tune-entries 0"
+  [context_attention]="--arch context_pool --attention-heads 1 --attention-rank 32 --tune-entries 0"
+  [context_attention_mlp]="--arch context_pool --attention-heads 1 --attention-rank 32 --mlp-hidden 512 --tune-entries 0"
+  [context_attention_tuned]="--arch context_pool --attention-heads 1 --attention-rank 32 --tune-entries 0.01"
   [context_heads4_tuned]="--arch context_pool --attention-rank 16 --attention-heads 4 --tune-entries 0.01"
 )
 models=()

@@ -11,9 +11,10 @@ settings. Then one bench of all of them next to the teacher (fidelity, STS-B, DL
 Every stage skips itself when current, so an interrupted run resumes where it stopped.
 
 ``--leave-out``: at WORKDIR's own share, one work directory ``WORKDIR/sources/no-<group>`` per group of
-sources left out of the teacher pass (passages, with their sentences; queries, i.e. the train and dev query files; glosses),
-each with its own teacher pass over the other sources, store and student, benched beside WORKDIR's own model
-(every source): the unseen-topic passages column says what each source brings to topics no text reached.
+sources left out of the teacher pass (passages, with their sentences; queries, i.e. the train and dev query
+files; glosses), each with its own teacher pass over the other sources, store and student, benched beside
+WORKDIR's own model (every source): the unseen-topic passages column says what each source brings to topics
+no text reached.
 """
 
 from __future__ import annotations
@@ -31,7 +32,11 @@ def vocabert(*args: str) -> None:
 
 
 # Groups of the bundled corpus's sources that --leave-out leaves out of the teacher pass, one at a time.
-SOURCE_GROUPS = {"passages": ["passages", "passage_sentences"], "queries": ["queries", "dev_queries"], "glosses": ["glosses"]}
+SOURCE_GROUPS = {
+    "passages": ["passages", "passage_sentences"],
+    "queries": ["queries", "dev_queries"],
+    "glosses": ["glosses"],
+}
 
 
 def point(workdir: Path, directory: Path, share: float, own_share: float, sources: list[str] | None = None) -> Path:

@@ -473,7 +473,8 @@ def build_parser(preset: str = "default") -> argparse.ArgumentParser:
         type=int,
         default=t.attention_heads,
         help="context_pool: attention heads, each pooling the text with its own weights; the linear maps read "
-        "the heads' pooled vectors side by side (default: %(default)s)",
+        "the heads' pooled vectors side by side; one without attention (rank 0, weighted_mean) "
+        "(default: %(default)s)",
     )
     g.add_argument(
         "--mlp-hidden",

@@ -82,7 +82,6 @@ def _student_module(table, arch: str, rank: int, hidden: int, tune: float, heads
     from torch import nn
 
     dim = table.shape[1]
-    heads = heads if arch == ContextPool.name else 1
     pooled_dim = heads * dim  # the heads' pooled vectors side by side
 
     class Student(nn.Module):
@@ -218,11 +217,10 @@ def train_student(
         raise VocabertError(f"unknown loss {loss!r}: use cosine, mse or cosine+mse")
     if arch not in ARCHS:
         raise VocabertError(f"unknown architecture {arch!r}: use one of {', '.join(ARCHS)}")
-    if attention_heads < 1 or (attention_heads > 1 and (arch != ContextPool.name or attention_rank == 0)):
-        raise VocabertError(
-            f"attention_heads={attention_heads}: heads need context_pool with an attention rank above 0 (and "
-            "at least one head)"
-        )
+    if attention_heads < 1:
+        raise VocabertError(f"attention_heads={attention_heads}: a student has at least one head")
+    if arch != ContextPool.name or attention_rank == 0:
+        attention_heads = 1  # without attention every head would pool alike
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     val_idx, train_idx = np.flatnonzero(data.validation), np.flatnonzero(~data.validation)
