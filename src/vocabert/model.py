@@ -85,9 +85,11 @@ def pool(batch: Batch, weight: np.ndarray) -> np.ndarray:
     ``weight`` of shape (H, matches), one mean per row of weights, side by side: (texts, H * dim)."""
     weights = batch.weight_matrix(weight)
     weights /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
-    heads, n = weights.shape[0] // max(batch.matches.n_texts, 1), batch.matches.n_texts
     pooled = weights @ batch.vectors  # one GEMM for every head
-    return pooled if np.ndim(weight) == 1 else pooled.reshape(heads, n, -1).transpose(1, 0, 2).reshape(n, -1)
+    if np.ndim(weight) == 1:
+        return pooled
+    n = batch.matches.n_texts
+    return pooled.reshape(len(weight), n, -1).transpose(1, 0, 2).reshape(n, -1)
 
 
 def per_text_max(values: np.ndarray, text: np.ndarray) -> np.ndarray:

@@ -403,7 +403,7 @@ def build_corpus(
 
     names = list(sources) + ([PASSAGE_SENTENCES] if passage_sentences and "passages" in sources else [])
     shard_names: list[str] = []
-    counts = {name: {"texts": 0, "heldout": 0, "unseen": 0, "crops": 0, "duplicates": 0, "tokens": 0} for name in names}
+    counts = {name: {"texts": 0, "heldout": 0, "unseen": 0, "duplicates": 0, "tokens": 0} for name in names}
     unseen_ids = read_id_list(unseen_topics) if unseen_topics else set()
     seen: set[int] = set()  # 8-byte keys: ~60 bytes a text in a Python set, fine for 10^7 texts
     buffer: list[tuple[str, str, int, int]] = []  # id, text, source, split
@@ -437,27 +437,25 @@ def build_corpus(
             counts[name]["texts"] += int(mine.sum())
             counts[name]["heldout"] += int((mine & (shard.split == HELDOUT)).sum())
             counts[name]["unseen"] += int((mine & (shard.split == UNSEEN)).sum())
-            counts[name]["crops"] += int((mine & (shard.split == CROP)).sum())
             counts[name]["tokens"] += int(np.diff(shard.offsets)[mine].sum())
         shard_names.append(path.name)
         bar.update(len(buffer))
         buffer.clear()
 
-    def add(text_id: str, text: str, s: int, split: int) -> bool:
+    def add(text_id: str, text: str, s: int, split: int) -> None:
         if dedup:
             identity = dedup_key(text)
             if identity in seen:
                 counts[names[s]]["duplicates"] += 1
-                return False
+                return
             seen.add(identity)
         buffer.append((text_id, text, s, split))
-        return True
+        if len(buffer) >= shard_size:
+            flush()
 
     for s, name in enumerate(sources):
         for text_id, text in read_texts(sources[name]):
             add(text_id, text, s, split_of(name, text_id))
-            if len(buffer) >= shard_size:
-                flush()
     if PASSAGE_SENTENCES in names:
         # A second read of the passages, after every source: a crop never displaces a text of the corpus
         # (a later passage or query equal to it) and never repeats a held-out one.
@@ -466,8 +464,6 @@ def build_corpus(
             if split_of("passages", text_id) == TRAIN:
                 for k, sentence in enumerate(split_sentences(text)):
                     add(f"{text_id}#{k}", sentence, crops, CROP)
-                    if len(buffer) >= shard_size:
-                        flush()
     if buffer:
         flush()
     bar.close()

@@ -134,15 +134,8 @@ def _student_module(table, arch: str, rank: int, hidden: int, tune: float, heads
                     0, segment[:, None].expand(-1, heads), score.detach(), "amax"
                 )
                 w = w * (score - top[segment]).exp()
-            matched = vectors[inverse]
-            m = torch.cat(
-                [
-                    torch.zeros(n, dim).index_add_(0, segment, matched * w[:, h, None])
-                    / torch.zeros(n).index_add_(0, segment, w[:, h]).clamp_min(1e-12)[:, None]
-                    for h in range(heads)
-                ],
-                dim=1,
-            )
+            pooled = torch.zeros(n, heads, dim).index_add_(0, segment, vectors[inverse][:, None] * w[:, :, None])
+            m = (pooled / torch.zeros(n, heads).index_add_(0, segment, w).clamp_min(1e-12)[:, :, None]).view(n, -1)
             out = self.linear(m)
             if self.context:
                 out = out + self.special(m) / (lengths - 2).clamp_min(1)[:, None]
