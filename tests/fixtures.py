@@ -90,9 +90,11 @@ def tiny_model(dtype: str = "float16", max_length: int = 16, seed: int = 0) -> S
     return StudentModel(config(text, max_length), text, store, network)
 
 
-def tiny_context_model(rank: int = 3, hidden: int = 5, seed: int = 0, heads: int = 1) -> StudentModel:
+def tiny_context_model(
+    rank: int = 3, hidden: int = 5, seed: int = 0, heads: int = 1, window: int = 0, window_rank: int = 4
+) -> StudentModel:
     """An untrained ``context_pool`` student (``heads`` attention heads of rank ``rank``, MLP of ``hidden``
-    units)."""
+    units, windowed attention over ``window`` matches each side)."""
     rng = np.random.default_rng(seed)
     text = tokenizer_text()
     p = patterns()
@@ -112,5 +114,12 @@ def tiny_context_model(rank: int = 3, hidden: int = 5, seed: int = 0, heads: int
             "mlp_in_bias": rng.normal(size=hidden),
             "mlp_out": rng.normal(size=(DIM, hidden)),
             "mlp_out_bias": rng.normal(size=DIM),
+        }
+    if window:
+        t |= {
+            "entry_window": rng.normal(size=(len(p), 4, window_rank)),
+            "window_offset_bias": rng.normal(size=2 * window),
+            "window_weight": rng.normal(size=(DIM, window_rank)),
+            "window_bias": rng.normal(size=DIM),
         }
     return StudentModel({**config(text), "architecture": ContextPool.name}, text, store, ContextPool(t))

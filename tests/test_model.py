@@ -73,18 +73,36 @@ def brute_force_context(model: StudentModel, text: str) -> np.ndarray:
         h = t["mlp_in"] @ m + t["mlp_in_bias"]
         h = 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h**3)))
         out += t["mlp_out"] @ h + t["mlp_out_bias"]
+    if "entry_window" in t:  # found is in order of position, then entry: the order the window runs over
+        k, window = t["entry_window"].shape[2], len(t["window_offset_bias"]) // 2
+        z = np.zeros(k)
+        for i, e in enumerate(found):
+            a, _, _, g = t["entry_window"][e]
+            near = [j for j in range(i - window, i + window + 1) if j != i and 0 <= j < len(found)]
+            mixed = np.zeros(k)
+            if near:
+                score = np.array([a @ t["entry_window"][found[j], 1] / np.sqrt(k) for j in near])
+                score += t["window_offset_bias"][[j - i + window - (j > i) for j in near]]
+                alpha = np.exp(score - score.max()) / np.exp(score - score.max()).sum()
+                mixed = sum(al * t["entry_window"][found[j], 2] for al, j in zip(alpha, near, strict=True))
+            h = g + mixed
+            z += t["entry_weight"][e] * 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h**3)))
+        out += t["window_weight"] @ (z / t["entry_weight"][found].sum()) + t["window_bias"]
     return out / np.linalg.norm(out)
 
 
-@pytest.mark.parametrize("rank, hidden, heads", [(3, 5, 1), (0, 0, 1), (2, 0, 1), (2, 4, 3)])
-def test_context_pool_matches_its_definition(rank, hidden, heads, tmp_path):
-    model = tiny_context_model(rank, hidden, heads=heads)
+@pytest.mark.parametrize(
+    "rank, hidden, heads, window", [(3, 5, 1, 0), (0, 0, 1, 0), (2, 0, 1, 0), (2, 4, 3, 0), (2, 0, 2, 2), (0, 0, 1, 1)]
+)
+def test_context_pool_matches_its_definition(rank, hidden, heads, window, tmp_path):
+    model = tiny_context_model(rank, hidden, heads=heads, window=window)
     out = model.encode(TEXTS)
     for text, row in zip(TEXTS, out, strict=True):
         np.testing.assert_allclose(row, brute_force_context(model, text), atol=1e-5)
     again = vocabert.load(model.save(tmp_path / "m"))
     np.testing.assert_allclose(again.encode(TEXTS), out, atol=1e-6)
     assert again.config["architecture"] == "context_pool" and again.network.heads == heads
+    assert again.network.window == window
 
 
 def test_context_pool_of_one_head_reads_the_older_layout():

@@ -29,16 +29,17 @@ def synthetic_data(model, seed: int = 0) -> TrainingData:
 
 
 @pytest.mark.parametrize(
-    "arch, rank, hidden, heads",
+    "arch, rank, hidden, heads, window",
     [
-        ("weighted_mean", 0, 0, 1),
-        ("context_pool", 0, 0, 1),
-        ("context_pool", 3, 0, 1),
-        ("context_pool", 3, 6, 1),
-        ("context_pool", 2, 5, 3),
+        ("weighted_mean", 0, 0, 1, 0),
+        ("context_pool", 0, 0, 1, 0),
+        ("context_pool", 3, 0, 1, 0),
+        ("context_pool", 3, 6, 1, 0),
+        ("context_pool", 2, 5, 3, 0),
+        ("context_pool", 2, 0, 2, 2),
     ],
 )
-def test_exported_network_computes_what_was_trained(arch, rank, hidden, heads):
+def test_exported_network_computes_what_was_trained(arch, rank, hidden, heads, window):
     model = tiny_model()
     data = synthetic_data(model)
     network, _, history = train_student(
@@ -48,6 +49,8 @@ def test_exported_network_computes_what_was_trained(arch, rank, hidden, heads):
         attention_rank=rank,
         attention_heads=heads,
         mlp_hidden=hidden,
+        window=window,
+        window_rank=3,
         tune_entries=0.0,
         epochs=3,
         batch_size=8,

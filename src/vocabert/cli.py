@@ -483,6 +483,19 @@ def build_parser(preset: str = "default") -> argparse.ArgumentParser:
         help="context_pool: units of the residual MLP on the pooled vector, 0 for none (default: %(default)s)",
     )
     g.add_argument(
+        "--window",
+        type=int,
+        default=t.window,
+        help="context_pool: matches on each side that each match attends to (windowed attention over the "
+        "text's matches in order), 0 for none (default: %(default)s)",
+    )
+    g.add_argument(
+        "--window-rank",
+        type=int,
+        default=t.window_rank,
+        help="context_pool: rank of the windowed attention's per-entry projections (default: %(default)s)",
+    )
+    g.add_argument(
         "--tune-entries",
         type=float,
         default=t.tune_entries,

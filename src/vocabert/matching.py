@@ -19,7 +19,7 @@ WILDCARD = -2
 
 @dataclass
 class Matches:
-    """Entries found in a batch, sorted by (text, start). ``start`` is the position within the text."""
+    """Entries found in a batch, sorted by (text, start, entry). ``start`` is the position within the text."""
 
     text: np.ndarray  # int64
     entry: np.ndarray  # int64
@@ -213,7 +213,8 @@ class EntryIndex:
 
         start = np.concatenate([token_hits, start])  # position in the batch: sorting by it sorts by (text, start)
         entry = np.concatenate([hit_entry[token_hits], entry])
-        order = np.argsort(start, kind="stable")
+        # Ties broken by entry, so the order is a function of the text alone (a window over matches relies on it).
+        order = np.argsort(start * np.int64(len(self.patterns)) + entry)
         start, entry = start[order], entry[order]
         text = text_of[start]
         return Matches(text, entry, start - offsets[text], n_texts)

@@ -102,6 +102,20 @@ def per_text_max(values: np.ndarray, text: np.ndarray) -> np.ndarray:
     return np.maximum.reduceat(values, np.flatnonzero(new))[np.cumsum(new) - 1]
 
 
+def per_text_sum(values: np.ndarray, text: np.ndarray, n_texts: int) -> np.ndarray:
+    """(n_texts, ...) sums of the rows of ``values`` of each text (``text`` sorted); zeros for a text without rows."""
+    out = np.zeros((n_texts, *values.shape[1:]), dtype=values.dtype)
+    if len(values):
+        first = np.flatnonzero(np.r_[True, text[1:] != text[:-1]])
+        out[text[first]] = np.add.reduceat(values, first, axis=0)
+    return out
+
+
+def gelu(x: np.ndarray) -> np.ndarray:
+    """GELU in its tanh form (as trained)."""
+    return 0.5 * x * (1 + np.tanh(0.7978845608 * (x + 0.044715 * x**3)))
+
+
 def available_cores() -> int:
     """CPU cores this process may run on."""
     try:
@@ -161,16 +175,23 @@ class ContextPool:
       vectors side by side (``H d``). It goes through a linear map to the teacher's space, plus a term for
       the teacher's [CLS] and [SEP] vectors, which depend on the whole text and weigh ``2 / (n + 2)`` in
       its mean over ``n`` tokens: ``(S m + s) / n``;
-    - plus a residual MLP on ``m`` (``hidden`` units, GELU), where ``hidden > 0``.
+    - plus a residual MLP on ``m`` (``hidden`` units, GELU), where ``hidden > 0``;
+    - plus a windowed attention over the matches, where ``window = K > 0``: the text's matches in order of
+      position (then entry), each attending to the ``K`` before and after it with rank-``k`` scores
+      ``a_i . b_j / sqrt(k) + o_(j-i)``, mixing their values ``c_j`` and adding its own ``g_i``
+      (``a, b, c, g``: per-entry rank-``k`` projections, ``entry_window``); ``z_i = gelu(g_i + sum_j
+      alpha_ij c_j)`` sees its neighbours, which no pooling weight can. The ``w``-weighted mean of the
+      ``z_i`` goes to the teacher's space through ``V`` (d x k), once per text: O(K k) per match.
 
-    ``out = W m + b + (S m + s) / n + B gelu(A m + a) + c`` with ``n`` the text's tokens but [CLS] and
-    [SEP]. Everything d x d happens once per text. ``entry_key`` and ``entry_query`` are
+    ``out = W m + b + (S m + s) / n + B gelu(A m + a) + c + V mean_w(z) + v`` with ``n`` the text's tokens
+    but [CLS] and [SEP]. Everything d x d happens once per text. ``entry_key`` and ``entry_query`` are
     (entries, H, r); models of one head written before heads existed store them as (entries, r).
     """
 
     name = "context_pool"
     KEYS = ("entry_weight", "entry_key", "entry_query", "weight", "bias", "special_weight", "special_bias")
     MLP_KEYS = ("mlp_in", "mlp_in_bias", "mlp_out", "mlp_out_bias")
+    WINDOW_KEYS = ("entry_window", "window_offset_bias", "window_weight", "window_bias")
 
     def __init__(self, tensors: dict[str, np.ndarray]):
         self.t = {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()}
@@ -180,7 +201,11 @@ class ContextPool:
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, np.ndarray]) -> ContextPool:
-        keys = cls.KEYS + (cls.MLP_KEYS if "mlp_in" in tensors else ())
+        keys = (
+            cls.KEYS
+            + (cls.MLP_KEYS if "mlp_in" in tensors else ())
+            + (cls.WINDOW_KEYS if "entry_window" in tensors else ())
+        )
         return cls({k: tensors[k] for k in keys})
 
     def tensors(self) -> dict[str, np.ndarray]:
@@ -197,6 +222,15 @@ class ContextPool:
     @property
     def hidden(self) -> int:
         return self.t["mlp_in"].shape[0] if "mlp_in" in self.t else 0
+
+    @property
+    def window(self) -> int:
+        """Neighbours on each side of a match in the windowed attention (0: none)."""
+        return len(self.t["window_offset_bias"]) // 2 if "entry_window" in self.t else 0
+
+    @property
+    def window_rank(self) -> int:
+        return self.t["entry_window"].shape[2] if "entry_window" in self.t else 0
 
     def check(self, n_entries: int, dim: int) -> None:
         heads, r, h = self.heads, self.rank, self.hidden
@@ -216,6 +250,14 @@ class ContextPool:
                 "mlp_out": (dim, h),
                 "mlp_out_bias": (dim,),
             }
+        if self.window:
+            k = self.window_rank
+            expected |= {
+                "entry_window": (n_entries, 4, k),
+                "window_offset_bias": (2 * self.window,),
+                "window_weight": (dim, k),
+                "window_bias": (dim,),
+            }
         _check_shapes(self.name, self.t, expected)
 
     def flops(self, matches: float, distinct: float, dim: int) -> float:
@@ -226,6 +268,8 @@ class ContextPool:
             + heads * distinct * dim
             + 2 * heads * dim * dim
             + 2 * heads * dim * self.hidden
+            + matches * (4 * self.window + 2) * self.window_rank
+            + dim * self.window_rank
         )
 
     def forward(self, batch: Batch) -> np.ndarray:
@@ -250,10 +294,30 @@ class ContextPool:
         body = np.maximum(np.asarray(lengths, dtype=np.float32) - 2, 1)[:, None]
         out = m @ t["weight"].T + t["bias"] + (m @ t["special_weight"].T + t["special_bias"]) / body
         if self.hidden:
-            h = m @ t["mlp_in"].T + t["mlp_in_bias"]
-            h = 0.5 * h * (1 + np.tanh(0.7978845608 * (h + 0.044715 * h**3)))  # GELU, tanh form (as trained)
-            out += h @ t["mlp_out"].T + t["mlp_out_bias"]
+            out += gelu(m @ t["mlp_in"].T + t["mlp_in_bias"]) @ t["mlp_out"].T + t["mlp_out_bias"]
+        if self.window:
+            w = t["entry_weight"][matches.entry]
+            z = per_text_sum(self._window_features(batch) * w[:, None], matches.text, matches.n_texts)
+            z /= np.maximum(per_text_sum(w, matches.text, matches.n_texts), 1e-12)[:, None]
+            out += z @ t["window_weight"].T + t["window_bias"]
         return out
+
+    def _window_features(self, batch: Batch) -> np.ndarray:
+        """(matches, k): ``z_i``, each match after attending to the ``K`` matches before and after it in its text."""
+        matches, k = batch.matches, self.window_rank
+        a, b, c, g = self.t["entry_window"][batch.entries].transpose(1, 0, 2)[:, batch.column]  # (matches, k) each
+        i = np.arange(len(matches))
+        offsets = np.r_[-self.window : 0, 1 : self.window + 1]
+        near = i[:, None] + offsets  # (matches, 2K)
+        ok = (near >= 0) & (near < len(matches))
+        near = np.clip(near, 0, max(len(matches) - 1, 0))
+        ok &= matches.text[near] == matches.text[:, None]
+        score = np.einsum("mk,mjk->mj", a, b[near]) / np.sqrt(k) + self.t["window_offset_bias"]
+        score = np.where(ok, score, -np.inf)
+        top = score.max(axis=1, keepdims=True, initial=-np.inf)
+        alpha = np.where(ok, np.exp(score - np.where(np.isfinite(top), top, 0)), 0)
+        alpha /= np.maximum(alpha.sum(axis=1, keepdims=True), 1e-30)  # a match without neighbours mixes nothing
+        return gelu(g + np.einsum("mj,mjk->mk", alpha, c[near]))
 
 
 ARCHITECTURES = {WeightedMean.name: WeightedMean, ContextPool.name: ContextPool}

@@ -67,6 +67,8 @@ class TrainSettings:
     attention_rank: int = 16  # context_pool: rank of the per-entry keys and queries of each head (0: no attention)
     attention_heads: int = 4  # context_pool: attention heads, each pooling the text with its own weights
     mlp_hidden: int = 0  # context_pool: units of the residual MLP on the pooled vector (0: none)
+    window: int = 0  # context_pool: matches on each side that each match attends to (0: no windowed attention)
+    window_rank: int = 32  # context_pool: rank of the windowed attention's per-entry projections
     tune_entries: float = 0.01  # > 0: fine-tune the entry vectors, with this L2 pull toward the teacher's (0: frozen)
     epochs: int = 6  # the validation cosine peaks at 5-6 epochs on the bundled data (the best epoch is kept)
     lr: float = 3e-3  # Adam
@@ -76,7 +78,9 @@ class TrainSettings:
     seed: int = 0
 
 
-def _student_module(table, arch: str, rank: int, hidden: int, tune: float, heads: int = 1):
+def _student_module(
+    table, arch: str, rank: int, hidden: int, tune: float, heads: int = 1, window: int = 0, window_rank: int = 32
+):
     """The student in torch, mirroring the numpy network of :mod:`vocabert.model` it exports to."""
     import torch
     from torch import nn
@@ -107,7 +111,16 @@ def _student_module(table, arch: str, rank: int, hidden: int, tune: float, heads
                     )
                     nn.init.zeros_(self.mlp[2].weight)  # starts as the identity residual
                     nn.init.zeros_(self.mlp[2].bias)
+                if window:
+                    # a, b, c, g of every entry (see ContextPool); the output map starts at zero: no change.
+                    self.window_in = nn.Linear(dim, 4 * window_rank, bias=False)
+                    nn.init.normal_(self.window_in.weight, std=dim**-0.5)
+                    self.window_offset_bias = nn.Parameter(torch.zeros(2 * window))
+                    self.window_out = nn.Linear(window_rank, dim)
+                    nn.init.zeros_(self.window_out.weight)
+                    nn.init.zeros_(self.window_out.bias)
             self.hidden = hidden if self.context else 0
+            self.window = window if self.context else 0
             self.tune = tune
             if tune:
                 # The change to each entry's vector; sparse, so a step touches only the batch's entries.
@@ -124,9 +137,10 @@ def _student_module(table, arch: str, rank: int, hidden: int, tune: float, heads
         def forward(self, entry, segment, n: int, lengths):
             distinct, inverse = torch.unique(entry, return_inverse=True)
             vectors = self.vectors(distinct)
-            w = self.log_weight[entry].exp()[:, None].expand(-1, heads)  # (matches, heads)
+            base = self.log_weight[entry].exp()
+            w = base[:, None].expand(-1, heads)  # (matches, heads)
+            total = torch.zeros(n).index_add_(0, segment, base).clamp_min(1e-12)
             if self.rank:
-                total = torch.zeros(n).index_add_(0, segment, w[:, 0]).clamp_min(1e-12)
                 p = self.query(vectors)[inverse].view(-1, heads, self.rank)
                 q = torch.zeros(n, heads, self.rank).index_add_(0, segment, p * w[:, :, None]) / total[:, None, None]
                 score = (q[segment] * self.key(vectors)[inverse].view(-1, heads, self.rank)).sum(dim=2)
@@ -141,7 +155,22 @@ def _student_module(table, arch: str, rank: int, hidden: int, tune: float, heads
                 out = out + self.special(m) / (lengths - 2).clamp_min(1)[:, None]
             if self.hidden:
                 out = out + self.mlp(m)
+            if self.window:
+                z = self.window_features(self.window_in(vectors)[inverse], segment) * base[:, None]
+                out = out + self.window_out(torch.zeros(n, z.shape[1]).index_add_(0, segment, z) / total[:, None])
             return out
+
+        def window_features(self, projected, segment):
+            """z_i of every match (matches in order of position, then entry, as matching returns them)."""
+            a, b, c, g = projected.split(window_rank, dim=1)
+            offsets = torch.cat([torch.arange(-self.window, 0), torch.arange(1, self.window + 1)])
+            near = torch.arange(len(a))[:, None] + offsets
+            ok = (near >= 0) & (near < len(a))
+            near = near.clamp(0, max(len(a) - 1, 0))
+            ok &= segment[near] == segment[:, None]
+            score = (a[:, None] * b[near]).sum(dim=2) / window_rank**0.5 + self.window_offset_bias
+            alpha = torch.softmax(score.masked_fill(~ok, -1e9), dim=1) * ok  # a match without neighbours mixes 0
+            return torch.nn.functional.gelu(g + (alpha[:, :, None] * c[near]).sum(dim=1), approximate="tanh")
 
         def entry_vectors(self) -> np.ndarray | None:
             """The tuned entry vectors (None when they were frozen)."""
@@ -161,19 +190,31 @@ def _student_module(table, arch: str, rank: int, hidden: int, tune: float, heads
                 "special_weight": np_(self.special.weight),
                 "special_bias": np_(self.special.bias),
             }
-            with torch.no_grad():
-                for name in ("key", "query"):
-                    proj = getattr(self, name, None)
-                    t[f"entry_{name}"] = (
-                        np.concatenate(
-                            [
-                                np_(proj(self.vectors(torch.arange(i, min(i + 65536, len(table))))))
-                                for i in range(0, len(table), 65536)
-                            ]
-                        ).reshape(len(table), heads, -1)
-                        if proj is not None
-                        else np.zeros((len(table), heads, 0), np.float32)
+
+            def every_entry(proj) -> np.ndarray:
+                """``proj`` of every entry's (tuned) vector, a slice of entries at a time."""
+                with torch.no_grad():
+                    return np.concatenate(
+                        [
+                            np_(proj(self.vectors(torch.arange(i, min(i + 65536, len(table))))))
+                            for i in range(0, len(table), 65536)
+                        ]
                     )
+
+            for name in ("key", "query"):
+                proj = getattr(self, name, None)
+                t[f"entry_{name}"] = (
+                    every_entry(proj).reshape(len(table), heads, -1)
+                    if proj is not None
+                    else np.zeros((len(table), heads, 0), np.float32)
+                )
+            if self.window:
+                t["entry_window"] = every_entry(self.window_in).reshape(len(table), 4, window_rank)
+                t |= {
+                    "window_offset_bias": np_(self.window_offset_bias),
+                    "window_weight": np_(self.window_out.weight),
+                    "window_bias": np_(self.window_out.bias),
+                }
             if self.hidden:
                 t |= {
                     "mlp_in": np_(self.mlp[0].weight),
@@ -193,6 +234,8 @@ def train_student(
     attention_rank: int = TrainSettings.attention_rank,
     attention_heads: int = TrainSettings.attention_heads,
     mlp_hidden: int = TrainSettings.mlp_hidden,
+    window: int = TrainSettings.window,
+    window_rank: int = TrainSettings.window_rank,
     tune_entries: float = TrainSettings.tune_entries,
     epochs: int = TrainSettings.epochs,
     batch_size: int = TrainSettings.batch_size,
@@ -212,6 +255,10 @@ def train_student(
         raise VocabertError(f"unknown architecture {arch!r}: use one of {', '.join(ARCHS)}")
     if attention_heads < 1:
         raise VocabertError(f"attention_heads={attention_heads}: a student has at least one head")
+    if window < 0 or (window and window_rank < 1):
+        raise VocabertError(f"window={window}, window_rank={window_rank}: the window needs >= 0 and a rank >= 1")
+    if window and arch != ContextPool.name:
+        raise VocabertError(f"the windowed attention is part of {ContextPool.name}, not {arch}")
     if arch != ContextPool.name or attention_rank == 0:
         attention_heads = 1  # without attention every head would pool alike
     torch.manual_seed(seed)
@@ -222,7 +269,9 @@ def train_student(
         raise VocabertError("no training texts outside the validation share")
 
     table = torch.from_numpy(store.vectors(np.arange(len(store))))
-    student = _student_module(table, arch, attention_rank, mlp_hidden, tune_entries, attention_heads)
+    student = _student_module(
+        table, arch, attention_rank, mlp_hidden, tune_entries, attention_heads, window, window_rank
+    )
     dense = [p for name, p in student.named_parameters() if not name.startswith("delta.")]
     optimizers = [torch.optim.Adam(dense, lr=lr)]
     if tune_entries:
