@@ -95,6 +95,10 @@ def test_unknown_architecture_is_refused():
         train_student(synthetic_data(model), model.store, arch="transformer", show_progress_bar=False)
     with pytest.raises(VocabertError, match="at least one head"):
         train_student(synthetic_data(model), model.store, attention_heads=0, show_progress_bar=False)
+    with pytest.raises(VocabertError, match="window"):
+        train_student(synthetic_data(model), model.store, window=-1, show_progress_bar=False)
+    with pytest.raises(VocabertError, match="part of context_pool"):
+        train_student(synthetic_data(model), model.store, arch="weighted_mean", window=2, show_progress_bar=False)
 
 
 @pytest.mark.parametrize("arch, rank", [("weighted_mean", 16), ("context_pool", 0)])
