@@ -275,7 +275,7 @@ class ContextPool:
     def forward(self, batch: Batch) -> np.ndarray:
         """(texts, dim), not normalized."""
         t, matches, heads = self.t, batch.matches, self.heads
-        w = t["entry_weight"][matches.entry]
+        w = base = t["entry_weight"][matches.entry]
         if self.rank:
             # q_th: the w-weighted mean of the entry queries of text t; then each match's score q_th . k_eh.
             weights = batch.weight_matrix(w)
@@ -296,9 +296,8 @@ class ContextPool:
         if self.hidden:
             out += gelu(m @ t["mlp_in"].T + t["mlp_in_bias"]) @ t["mlp_out"].T + t["mlp_out_bias"]
         if self.window:
-            w = t["entry_weight"][matches.entry]
-            z = per_text_sum(self._window_features(batch) * w[:, None], matches.text, matches.n_texts)
-            z /= np.maximum(per_text_sum(w, matches.text, matches.n_texts), 1e-12)[:, None]
+            z = per_text_sum(self._window_features(batch) * base[:, None], matches.text, matches.n_texts)
+            z /= np.maximum(per_text_sum(base, matches.text, matches.n_texts), 1e-12)[:, None]
             out += z @ t["window_weight"].T + t["window_bias"]
         return out
 
