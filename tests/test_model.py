@@ -15,8 +15,8 @@ from fixtures import DIM, PHRASES, VOCAB, WORDS, tiny_context_model, tiny_model,
 import vocabert
 from vocabert.artifacts import VocabertError, write_text
 from vocabert.card import EVAL_END, EVAL_START, NOT_EVALUATED
-from vocabert.matching import PAD, WILDCARD
-from vocabert.model import MODEL_FILES, ContextPool, StudentModel
+from vocabert.matching import PAD, WILDCARD, Matches
+from vocabert.model import MODEL_FILES, Batch, ContextPool, StudentModel, pool
 from vocabert.store import load_safetensors, save_safetensors
 
 TEXTS = ["the cat sat on the mat", "New York City is big", "how long do cats live", "a zebra", "the big red car"]
@@ -103,6 +103,25 @@ def test_context_pool_matches_its_definition(rank, hidden, heads, window, tmp_pa
     np.testing.assert_allclose(again.encode(TEXTS), out, atol=1e-6)
     assert again.config["architecture"] == "context_pool" and again.network.heads == heads
     assert again.network.window == window
+
+
+def test_pool_is_each_texts_weighted_mean_and_zero_without_matches():
+    """Per text and head: sum of weight x vector over the text's matches / sum of weights; texts without
+    matches (here the first, the third and the last) pool to zero rows, never NaN."""
+    rng = np.random.default_rng(0)
+    text = np.array([1, 1, 1, 3, 3, 4])
+    column = np.array([0, 2, 2, 1, 3, 0])
+    vectors = rng.normal(size=(4, 5)).astype(np.float32)
+    weight = rng.uniform(0.1, 2, size=(2, len(text)))
+    matches = Matches(text, column, np.zeros_like(text), n_texts=6)
+    batch = Batch(matches, np.arange(4), column, vectors, np.full(6, 5))
+    out = pool(batch, weight).reshape(6, 2, 5)
+    for t in range(6):
+        rows = text == t
+        for h in range(2):
+            expected = weight[h, rows] @ vectors[column[rows]] / weight[h, rows].sum() if rows.any() else 0
+            np.testing.assert_allclose(out[t, h], expected, atol=1e-6)
+    np.testing.assert_allclose(pool(batch, weight[0]), out[:, 0], atol=1e-7)  # one row of weights: (texts, dim)
 
 
 def test_context_pool_of_one_head_reads_the_older_layout():

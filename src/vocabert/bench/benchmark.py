@@ -292,17 +292,15 @@ def network_cost(student, texts: list[str], batch_size: int = 64, n: int = 1024)
     """Parameters of the student's network (entry vectors not counted) and its multiply-adds per text,
     from the matches per text on ``texts`` (tokenizing and matching are not counted)."""
     texts = texts[:n]
-    matches = distinct = 0
+    matches = 0
     for start in range(0, len(texts), batch_size):
         ids, offsets = student.tokenize(texts[start : start + batch_size])
-        found = student.index.match(ids, offsets)
-        matches += len(found)
-        distinct += len(np.unique(found.entry))
+        matches += len(student.index.match(ids, offsets))
     network = student.network
     return {
         "architecture": network.name,
         "parameters": int(sum(np.asarray(t).size for t in network.tensors().values())),
-        "flops_per_text": float(network.flops(matches / len(texts), distinct / len(texts), student.dim)),
+        "flops_per_text": float(network.flops(matches / len(texts), student.dim)),
         "matches_per_text": matches / len(texts),
     }
 
