@@ -23,10 +23,11 @@ declare -A variants=(
   [context_heads4_tuned]="--arch context_pool --attention-rank 16 --attention-heads 4 --tune-entries 0.01"
   [context_heads4_pull0001]="--arch context_pool --attention-rank 16 --attention-heads 4 --tune-entries 0.001"
   [context_heads4_window]="--arch context_pool --attention-rank 16 --attention-heads 4 --window 4 --tune-entries 0.01"
+  [context_heads8_pull0001]="--arch context_pool --attention-rank 8 --attention-heads 8 --tune-entries 0.001"
 )
 models=()
 for name in weighted_mean context_specials context_attention context_attention_mlp context_attention_tuned \
-  context_heads4_tuned context_heads4_pull0001 context_heads4_window; do
+  context_heads4_tuned context_heads4_pull0001 context_heads4_window context_heads8_pull0001; do
   # shellcheck disable=SC2086
   vocabert train --workdir "$workdir" --no-progress ${variants[$name]} --model-out "$out/$name" "$@"
   models+=(--model "$out/$name")

@@ -64,8 +64,11 @@ class TrainSettings:
     """Settings of the ``train`` stage (every default lives here): :func:`train_student`'s arguments."""
 
     arch: str = ContextPool.name  # context_pool or weighted_mean (see vocabert.model)
-    attention_rank: int = 16  # context_pool: rank of the per-entry keys and queries of each head (0: no attention)
-    attention_heads: int = 4  # context_pool: attention heads, each pooling the text with its own weights
+    # context_pool: rank of the per-entry keys and queries of each head (0: no attention), and attention heads,
+    # each pooling the text with its own weights. Heads, not rank, buy fidelity: 8 of rank 8 beat 4 of rank 16
+    # by +0.003-0.004 on every held-out fidelity set (same 64 numbers per entry, twice the pooling).
+    attention_rank: int = 8
+    attention_heads: int = 8
     mlp_hidden: int = 0  # context_pool: units of the residual MLP on the pooled vector (0: none)
     window: int = 0  # context_pool: matches on each side that each match attends to (0: no windowed attention)
     window_rank: int = 32  # context_pool: rank of the windowed attention's per-entry projections
@@ -150,8 +153,13 @@ def _student_module(
                     0, segment[:, None].expand(-1, heads), score.detach(), "amax"
                 )
                 w = w * (score - top[segment]).exp()
-            pooled = torch.zeros(n, heads, dim).index_add_(0, segment, vectors[inverse][:, None] * w[:, :, None])
-            m = (pooled / torch.zeros(n, heads).index_add_(0, segment, w).clamp_min(1e-12)[:, :, None]).view(n, -1)
+            w = w / torch.zeros(n, heads).index_add_(0, segment, w).clamp_min(1e-12)[segment]
+            per_match = vectors[inverse]
+            # One head at a time: a (matches, heads, dim) product would be hundreds of MB per batch, each
+            # allocation fresh pages from the OS; per head the buffers are reused (2x faster with 8 heads).
+            m = torch.cat(
+                [torch.zeros(n, dim).index_add_(0, segment, per_match * w[:, h, None]) for h in range(heads)], 1
+            )
             out = self.linear(m)
             if self.context:
                 out = out + self.special(m) / (lengths - 2).clamp_min(1)[:, None]
