@@ -4,9 +4,9 @@
     python scripts/learning_curve.py --leave-out [--workdir runs/minilm-msmarco]
 
 For each share, a work directory ``WORKDIR/shares/s<share>`` with copies of the corpus and the vocabulary of
-WORKDIR (the same entries everywhere), its own teacher pass over that share of the training texts (the share
-of WORKDIR itself is copied, not recomputed), the entry store and the student trained with the default
-settings. Then one bench of all of them next to the teacher (fidelity, STS-B, DL19), and
+WORKDIR (the same entries everywhere), its own teacher pass over that share of the training texts, the entry
+store and the student trained with the default settings; WORKDIR's own share is WORKDIR itself (its teacher
+pass and model). Then one bench of all of them next to the teacher (fidelity, STS-B, DL19), and
 ``WORKDIR/shares/learning_curve.png``: each figure against the number of texts the teacher encoded.
 Every stage skips itself when current, so an interrupted run resumes where it stopped.
 
@@ -104,7 +104,12 @@ def main() -> None:
     own = json.loads((workdir / "teacher" / "manifest.json").read_text())["key"]["settings"]["teacher_share"]
     if args.leave_out:
         return leave_out(workdir, own)
-    directories = [point(workdir, out / f"s{round(share * 100):03d}", share, own) for share in args.shares]
+    vocabert("train", "--workdir", str(workdir))  # skipped when current
+    # WORKDIR's own share is WORKDIR itself: its teacher pass and model, neither copied nor retrained.
+    directories = [
+        workdir if share == own else point(workdir, out / f"s{round(share * 100):03d}", share, own)
+        for share in args.shares
+    ]
     models = [a for d in directories for a in ("--model", str(d / "model"))]
     vocabert("bench", "--workdir", str(workdir), "--no-peers", *models, "--out", str(out))
     bench = json.loads((out / "bench.json").read_text())["models"]
