@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from vocabert.distill.corpus import (
     parent_key,
     split_sentences,
 )
-from vocabert.distill.workspace import MANIFEST, read_manifest
+from vocabert.distill.workspace import MANIFEST, digest, read_manifest
 from vocabert.readers import read_texts
 
 
@@ -365,6 +366,23 @@ def test_edited_input_is_retokenized_after_force(tmp_path, sources, tok):
     (out / MANIFEST).unlink()  # what stage_corpus(force=True) does
     corpus = build_corpus(sources, out, tok["prov"], tok["text"], 64, heldout_fraction=0.0, show_progress_bar=False)
     assert corpus.texts("all", "passages")[0] == "edited text 0"
+
+
+def test_touched_input_is_retokenized_but_keeps_the_corpus_identity(tmp_path, sources, tok):
+    """A file copied again (new time, same bytes) reruns the corpus stage, but not the teacher pass after it:
+    the stages that read the corpus know it by its content."""
+    out = tmp_path / "corpus"
+    kwargs = dict(heldout_fraction=0.2, shard_size=4, show_progress_bar=False)
+    first = build_corpus(sources, out, tok["prov"], tok["text"], 64, **kwargs)
+    identity = digest(out)
+    stat = sources["passages"].stat()
+    os.utime(sources["passages"], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    again = build_corpus(sources, out, tok["prov"], tok["text"], 64, **kwargs)
+    assert again.manifest["key"] != first.manifest["key"]  # the new time was seen
+    assert digest(out) == identity
+    write_lines(sources["passages"], [f"p{i}\tedited text {i}" for i, t in enumerate(PASSAGES) if t])
+    build_corpus(sources, out, tok["prov"], tok["text"], 64, **kwargs)
+    assert digest(out) != identity
 
 
 def test_corpus_missing_shard(tmp_path, sources, tok):

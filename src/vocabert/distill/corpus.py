@@ -406,6 +406,8 @@ def build_corpus(
     counts = {name: {"texts": 0, "heldout": 0, "unseen": 0, "duplicates": 0, "tokens": 0} for name in names}
     unseen_ids = read_id_list(unseen_topics) if unseen_topics else set()
     seen: set[int] = set()  # 8-byte keys: ~60 bytes a text in a Python set, fine for 10^7 texts
+    # What the shards hold: the corpus's identity for the stages that read it (see workspace.digest).
+    content = hashlib.sha256(json.dumps([names, vocab_size]).encode())
     buffer: list[tuple[str, str, int, int]] = []  # id, text, source, split
     bar = tqdm(desc="corpus: tokenizing", unit="text", disable=not show_progress_bar)
 
@@ -432,6 +434,9 @@ def build_corpus(
             np.cumsum(lengths, out=offsets[1:])
             shard = Shard(ids, offsets, texts, ids_, srcs, split)
             _save_shard(path, shard, id_dtype)
+        for array in (shard.ids, shard.offsets, shard.source, shard.split):
+            content.update(np.ascontiguousarray(array, dtype=np.int64).tobytes())
+        content.update("\0".join(shard.text_ids + shard.texts).encode())
         for s, name in enumerate(names):
             mine = shard.source == s
             counts[name]["texts"] += int(mine.sum())
@@ -467,5 +472,14 @@ def build_corpus(
     if buffer:
         flush()
     bar.close()
-    finish(out_dir, "corpus", key, sources=names, shards=shard_names, counts=counts, vocab_size=vocab_size)
+    finish(
+        out_dir,
+        "corpus",
+        key,
+        sources=names,
+        shards=shard_names,
+        counts=counts,
+        vocab_size=vocab_size,
+        content=content.hexdigest()[:16],
+    )
     return Corpus(out_dir)
