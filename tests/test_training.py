@@ -69,9 +69,11 @@ def test_exported_network_computes_what_was_trained(arch, rank, hidden, heads, w
     assert np.isfinite(out).all()
 
 
-def test_training_learns_on_synthetic_targets():
-    """Targets made by a known network: training must get closer to them than the plain mean. (One head: on
-    40 texts of a few dimensions, four heads' (d, 4d) maps overfit.)"""
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_training_learns_on_synthetic_targets(schedule):
+    """Targets made by a known network: training must get closer to them than the plain mean, with either
+    learning-rate schedule. (One head: on 40 texts of a few dimensions, four heads'
+    (d, 4d) maps overfit.)"""
     model = tiny_model()
     data = synthetic_data(model)
     data.targets[:] = model.encode(TEXTS * 8) @ np.diag(np.linspace(0.5, 2.0, model.dim)).astype(np.float32)
@@ -84,9 +86,15 @@ def test_training_learns_on_synthetic_targets():
         epochs=30,
         batch_size=8,
         lr=0.01,
+        lr_schedule=schedule,
         show_progress_bar=False,
     )
     assert history["best_val_cosine"] > history["val_cosine_before"] + 0.01
+    last_lr = [e["last_lr"] for e in history["epochs"]]
+    if schedule == "constant":
+        assert last_lr == [0.01] * 30
+    else:  # decays every epoch, to 0 after the last step
+        assert (np.diff(last_lr) < 0).all() and last_lr[-1] == pytest.approx(0, abs=1e-12)
 
 
 def test_unknown_architecture_is_refused():
@@ -97,6 +105,8 @@ def test_unknown_architecture_is_refused():
         train_student(synthetic_data(model), model.store, attention_heads=0, show_progress_bar=False)
     with pytest.raises(VocabertError, match="window"):
         train_student(synthetic_data(model), model.store, window=-1, show_progress_bar=False)
+    with pytest.raises(VocabertError, match="learning-rate schedule"):
+        train_student(synthetic_data(model), model.store, lr_schedule="step", show_progress_bar=False)
     with pytest.raises(VocabertError, match="part of context_pool"):
         train_student(synthetic_data(model), model.store, arch="weighted_mean", window=2, show_progress_bar=False)
 

@@ -505,6 +505,12 @@ def build_parser(preset: str = "default") -> argparse.ArgumentParser:
     )
     g.add_argument("--epochs", type=int, default=t.epochs, help="(default: %(default)s)")
     g.add_argument("--lr", type=float, default=t.lr, help="Adam learning rate (default: %(default)s)")
+    g.add_argument(
+        "--lr-schedule",
+        choices=["constant", "cosine"],
+        default=t.lr_schedule,
+        help="constant, or cosine: decays to 0 over the epochs (default: %(default)s)",
+    )
     g.add_argument("--train-batch-size", type=int, default=t.batch_size, help="(default: %(default)s)")
     g.add_argument("--loss", choices=["cosine", "mse", "cosine+mse"], default=t.loss, help="(default: %(default)s)")
     g.add_argument(
