@@ -354,3 +354,17 @@ def test_student_encoder_cache_key_and_memory(tmp_path):
     assert peers.StudentEncoder(path).model_key == key and key.startswith("student-")
     mem = speed.measure_memory(student.spec(), ["a passage about things"] * 100)
     assert mem["error"] is None and mem["peak_rss_mib"] >= mem["rss_after_load_mib"] > 0
+
+
+def test_pareto_numbers_many_models_and_shows_fidelity(tmp_path):
+    from vocabert.bench import plots
+
+    results = fake_results()
+    for i in range(6):  # more students than fit by name: numbered points, the legend as the key
+        student = dict(results["models"]["vocabert"], fidelity={"passages-unseen": {"cosine_mean": 0.8 + i / 100}})
+        results["models"][f"vocabert-arch{i}"] = student
+    assert plots._fidelity_set(report.prepare(results)) == ("passages-unseen", "unseen-topic passages")
+    plots.plot_pareto(results, tmp_path / "pareto.png")
+    assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plots._fidelity_set(report.prepare(fake_results()))[0] == "passages"  # no unseen topics measured
+    assert plots._fidelity_set({"models": {"teacher": {"kind": "teacher"}}}) is None

@@ -39,20 +39,51 @@ def _save(fig, path: Path) -> None:
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110))
 
 
+# Beyond this many models the names no longer fit beside their points: numbers, with a key below the plot.
+_MAX_NAMED_POINTS = 5
+
+
+def _fidelity_set(results: dict) -> tuple[str, str] | None:
+    """The held-out set the fidelity panel shows: unseen-topic passages where measured, else passages."""
+    for part, label in (("passages-unseen", "unseen-topic passages"), ("passages", "held-out passages")):
+        if any(isinstance(lookup(m, "fidelity", part, "cosine_mean"), float) for _, m in ordered_models(results)):
+            return part, label
+    return None
+
+
+def _label_speed_axis(ax, speeds: list[float]) -> None:
+    """Labels at 2 and 5 of each decade where the points span less than two (matplotlib's own minor labels
+    crowd into each other there), only the decades otherwise."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    if speeds and max(speeds) / min(speeds) < 100:
+        ax.xaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    else:
+        ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def plot_pareto(results: dict, path: Path) -> None:
-    """Quality (DL19 nDCG@10, STS Spearman) against passages/s at batch 64, one point per model."""
+    """Quality against passages/s at batch 64, one point per model: fidelity to the teacher (where
+    measured), DL19 nDCG@10 and STS Spearman, one panel each."""
     results = prepare(results)
     panels = [(("retrieval", "dl19", "ndcg@10"), "DL19 nDCG@10"), (("sts", "spearman"), "STS Spearman ρ")]
-    fig = _figure(11, 5.0)
-    axes = fig.subplots(1, 2)
+    fidelity = _fidelity_set(results)
+    if fidelity:
+        panels.insert(0, (("fidelity", fidelity[0], "cosine_mean"), f"mean cos to the teacher, {fidelity[1]}"))
+    models = [(name, m) for name, m in ordered_models(results) if not m.get("error")]
+    numbered = sum(m.get("kind") != "bm25" for _, m in models) > _MAX_NAMED_POINTS
+    number = {name: i for i, (name, m) in enumerate(((n, m) for n, m in models if m.get("kind") != "teacher"), 1)}
+    fig = _figure(5.5 * len(panels), 6.0 if numbered else 5.0)
+    axes = fig.subplots(1, len(panels))
     handles: dict[str, Any] = {}
     left_out: set[str] = set()
     for ax, (keys, label) in zip(axes, panels, strict=True):
         points = []
-        for name, m in ordered_models(results):
+        for name, m in models:
             x, y = lookup(m, "speed", "passages_b64", "texts_per_s"), lookup(m, *keys)
-            if m.get("error"):
-                continue
+            if keys[0] == "fidelity" and m.get("kind") == "teacher":
+                continue  # the teacher is the reference (cosine 1), not a point
             if isinstance(x, int | float) and x > 0 and isinstance(y, int | float):
                 points.append((x, y, name, m.get("kind")))
             elif isinstance(y, int | float) and m.get("kind") == "bm25":
@@ -67,29 +98,41 @@ def plot_pareto(results: dict, path: Path) -> None:
                     fontsize=9,
                     color="tab:gray",
                 )
-            else:
+            elif m.get("kind") != "bm25":
                 left_out.add(name)
         # Alternate labels above and below the point, in order of height, so close points stay legible.
         for i, (x, y, name, kind) in enumerate(sorted(points, key=lambda p: p[1])):
             colour, marker, legend = _KIND_STYLE.get(kind, ("tab:green", "D", kind or "other"))
             handles[legend] = ax.scatter([x], [y], c=colour, marker=marker, s=180 if marker == "*" else 70, zorder=3)
             offset = (7, 4) if i % 2 else (7, -11)
-            ax.annotate(name, (x, y), xytext=offset, textcoords="offset points", fontsize=9)
+            text = str(number[name]) if numbered and name in number else name
+            ax.annotate(text, (x, y), xytext=offset, textcoords="offset points", fontsize=9)
         ax.set_xscale("log")
+        _label_speed_axis(ax, [p[0] for p in points])
         if points:
             xs = [p[0] for p in points]
-            ax.set_xlim(min(xs) / 2, max(xs) * 4)  # room for the labels right of the points
+            ax.set_xlim(min(xs) / 2, max(xs) * (2 if numbered else 4))  # room for the labels right of the points
             ax.margins(y=0.15)
         else:
             ax.text(0.5, 0.5, "no model has both figures", transform=ax.transAxes, ha="center", color="gray")
         ax.set_xlabel("passages encoded per second (batch 64, log scale)")
         ax.set_ylabel(label)
-        ax.set_title(f"{label} vs speed")
+        ax.set_title(f"{label.split(',')[0]} vs speed")
         ax.grid(True, which="both", alpha=0.3)
     if handles:
         known = [style[2] for style in _KIND_STYLE.values()]
         order = [k for k in known if k in handles] + [k for k in handles if k not in known]
-        fig.legend([handles[k] for k in order], order, loc="outside lower center", ncol=len(order))
+        entries = [(handles[k], k) for k in order]
+        if numbered:  # the legend becomes the key: one entry per number, in its kind's marker
+            from matplotlib.lines import Line2D
+
+            kinds = dict(models)
+            entries = [(h, k) for h, k in entries if k in ("teacher", "BM25")]
+            for name, i in number.items():
+                colour, marker, _ = _KIND_STYLE.get(kinds[name].get("kind"), ("tab:green", "D", ""))
+                entries.append((Line2D([], [], color=colour, marker=marker, linestyle="none"), f"{i} {name}"))
+        ncol = min(len(entries), 4 if numbered else len(entries))
+        fig.legend(*zip(*entries, strict=True), loc="outside lower center", ncol=ncol, fontsize=9)
     machine = lookup(results, "meta", "machine") or {}
     cpus = machine.get("cpu_affinity") or machine.get("cpu_count")
     title = f"Quality vs CPU speed{f' ({cpus} cores)' if cpus else ''}: up and right is better"
