@@ -18,16 +18,19 @@ declare -A variants=(
   [weighted_mean]="--arch weighted_mean --tune-entries 0"
   [context_specials]="--arch context_pool --attention-heads 1 --attention-rank 0 --tune-entries 0"
   [context_attention]="--arch context_pool --attention-heads 1 --attention-rank 32 --tune-entries 0"
-  [context_attention_mlp]="--arch context_pool --attention-heads 1 --attention-rank 32 --mlp-hidden 512 --tune-entries 0"
-  [context_attention_tuned]="--arch context_pool --attention-heads 1 --attention-rank 32 --tune-entries 0.01"
-  [context_heads4_tuned]="--arch context_pool --attention-rank 16 --attention-heads 4 --tune-entries 0.01"
-  [context_heads4_pull0001]="--arch context_pool --attention-rank 16 --attention-heads 4 --tune-entries 0.001"
-  [context_heads4_window]="--arch context_pool --attention-rank 16 --attention-heads 4 --window 4 --tune-entries 0.01"
-  [context_heads8_pull0001]="--arch context_pool --attention-rank 8 --attention-heads 8 --tune-entries 0.001"
+  [context_attention_tuned]="--arch context_pool --attention-heads 1 --attention-rank 32"
+  [context_heads4]="--arch context_pool --attention-heads 4 --attention-rank 16"
+  [context_heads8]=""
+  [context_heads8_window]="--window 4"
+  [context_heads12]="--attention-heads 12 --attention-rank 5"
 )
+mkdir -p "$out"
+# The default student (eight heads) is WORKDIR's own model: copied, `vocabert train` finds it current (its key
+# is its settings and inputs, not its folder) and retrains only if WORKDIR's model was trained otherwise.
+[ -e "$out/context_heads8" ] || cp -r "$workdir/model" "$out/context_heads8"
 models=()
-for name in weighted_mean context_specials context_attention context_attention_mlp context_attention_tuned \
-  context_heads4_tuned context_heads4_pull0001 context_heads4_window context_heads8_pull0001; do
+for name in weighted_mean context_specials context_attention context_attention_tuned context_heads4 \
+  context_heads8 context_heads8_window context_heads12; do
   # shellcheck disable=SC2086
   vocabert train --workdir "$workdir" --no-progress ${variants[$name]} --model-out "$out/$name" "$@"
   models+=(--model "$out/$name")
