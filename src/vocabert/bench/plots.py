@@ -39,7 +39,7 @@ def _save(fig, path: Path) -> None:
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110))
 
 
-# Beyond this many models the names no longer fit beside their points: numbers, with a key below the plot.
+# Beyond this many models the names no longer fit beside their points: numbers, the legend their key.
 _MAX_NAMED_POINTS = 5
 
 
@@ -73,7 +73,8 @@ def plot_pareto(results: dict, path: Path) -> None:
         panels.insert(0, (("fidelity", fidelity[0], "cosine_mean"), f"mean cos to the teacher, {fidelity[1]}"))
     models = [(name, m) for name, m in ordered_models(results) if not m.get("error")]
     numbered = sum(m.get("kind") != "bm25" for _, m in models) > _MAX_NAMED_POINTS
-    number = {name: i for i, (name, m) in enumerate(((n, m) for n, m in models if m.get("kind") != "teacher"), 1)}
+    pointed = [name for name, m in models if m.get("kind") not in ("teacher", "bm25")]  # BM25 is a line
+    number = {name: i for i, name in enumerate(pointed, 1)}
     fig = _figure(5.5 * len(panels), 6.0 if numbered else 5.0)
     axes = fig.subplots(1, len(panels))
     handles: dict[str, Any] = {}
