@@ -22,25 +22,20 @@ from pathlib import Path
 import numpy as np
 
 from vocabert.bench.datasets import dl19_task
-from vocabert.bench.metrics import evaluate_ranking, search
+from vocabert.bench.metrics import evaluate_retrieval, fidelity
 from vocabert.bench.peers import StudentEncoder, TeacherEncoder, cached
 from vocabert.distill.cache import default_cache_dir
 from vocabert.distill.corpus import default_data_dir, default_unseen_topics, read_id_list
 from vocabert.model import normalize
 
 
-def ndcg(task, query_vecs: np.ndarray, corpus_vecs: np.ndarray, pids: list[str]) -> float:
-    indices, _ = search(query_vecs, corpus_vecs, 100)
-    run = {qid: [pids[i] for i in row] for qid, row in zip(task.queries, indices, strict=True)}
-    return evaluate_ranking(task, run)["ndcg@10"]
-
-
 def shrink(student: np.ndarray, teacher: np.ndarray, removed: float) -> np.ndarray:
     return normalize(teacher + (1 - removed) * (student - teacher))
 
 
-def mean_cos(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.einsum("ij,ij->i", normalize(a), normalize(b)).mean())
+def ndcg(task, query_vecs: np.ndarray, corpus_vecs: np.ndarray) -> float:
+    """nDCG@10 of ``task`` ranked with vectors already computed (in the task's order of queries and passages)."""
+    return evaluate_retrieval(task, lambda _: corpus_vecs, lambda _: query_vecs)["ndcg@10"]
 
 
 def main() -> None:
@@ -70,11 +65,11 @@ def main() -> None:
         corpus, queries = shrink(s_corpus, t_corpus, removed), shrink(s_queries, t_queries, removed)
         row = {
             "removed": round(float(removed), 2),
-            "passages_unseen_cos": mean_cos(corpus[unseen], t_corpus[unseen]),
-            "queries_cos": mean_cos(queries, t_queries),
-            "ndcg_both": ndcg(task, queries, corpus, pids),
-            "ndcg_passages_only": ndcg(task, t_queries, corpus, pids),
-            "ndcg_queries_only": ndcg(task, queries, t_corpus, pids),
+            "passages_unseen_cos": fidelity(corpus[unseen], t_corpus[unseen])["cosine_mean"],
+            "queries_cos": fidelity(queries, t_queries)["cosine_mean"],
+            "ndcg_both": ndcg(task, queries, corpus),
+            "ndcg_passages_only": ndcg(task, t_queries, corpus),
+            "ndcg_queries_only": ndcg(task, queries, t_corpus),
         }
         rows.append(row)
         print("| " + " | ".join(f"{v:.2f}" if k == "removed" else f"{v:.3f}" for k, v in row.items()) + " |")
