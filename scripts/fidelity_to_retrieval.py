@@ -24,8 +24,8 @@ import numpy as np
 from vocabert.bench.datasets import dl19_task
 from vocabert.bench.metrics import evaluate_retrieval, fidelity
 from vocabert.bench.peers import StudentEncoder, TeacherEncoder, cached
-from vocabert.distill.cache import default_cache_dir
 from vocabert.distill.corpus import default_data_dir, default_unseen_topics, read_id_list
+from vocabert.distill.workspace import Workspace, check_same_teacher
 from vocabert.model import normalize
 
 
@@ -51,8 +51,11 @@ def main() -> None:
     unseen_ids = read_id_list(default_unseen_topics(data_dir))  # the passages held out with their topics
     unseen = np.array([p in unseen_ids for p in pids])
 
-    teacher = cached(TeacherEncoder(), args.cache_dir or default_cache_dir())
-    student = StudentEncoder(args.model or args.workdir / "model")
+    ws = Workspace(args.workdir, **({"cache_dir": args.cache_dir} if args.cache_dir else {}))
+    student = StudentEncoder(args.model or ws.model_dir)
+    # As the bench does: a student of another teacher would be compared against the wrong vectors.
+    check_same_teacher(ws.provenance, student.model.config.get("provenance", {}), f"model {student.path}")
+    teacher = cached(TeacherEncoder(ws.teacher_path), ws.cache_dir)
     t_corpus = teacher.encode([task.corpus[p] for p in pids])
     t_queries = teacher.encode([task.queries[q] for q in qids])
     s_corpus = student.encode([task.corpus[p] for p in pids])
@@ -73,7 +76,7 @@ def main() -> None:
         }
         rows.append(row)
         print("| " + " | ".join(f"{v:.2f}" if k == "removed" else f"{v:.3f}" for k, v in row.items()) + " |")
-    out = args.workdir / "fidelity_to_retrieval.json"
+    out = ws.root / "fidelity_to_retrieval.json"
     out.write_text(json.dumps({"model": str(student.path), "unseen_passages": int(unseen.sum()), "rows": rows}))
     plot(rows, out.with_suffix(".png"))
     print(out, out.with_suffix(".png"))
