@@ -13,7 +13,8 @@ from tokenizers.pre_tokenizers import BertPreTokenizer
 from tokenizers.processors import TemplateProcessing
 
 from vocabert.matching import PAD, WILDCARD
-from vocabert.model import ContextPool, StudentModel, WeightedMean
+from vocabert.model import StudentModel
+from vocabert.networks import ContextPool, WeightedMean
 from vocabert.store import VocabularyStore
 from vocabert.tokenizer import tokenizer_fingerprint
 

@@ -11,7 +11,7 @@ from fixtures import DIM, PHRASES, VOCAB, WORDS, config, ids, tiny_model, tokeni
 import vocabert
 from vocabert.artifacts import VocabertError
 from vocabert.cli import main
-from vocabert.distill.mining import KIND_NAMES, Vocabulary, listing
+from vocabert.distill.vocabulary import KIND_NAMES, Vocabulary, listing
 from vocabert.inspect_vocabulary import (
     KINDS,
     entry_kinds,
@@ -24,7 +24,8 @@ from vocabert.inspect_vocabulary import (
     vocabulary_summary,
 )
 from vocabert.matching import PAD
-from vocabert.model import StudentModel, WeightedMean
+from vocabert.model import StudentModel
+from vocabert.networks import WeightedMean
 from vocabert.store import VocabularyStore
 
 PHRASE_TEXTS = ["new york", "new york city", "how long", "the * sat", "big * * car"]

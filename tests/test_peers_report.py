@@ -323,7 +323,8 @@ def test_teacher_encoder_and_cache(tmp_path):
 def _tiny_student(path):
     """An untrained student over the teacher's wordpieces (random vectors), saved like a real one."""
     from vocabert.distill.teacher import tokenizer_json
-    from vocabert.model import StudentModel, WeightedMean
+    from vocabert.model import StudentModel
+    from vocabert.networks import WeightedMean
     from vocabert.store import VocabularyStore
     from vocabert.tokenizer import tokenizer_fingerprint
 

@@ -11,7 +11,7 @@ from safetensors.numpy import load_file, save_file
 
 from vocabert.artifacts import VocabertError
 from vocabert.matching import PAD, WILDCARD
-from vocabert.store import VocabularyStore, load_safetensors, save_safetensors
+from vocabert.store import VocabularyStore, all_finite, load_safetensors, save_safetensors
 
 
 def make_patterns(n: int) -> np.ndarray:
@@ -72,6 +72,26 @@ def test_fp16_vectors_exact_on_every_half_value():
     assert out.dtype == np.float32
     expected = emb.astype(np.float32)
     assert np.array_equal(out.view(np.uint32), expected.view(np.uint32))  # bitwise, so -0.0 counts
+
+
+@pytest.mark.parametrize("dtype, bits", [(np.float16, np.uint16), (np.float32, np.uint32), (np.float64, np.uint64)])
+def test_all_finite_tells_every_bit_pattern(dtype, bits):
+    """float16: all 65536 patterns; wider floats: the edges (largest finite, infinity, NaN payloads, -0.0,
+    subnormals) of both signs. Each non-finite value alone among finite ones, in a chunk other than the first."""
+    if dtype == np.float16:
+        values = np.arange(1 << 16, dtype=bits).view(dtype)
+    else:
+        info = np.finfo(dtype)
+        edges = [0.0, info.max, info.tiny, info.smallest_subnormal, 1.0, np.inf, np.nan]
+        values = np.array(edges + [-x for x in edges], dtype=dtype)
+        values = np.concatenate([values, (values.view(bits) | 1).view(dtype)])  # a NaN payload, the next floats
+    finite = values[np.isfinite(values)]
+    assert all_finite(finite) and all_finite(finite.reshape(-1, 1), chunk=1000)
+    for value in values[~np.isfinite(values)]:
+        spoiled = np.resize(finite, 30)
+        spoiled[20] = value
+        assert not all_finite(spoiled.reshape(3, 10), chunk=8), value
+    assert all_finite(np.array([-(2**31), 2**31 - 1], np.int32))  # no NaN among integers
 
 
 def test_int8_round_trip(tmp_path, vectors):
@@ -292,3 +312,11 @@ def test_tensors_round_trip_and_shape_checks(vectors):
         VocabularyStore.from_tensors({**tensors, "embeddings": tensors["embeddings"].reshape(-1)}, {}, "here")
     with pytest.raises(VocabertError, match="here has no 'patterns'"):
         VocabularyStore.from_tensors({"embeddings": tensors["embeddings"]}, {}, "here")
+    for changed, match in [
+        ({"patterns": tensors["patterns"].astype(np.float32)}, "patterns must be token ids"),
+        ({"embeddings": tensors["embeddings"].astype(np.int16)}, "embeddings must be float16, float32 or int8"),
+        ({"embeddings": tensors["embeddings"].astype(np.float16)}, "int8 embeddings need a float32 scales"),
+        ({"scales": tensors["scales"].astype(np.float64)}, "scales must be float32"),
+    ]:
+        with pytest.raises(VocabertError, match=f"here: {match}"):
+            VocabularyStore.from_tensors({**tensors, **changed}, {}, "here")

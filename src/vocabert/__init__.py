@@ -1,8 +1,7 @@
 """vocabert: cheap BERT sentence embeddings from a mined phrase vocabulary and a tiny distilled network."""
 
-__version__ = "0.1.0"
-
-from vocabert.artifacts import VocabertError  # noqa: E402
-from vocabert.model import StudentModel, load  # noqa: E402
+from vocabert._version import __version__
+from vocabert.artifacts import VocabertError
+from vocabert.model import StudentModel, load
 
 __all__ = ["StudentModel", "VocabertError", "load", "__version__"]

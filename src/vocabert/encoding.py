@@ -153,6 +153,37 @@ def default_progress_bar() -> bool:
     return logger.getEffectiveLevel() in (logging.INFO, logging.DEBUG)
 
 
+def is_integer(value: Any) -> bool:
+    """An int or a numpy integer, and not a bool (which Python counts as an int)."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
+
+
+def check_batch_size(batch_size: Any) -> int:
+    """``batch_size`` as an int, if it is a positive integer; else TypeError (not an integer) or ValueError."""
+    if not is_integer(batch_size):
+        raise TypeError(f"batch_size must be a positive integer, got {batch_size!r} ({type(batch_size).__name__})")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return int(batch_size)
+
+
+def text_list(texts: Any) -> tuple[list[str], bool]:
+    """``texts`` as a list of strings, and whether it was one string; TypeError for anything but text."""
+    if isinstance(texts, str):
+        return [texts], True
+    if isinstance(texts, bytes | bytearray | memoryview):  # else iterated as ints
+        raise TypeError("encode expects text (str), got bytes: decode them first, e.g. texts.decode('utf-8')")
+    try:
+        texts = list(texts)
+    except TypeError:
+        raise TypeError(f"encode expects a string or a sequence of strings, got {type(texts).__name__}") from None
+    for t in texts:
+        if not isinstance(t, str):
+            hint = ": decode them first" if isinstance(t, bytes | bytearray) else ""
+            raise TypeError(f"encode expects strings, got {type(t).__name__}{hint}")
+    return texts, False
+
+
 def check_device(device: Any) -> None:
     """None or the CPU (a string or a ``torch.device``); anything else cannot be honoured."""
     if device is None or str(device) == "cpu":

@@ -169,7 +169,7 @@ class StudentEncoder(Encoder):
         self.dim = int(dim) if dim else int(np.asarray(self.model.encode(["dimension probe"])).shape[1])
         # Only the files load() reads: the model card (rewritten with each bench) and the
         # vocabulary listing change neither the size nor the cache key.
-        from vocabert.model import MODEL_FILES
+        from vocabert.model_folder import MODEL_FILES
 
         files = [self.path / f for f in MODEL_FILES]
         self.size_bytes = sum(f.stat().st_size for f in files)

@@ -1,0 +1,321 @@
+"""The student's two networks, in numpy: what maps a batch's matched entries to sentence vectors.
+
+Both read their tensors by name (``student.*`` in a model folder's ``model.safetensors``, the prefix
+removed) and share one interface (:class:`Network`): ``from_tensors``, ``tensors``, ``check``,
+``forward`` and ``flops``. ``weighted_mean`` is a learned weighted mean and a linear map;
+``context_pool`` weighs each match by its context, in several heads (see :class:`ContextPool`).
+The torch twins that train them live in :mod:`vocabert.distill.training`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from vocabert.artifacts import VocabertError
+from vocabert.matching import Matches
+
+
+@dataclass
+class Batch:
+    """A batch of tokenized texts after matching and lookup: what a network pools.
+
+    ``vectors[column[i]]`` is the vector of match ``i``; ``entries`` are the batch's distinct entries.
+    """
+
+    matches: Matches
+    entries: np.ndarray  # (u,) int64, sorted
+    column: np.ndarray  # (matches,) int64, each match's row in entries / vectors
+    vectors: np.ndarray  # (u, dim) float32
+    lengths: np.ndarray  # (texts,) tokens per text, [CLS] and [SEP] included
+
+    def weight_matrix(self, weight: np.ndarray) -> np.ndarray:
+        """(texts, u) float32: the summed ``weight`` of each text's matches of each distinct entry.
+
+        Multiplying it by a per-entry table is one GEMM for a mean of small rows (the attention queries);
+        for the d-wide vectors, where it would be mostly zeros, :func:`pool` works per text instead.
+        """
+        n, u = self.matches.n_texts, len(self.entries)
+        flat = self.matches.text * u + self.column
+        return np.bincount(flat, weights=weight, minlength=n * u).reshape(n, u).astype(np.float32)
+
+
+def pool(batch: Batch, weight: np.ndarray) -> np.ndarray:
+    """Weighted mean of each text's matched vectors, ``weight[i]`` for match ``i``: (texts, dim). With
+    ``weight`` of shape (H, matches), one mean per row of weights, side by side: (texts, H * dim)."""
+    text, n = batch.matches.text, batch.matches.n_texts
+    heads = np.atleast_2d(weight)
+    heads = (heads / np.maximum(per_text_sum(heads.T, text, n), 1e-12)[text].T).astype(np.float32)
+    out = np.zeros((n, len(heads), batch.vectors.shape[1]), dtype=np.float32)
+    # Matches are sorted by text, so a text's matches are one slice: one small GEMM per text reads only
+    # its own rows, where one dense (texts, distinct entries) GEMM multiplied mostly zeros (1.7x slower
+    # on passages, no faster on queries).
+    bounds = np.searchsorted(text, np.arange(n + 1))
+    for i in np.flatnonzero(np.diff(bounds)):
+        lo, hi = bounds[i], bounds[i + 1]
+        np.matmul(heads[:, lo:hi], batch.vectors[batch.column[lo:hi]], out=out[i])
+    return out.reshape(n, -1)
+
+
+def per_text_max(values: np.ndarray, text: np.ndarray) -> np.ndarray:
+    """For each element, the max of ``values`` over the elements of its text (``text`` sorted)."""
+    if len(values) == 0:
+        return values
+    new = np.empty(len(text), dtype=bool)
+    new[0] = True
+    np.not_equal(text[1:], text[:-1], out=new[1:])
+    return np.maximum.reduceat(values, np.flatnonzero(new))[np.cumsum(new) - 1]
+
+
+def per_text_sum(values: np.ndarray, text: np.ndarray, n_texts: int) -> np.ndarray:
+    """(n_texts, ...) sums of the rows of ``values`` of each text (``text`` sorted); zeros for a text without rows."""
+    out = np.zeros((n_texts, *values.shape[1:]), dtype=values.dtype)
+    if len(values):
+        first = np.flatnonzero(np.r_[True, text[1:] != text[:-1]])
+        out[text[first]] = np.add.reduceat(values, first, axis=0)
+    return out
+
+
+def gelu(x: np.ndarray) -> np.ndarray:
+    """GELU in its tanh form (as trained)."""
+    return 0.5 * x * (1 + np.tanh(0.7978845608 * (x + 0.044715 * x**3)))
+
+
+class Network(ABC):
+    """What both networks share: their tensors by name (float32, ``t``) and their linear maps by input.
+
+    A linear map is stored (out, in), as torch's ``Linear`` holds it; each network applies its maps
+    (``MAPS``) to per-text rows as ``x @ M.T``. ``x @ M.T`` reads ``M`` against its layout, so each map is
+    kept once more as a contiguous ``M.T`` (``by_input[name]``): the once-per-text maps run ~20% faster.
+    """
+
+    name: ClassVar[str]
+    MAPS: ClassVar[tuple[str, ...]]
+
+    def __init__(self, tensors: dict[str, np.ndarray]):
+        self.t = {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()}
+        self.by_input = {k: np.ascontiguousarray(self.t[k].T) for k in self.MAPS if k in self.t}
+
+    @classmethod
+    @abstractmethod
+    def from_tensors(cls, tensors: dict[str, np.ndarray]) -> Network:
+        """The network stored in ``tensors``; a KeyError names a tensor it needs that is missing."""
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        """The tensors to store, by name (what :meth:`from_tensors` reads back)."""
+        return dict(self.t)
+
+    @abstractmethod
+    def shapes(self, n_entries: int, dim: int) -> dict[str, tuple[int, ...]]:
+        """The shape each tensor must have for a store of ``n_entries`` vectors of ``dim``."""
+
+    def check(self, n_entries: int, dim: int) -> None:
+        """VocabertError unless every tensor fits a store of ``n_entries`` vectors of ``dim``."""
+        for key, shape in self.shapes(n_entries, dim).items():
+            found = self.t[key].shape
+            if found != shape:
+                needs = shape if len(found) == len(shape) else f"{len(shape)} axes"
+                raise VocabertError(
+                    f"student weights ({self.name}) do not fit the store: {key} has shape {found}, needs {needs}"
+                )
+
+    @abstractmethod
+    def flops(self, matches: float, dim: int) -> float:
+        """Multiply-adds per text, given matches per text."""
+
+    @abstractmethod
+    def forward(self, batch: Batch) -> np.ndarray:
+        """(texts, dim), not normalized."""
+
+
+def _size(tensor: np.ndarray, axis: int) -> int:
+    """``tensor.shape[axis]``, or -1 where it has no such axis (a shape :meth:`Network.check` then refuses)."""
+    return tensor.shape[axis] if tensor.ndim > axis else -1
+
+
+class WeightedMean(Network):
+    """Learned weighted mean of the matched entries' vectors, then a linear map to the teacher's space.
+
+    ``out = W @ (sum_e w_e v_e / sum_e w_e) + b`` with one positive weight ``w_e`` per entry.
+    """
+
+    name = "weighted_mean"
+    MAPS = ("weight",)
+
+    def __init__(self, entry_weight: np.ndarray, weight: np.ndarray, bias: np.ndarray):
+        super().__init__({"entry_weight": entry_weight, "weight": weight, "bias": bias})
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, np.ndarray]) -> WeightedMean:
+        return cls(tensors["entry_weight"], tensors["weight"], tensors["bias"])
+
+    def shapes(self, n_entries: int, dim: int) -> dict[str, tuple[int, ...]]:
+        return {"entry_weight": (n_entries,), "weight": (dim, dim), "bias": (dim,)}
+
+    def flops(self, matches: float, dim: int) -> float:
+        return matches * dim + dim * dim
+
+    def forward(self, batch: Batch) -> np.ndarray:
+        return pool(batch, self.t["entry_weight"][batch.matches.entry]) @ self.by_input["weight"] + self.t["bias"]
+
+
+class ContextPool(Network):
+    """Context-aware pooling: each match's weight depends on the text it is in, in ``H`` heads.
+
+    - weight of match ``e`` in text ``t`` in head ``h``: ``w_e * exp(q_th . k_eh)``, where ``k_eh``
+      (entry key) and ``p_eh`` (entry query) are rank-``r`` projections of the entry's vector, stored per
+      entry and head, and ``q_th`` is the ``w``-weighted mean of the ``p_eh`` of the text: O(H r) per
+      match, no d x d work;
+    - each head pools the matched vectors with its weights into ``m_h``; ``m`` is the heads' pooled
+      vectors side by side (``H d``). It goes through a linear map to the teacher's space, plus a term for
+      the teacher's [CLS] and [SEP] vectors, which depend on the whole text and weigh ``2 / (n + 2)`` in
+      its mean over ``n`` tokens: ``(S m + s) / n``;
+    - plus a residual MLP on ``m`` (``hidden`` units, GELU), where ``hidden > 0``;
+    - plus a windowed attention over the matches, where ``window = K > 0``: the text's matches in order of
+      position (then entry), each attending to the ``K`` before and after it with rank-``k`` scores
+      ``a_i . b_j / sqrt(k) + o_(j-i)``, mixing their values ``c_j`` and adding its own ``g_i``
+      (``a, b, c, g``: per-entry rank-``k`` projections, ``entry_window``); ``z_i = gelu(g_i + sum_j
+      alpha_ij c_j)`` sees its neighbours, which no pooling weight can. The ``w``-weighted mean of the
+      ``z_i`` goes to the teacher's space through ``V`` (d x k), once per text: O(K k) per match.
+
+    ``out = W m + b + (S m + s) / n + B gelu(A m + a) + c + V mean_w(z) + v`` with ``n`` the text's tokens
+    but [CLS] and [SEP]. Everything d x d happens once per text. ``entry_key`` and ``entry_query`` are
+    (entries, H, r); models of one head written before heads existed store them as (entries, r).
+    """
+
+    name = "context_pool"
+    KEYS = ("entry_weight", "entry_key", "entry_query", "weight", "bias", "special_weight", "special_bias")
+    MLP_KEYS = ("mlp_in", "mlp_in_bias", "mlp_out", "mlp_out_bias")
+    WINDOW_KEYS = ("entry_window", "window_offset_bias", "window_weight", "window_bias")
+    MAPS = ("weight", "special_weight", "mlp_in", "mlp_out", "window_weight")
+
+    def __init__(self, tensors: dict[str, np.ndarray]):
+        super().__init__(tensors)
+        for name in ("entry_key", "entry_query"):
+            if self.t[name].ndim == 2:
+                self.t[name] = self.t[name][:, None, :]
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, np.ndarray]) -> ContextPool:
+        keys = (
+            cls.KEYS
+            + (cls.MLP_KEYS if "mlp_in" in tensors else ())
+            + (cls.WINDOW_KEYS if "entry_window" in tensors else ())
+        )
+        return cls({k: tensors[k] for k in keys})
+
+    @property
+    def heads(self) -> int:
+        return self.t["entry_key"].shape[1]
+
+    @property
+    def rank(self) -> int:
+        return self.t["entry_key"].shape[2]
+
+    @property
+    def hidden(self) -> int:
+        return self.t["mlp_in"].shape[0] if "mlp_in" in self.t else 0
+
+    @property
+    def window(self) -> int:
+        """Neighbours on each side of a match in the windowed attention (0: none)."""
+        return len(self.t["window_offset_bias"]) // 2 if "entry_window" in self.t else 0
+
+    @property
+    def window_rank(self) -> int:
+        return self.t["entry_window"].shape[2] if "entry_window" in self.t else 0
+
+    def shapes(self, n_entries: int, dim: int) -> dict[str, tuple[int, ...]]:
+        # The sizes come from the tensors themselves: read them so that a tensor of too few axes gets a
+        # shape that does not fit (and a message), not an IndexError.
+        t = self.t
+        heads, r = _size(t["entry_key"], 1), _size(t["entry_key"], 2)
+        h = _size(t["mlp_in"], 0) if "mlp_in" in t else 0
+        expected = {
+            "entry_weight": (n_entries,),
+            "entry_key": (n_entries, heads, r),
+            "entry_query": (n_entries, heads, r),
+            "weight": (dim, heads * dim),
+            "bias": (dim,),
+            "special_weight": (dim, heads * dim),
+            "special_bias": (dim,),
+        }
+        if h:
+            expected |= {
+                "mlp_in": (h, heads * dim),
+                "mlp_in_bias": (h,),
+                "mlp_out": (dim, h),
+                "mlp_out_bias": (dim,),
+            }
+        if "entry_window" in t:
+            k, window = _size(t["entry_window"], 2), _size(t["window_offset_bias"], 0) // 2
+            expected |= {
+                "entry_window": (n_entries, 4, k),
+                "window_offset_bias": (2 * window,),
+                "window_weight": (dim, k),
+                "window_bias": (dim,),
+            }
+        return expected
+
+    def flops(self, matches: float, dim: int) -> float:
+        heads = self.heads
+        return (
+            3 * matches * heads * (self.rank + 1)
+            + heads * matches * dim
+            + 2 * heads * dim * dim
+            + 2 * heads * dim * self.hidden
+            + matches * (4 * self.window + 2) * self.window_rank
+            + dim * self.window_rank
+        )
+
+    def forward(self, batch: Batch) -> np.ndarray:
+        t, matches, heads = self.t, batch.matches, self.heads
+        w = base = t["entry_weight"][matches.entry]
+        if self.rank:
+            # q_th: the w-weighted mean of the entry queries of text t; then each match's score q_th . k_eh.
+            weights = batch.weight_matrix(w)
+            u = len(batch.entries)
+            q = weights @ t["entry_query"][batch.entries].reshape(u, heads * self.rank)
+            q /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
+            q = q.reshape(len(q), heads, self.rank).transpose(1, 0, 2)  # (H, texts, r)
+            keys = t["entry_key"][batch.entries].transpose(1, 2, 0)  # (H, r, u)
+            score = np.matmul(q, keys)[:, matches.text, batch.column]  # (H, matches)
+            # The score is bounded by the projections' scale; subtracting each text's max keeps exp finite anyway.
+            w = np.stack([w * np.exp(s - per_text_max(s, matches.text)) for s in score])
+        else:
+            w = np.broadcast_to(w, (heads, len(w)))
+        m = pool(batch, w)  # (texts, H * dim)
+        lengths = batch.lengths
+        body = np.maximum(np.asarray(lengths, dtype=np.float32) - 2, 1)[:, None]
+        maps = self.by_input
+        out = m @ maps["weight"] + t["bias"] + (m @ maps["special_weight"] + t["special_bias"]) / body
+        if self.hidden:
+            out += gelu(m @ maps["mlp_in"] + t["mlp_in_bias"]) @ maps["mlp_out"] + t["mlp_out_bias"]
+        if self.window:
+            z = per_text_sum(self._window_features(batch) * base[:, None], matches.text, matches.n_texts)
+            z /= np.maximum(per_text_sum(base, matches.text, matches.n_texts), 1e-12)[:, None]
+            out += z @ maps["window_weight"] + t["window_bias"]
+        return out
+
+    def _window_features(self, batch: Batch) -> np.ndarray:
+        """(matches, k): ``z_i``, each match after attending to the ``K`` matches before and after it in its text."""
+        matches, k = batch.matches, self.window_rank
+        a, b, c, g = self.t["entry_window"][batch.entries].transpose(1, 0, 2)[:, batch.column]  # (matches, k) each
+        i = np.arange(len(matches))
+        offsets = np.r_[-self.window : 0, 1 : self.window + 1]
+        near = i[:, None] + offsets  # (matches, 2K)
+        ok = (near >= 0) & (near < len(matches))
+        near = np.clip(near, 0, max(len(matches) - 1, 0))
+        ok &= matches.text[near] == matches.text[:, None]
+        score = np.einsum("mk,mjk->mj", a, b[near]) / np.sqrt(k) + self.t["window_offset_bias"]
+        score = np.where(ok, score, -np.inf)
+        top = score.max(axis=1, keepdims=True, initial=-np.inf)
+        alpha = np.where(ok, np.exp(score - np.where(np.isfinite(top), top, 0)), 0)
+        alpha /= np.maximum(alpha.sum(axis=1, keepdims=True), 1e-30)  # a match without neighbours mixes nothing
+        return gelu(g + np.einsum("mj,mjk->mk", alpha, c[near]))
+
+
+ARCHITECTURES: dict[str, type[Network]] = {WeightedMean.name: WeightedMean, ContextPool.name: ContextPool}
