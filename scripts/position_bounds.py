@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vocabert.distill.embedding import TeacherPass
+from vocabert.distill.teacher_pass import TeacherPass
 from vocabert.distill.workspace import read_manifest
 from vocabert.matching import EntryIndex
 from vocabert.model import normalize

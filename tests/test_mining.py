@@ -15,28 +15,31 @@ import pytest
 from vocabert.artifacts import VocabertError
 from vocabert.distill import teacher
 from vocabert.distill.corpus import Corpus, build_corpus
-from vocabert.distill.embedding import TeacherPass
+from vocabert.distill.engine import LocalEngine
 from vocabert.distill.mining import (
+    KeyCounter,
+    MineSettings,
+    budget_entries,
+    entry_bytes,
+    log_likelihood_ratio,
+    merge_counts,
+    mine_vocabulary,
+    run_mining,
+)
+from vocabert.distill.semantics import semantic_gains
+from vocabert.distill.teacher_pass import TeacherPass
+from vocabert.distill.training import TrainSettings
+from vocabert.distill.vocabulary import (
     CHOSEN_NAMES,
     KIND_NGRAM,
     KIND_SKIPGRAM,
     KIND_TOKEN,
     KIND_WORD,
-    KeyCounter,
-    MineSettings,
     Vocabulary,
-    budget_entries,
     describe,
-    entry_bytes,
     listing,
-    log_likelihood_ratio,
-    merge_counts,
-    mine_vocabulary,
     open_vocabulary,
-    run_mining,
 )
-from vocabert.distill.semantics import semantic_gains
-from vocabert.distill.training import TrainSettings
 from vocabert.distill.workspace import Workspace
 from vocabert.matching import PAD, WILDCARD
 from vocabert.tokenizer import load_tokenizer
@@ -441,7 +444,7 @@ def _workspace(tmp_path, corpus) -> Workspace:
 def test_run_mining_and_load(tmp_path, corpus, full, tok):
     ws = _workspace(tmp_path, corpus)
     settings = MineSettings(budget=100_000, **SETTINGS)
-    vocab = run_mining(ws, settings)
+    vocab = run_mining(ws, settings, LocalEngine())
     out = ws.vocab_dir
     assert {p.name for p in out.iterdir()} == {"vocabulary.safetensors", "vocabulary.tsv", "manifest.json"}
     loaded, manifest = open_vocabulary(ws)
@@ -462,9 +465,9 @@ def test_run_mining_and_load(tmp_path, corpus, full, tok):
     assert (out / "vocabulary.tsv").read_text(encoding="utf-8") == listing(vocab, tok["tokens"])
     # Same settings: skipped (the files stay as they are); other settings: mined again in place.
     stamp = (out / "vocabulary.safetensors").stat().st_mtime_ns
-    run_mining(ws, settings)
+    run_mining(ws, settings, LocalEngine())
     assert (out / "vocabulary.safetensors").stat().st_mtime_ns == stamp
-    run_mining(ws, MineSettings(budget=50, **SETTINGS))
+    run_mining(ws, MineSettings(budget=50, **SETTINGS), LocalEngine())
     assert len(open_vocabulary(ws)[0]) == 50
 
 
@@ -472,7 +475,7 @@ def test_open_vocabulary_errors(tmp_path, corpus, tok):
     ws = _workspace(tmp_path, corpus)
     with pytest.raises(VocabertError, match="does not exist"):
         open_vocabulary(ws)
-    run_mining(ws, MineSettings(budget=30, **SETTINGS))
+    run_mining(ws, MineSettings(budget=30, **SETTINGS), LocalEngine())
     (ws.vocab_dir / "vocabulary.safetensors").unlink()
     with pytest.raises(VocabertError, match="missing"):
         open_vocabulary(ws)
@@ -633,4 +636,4 @@ def test_semantic_gain_is_the_error_removed():
 def test_semantic_selection_needs_the_teacher_pass(tmp_path, corpus, tok):
     ws = _workspace(tmp_path, corpus)
     with pytest.raises(VocabertError, match="embed --pass-only"):
-        run_mining(ws, MineSettings(select="semantics"))
+        run_mining(ws, MineSettings(select="semantics"), LocalEngine())

@@ -20,15 +20,11 @@ import vocabert
 from vocabert.artifacts import VocabertError
 from vocabert.cli import main
 from vocabert.distill.corpus import CorpusSettings, open_corpus, run_corpus
-from vocabert.distill.embedding import (
-    EmbedSettings,
-    isolated_vectors,
-    open_teacher_pass,
-    run_embedding,
-    teacher_texts,
-)
+from vocabert.distill.embedding import EmbedSettings, isolated_vectors, run_embedding, teacher_texts
+from vocabert.distill.engine import LocalEngine
 from vocabert.distill.mining import run_mining
 from vocabert.distill.pipeline import build_model
+from vocabert.distill.teacher_pass import open_teacher_pass
 from vocabert.distill.training import run_training
 from vocabert.distill.workspace import Workspace, read_manifest, special_tokens
 from vocabert.store import VocabularyStore
@@ -257,7 +253,7 @@ def test_isolated_entry_vectors(workspace, tmp_path):
     ws = Workspace(tmp_path / "copy", None, cache_dir=tmp_path / "cache", show_progress_bar=False)
     shutil.copytree(workspace.root, ws.root)
     contextual = VocabularyStore.load(ws.store_dir / "embeddings.safetensors").vectors(np.arange(40))
-    store = run_embedding(ws, EmbedSettings(entry_vectors="isolated"))
+    store = run_embedding(ws, EmbedSettings(entry_vectors="isolated"), LocalEngine())
     assert read_manifest(ws.store_dir, "store")["isolated"] == len(store)
     special = special_tokens(ws.tokenizer_text)
     sample = np.arange(40)
@@ -267,7 +263,7 @@ def test_isolated_entry_vectors(workspace, tmp_path):
     np.testing.assert_allclose(store.vectors(sample), expected, atol=2e-3)  # float16 rows
     assert not np.allclose(store.vectors(sample), contextual, atol=2e-3)
     with pytest.raises(VocabertError, match="contextual or isolated"):
-        run_embedding(ws, EmbedSettings(entry_vectors="alone"))
+        run_embedding(ws, EmbedSettings(entry_vectors="alone"), LocalEngine())
 
 
 def test_teacher_sources_restrict_the_teacher_pass(workspace, tmp_path):
@@ -277,7 +273,7 @@ def test_teacher_sources_restrict_the_teacher_pass(workspace, tmp_path):
     full = open_teacher_pass(workspace)
     corpus = open_corpus(ws)
     settings = EmbedSettings(teacher_sources=("queries",))
-    run_embedding(ws, settings, pass_only=True)
+    run_embedding(ws, settings, LocalEngine(), pass_only=True)
     passed = open_teacher_pass(ws)
     keys = [k for shard, _ in teacher_texts(corpus, settings.teacher_share) for k in corpus.keys(shard)]
     chosen = [k for k in keys if k.startswith("queries:")]
@@ -288,7 +284,7 @@ def test_teacher_sources_restrict_the_teacher_pass(workspace, tmp_path):
     rows = [row_of_full[chosen[i]] for i in passed.text_index]
     np.testing.assert_allclose(np.asarray(passed.targets), np.asarray(full.targets[rows]), atol=1e-4)
     with pytest.raises(VocabertError, match="unknown teacher source.*glossary.*passages"):
-        run_embedding(ws, EmbedSettings(teacher_sources=("glossary",)), pass_only=True)
+        run_embedding(ws, EmbedSettings(teacher_sources=("glossary",)), LocalEngine(), pass_only=True)
 
 
 @pytest.fixture
@@ -310,7 +306,7 @@ def other_teacher(tmp_path) -> Path:
 def test_stage_refuses_vocabulary_of_another_tokenizer(workspace, other_teacher, tmp_path):
     ws = Workspace(workspace.root, other_teacher, cache_dir=tmp_path / "cache", show_progress_bar=False)
     with pytest.raises(VocabertError) as e:
-        run_embedding(ws, EmbedSettings())
+        run_embedding(ws, EmbedSettings(), LocalEngine())
     message = str(e.value)
     assert workspace.provenance["tokenizer"] in message and ws.provenance["tokenizer"] in message
 
@@ -344,7 +340,7 @@ def test_killed_teacher_pass_loses_at_most_one_batch(workspace, small_data, tmp_
     ends with the same targets as an uninterrupted pass."""
     ws = Workspace(tmp_path / "work", None, cache_dir=tmp_path / "cache", show_progress_bar=False)
     run_corpus(ws, small_data, CorpusSettings())
-    run_mining(ws, SMALL_MINE)
+    run_mining(ws, SMALL_MINE, LocalEngine())
     batch = 8
     command = [sys.executable, "-m", "vocabert.cli", "embed", "--workdir", str(ws.root), "--no-progress"]
     command += ["--cache-dir", str(tmp_path / "cache"), "--teacher-batch-size", str(batch)]
@@ -416,7 +412,7 @@ def test_cli_encode_file(workspace, tmp_path):
         == 0
     )
     vectors = np.load(out)
-    assert vectors.shape == (3, 384)
+    assert vectors.shape == (4, 384)  # one row per line: the blank line is the empty text's
 
 
 def _env() -> dict:
@@ -492,7 +488,7 @@ def test_run_with_semantic_selection_reads_the_teacher_pass(workspace, small_dat
     error the phrases remove, then the store and the student from that vocabulary."""
     import dataclasses
 
-    from vocabert.distill.mining import CHOSEN_SEMANTICS, KIND_TOKEN, Vocabulary
+    from vocabert.distill.vocabulary import CHOSEN_SEMANTICS, KIND_TOKEN, Vocabulary
 
     ws = Workspace(tmp_path / "work", None, cache_dir=tmp_path / "cache", show_progress_bar=False)
     for stage in ("corpus", "teacher"):

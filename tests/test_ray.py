@@ -18,17 +18,12 @@ from vocabert.artifacts import VocabertError
 from vocabert.cli import main
 from vocabert.distill import ray_jobs
 from vocabert.distill.corpus import CorpusSettings, open_corpus, run_corpus
-from vocabert.distill.embedding import (
-    BatchRows,
-    EmbedSettings,
-    PassWriter,
-    TeacherPass,
-    entry_vectors,
-    open_store,
-    run_embedding,
-)
-from vocabert.distill.engine import Engine, EngineSettings
-from vocabert.distill.mining import MineSettings, Vocabulary, mine_vocabulary, run_mining
+from vocabert.distill.embedding import BatchRows, EmbedSettings, PassWriter, entry_vectors, run_embedding
+from vocabert.distill.engine import EngineSettings, LocalEngine
+from vocabert.distill.mining import MineSettings, mine_vocabulary, run_mining
+from vocabert.distill.pipeline import open_engine
+from vocabert.distill.teacher_pass import TeacherPass
+from vocabert.distill.vocabulary import Vocabulary, open_store
 from vocabert.distill.workspace import Workspace, special_tokens
 
 pytestmark = pytest.mark.ray
@@ -57,8 +52,8 @@ def local(small_data, tmp_path_factory) -> Workspace:
     }
     ws = Workspace(root / "local", None, cache_dir=root / "cache-local", show_progress_bar=False)
     run_corpus(ws, data, CorpusSettings(shard_size=40, unseen_topics="none"))
-    run_mining(ws, MINE)
-    run_embedding(ws, EMBED)
+    run_mining(ws, MINE, LocalEngine())
+    run_embedding(ws, EMBED, LocalEngine())
     return ws
 
 
@@ -67,7 +62,7 @@ def engine():
     """A local Ray started the way the command starts it (this machine's cores), 2 teacher workers."""
     if importlib.util.find_spec("ray") is None:
         pytest.skip("ray is not installed (pip install 'vocabert[ray]')")
-    with Engine(EngineSettings(engine="ray", ray_workers=2)) as ray_engine:
+    with open_engine(EngineSettings(engine="ray", ray_workers=2)) as ray_engine:
         ray_engine.ray()
         yield ray_engine
 
@@ -157,11 +152,11 @@ def test_ray_embed_with_a_killed_worker_equals_the_local_path(local, engine, tmp
     vocab = Vocabulary.load(local.vocab_dir)
     vocab_size = int(open_corpus(local).manifest["vocab_size"])
 
-    def ray_sums(patterns, size):
-        return ray_jobs.ray_entry_sums(engine, ws.teacher_dir, patterns, size, show_progress_bar=False)
-
-    found_vectors, found_counts = entry_vectors(found, vocab.patterns, vocab_size, False, partial_sums=ray_sums)
-    expected_vectors, expected_counts = entry_vectors(expected, vocab.patterns, vocab_size, show_progress_bar=False)
+    patterns, dim = vocab.patterns.astype(np.int64), found.token_vectors.shape[1]
+    found_sums = engine.entry_sums(ws, found, patterns, vocab_size)
+    expected_sums = LocalEngine().entry_sums(local, expected, patterns, vocab_size)
+    found_vectors, found_counts = entry_vectors(found_sums, len(patterns), dim)
+    expected_vectors, expected_counts = entry_vectors(expected_sums, len(patterns), dim)
     np.testing.assert_array_equal(found_counts, expected_counts)
     np.testing.assert_allclose(found_vectors, expected_vectors, atol=1e-4)
     expected_store, _ = open_store(local)
@@ -177,7 +172,7 @@ def test_ray_embed_with_a_killed_worker_equals_the_local_path(local, engine, tmp
 def test_interrupted_ray_pass_resumes_from_the_batches_done(local, engine, tmp_path, monkeypatch):
     """The driver stops after a few batches (some written as parts, not yet appended): the rerun
     computes only the batches that were not done, and ends with the same pass."""
-    engine = Engine(EngineSettings(engine="ray", ray_workers=1))  # on the Ray already started: quicker to start
+    engine = open_engine(EngineSettings(engine="ray", ray_workers=1))  # on the Ray already started: quicker to start
     ws = _copy(local, tmp_path / "ray", "corpus", "vocab")
     corpus = open_corpus(ws)
     key = {"test": "interrupted"}
@@ -242,7 +237,7 @@ def test_results_are_appended_in_order_and_once(tmp_path):
 def test_engine_ray_without_ray_is_one_clear_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
     with pytest.raises(VocabertError, match=r"pip install 'vocabert\[ray\]'"):
-        Engine(EngineSettings(engine="ray"))
+        open_engine(EngineSettings(engine="ray"))
     argv = ["embed", "--engine", "ray", "--workdir", str(tmp_path / "work"), "--no-progress"]
     assert main(argv) == 1
     err = capsys.readouterr().err

@@ -1,6 +1,6 @@
 """The bench's two figures: quality against speed (``pareto.png``) and the fidelity histogram.
 
-Both take bench results as :func:`vocabert.bench.report.prepare` documents them, and draw with
+Both take bench results as :func:`vocabert.bench.results.prepare` documents them, and draw with
 matplotlib's object API on the Agg canvas (no pyplot, no global backend switch in the caller).
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from vocabert.artifacts import atomic_write
-from vocabert.bench.report import lookup, ordered_models, prepare
+from vocabert.bench.results import lookup, ordered_models, prepare
 
 _KIND_STYLE = {  # colour, marker, legend label
     "teacher": ("black", "*", "teacher"),

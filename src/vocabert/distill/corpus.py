@@ -8,6 +8,7 @@ they came from, and whether they are held out from training.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -31,6 +32,7 @@ from vocabert.distill.workspace import (
     log,
     read_manifest,
 )
+from vocabert.options import option
 from vocabert.readers import read_lines, read_texts, require_file
 from vocabert.tokenizer import TextTokenizer
 
@@ -284,14 +286,58 @@ class Corpus:
 
 
 @dataclass(frozen=True)
-class CorpusSettings:
-    """Settings of the ``corpus`` stage (every default lives here)."""
+class CorpusInputs:
+    """The texts the ``corpus`` stage reads: the bundled ones, or the user's files."""
 
-    heldout_fraction: float = 0.1  # share of texts never used for training, chosen by a hash of source:id
-    shard_size: int = 20_000  # texts per shard: the unit of streaming and of resuming
-    unseen_topics: str | None = None  # file of passage ids held out with their topics (None: the DL19 pools)
-    dedup: bool = True  # a text already read (up to case and spacing) is not read again
-    passage_sentences: bool = True  # the sentences of training passages are teacher-pass texts too
+    data_dir: str | None = option(
+        None,
+        "folder with msmarco_passage/ and msmarco_queries_extra/ (default: $VOCABERT_DATA, else ../shared/data "
+        "beside the repository)",
+    )
+    passages: str | None = option(
+        None,
+        "passages file instead of the bundled ones: pid<TAB>text TSV (gz or plain, e.g. the full MS MARCO "
+        "collection.tsv), JSONL with a 'text' field, or one text per line",
+    )
+    queries: str | None = option(None, "queries file (same formats) used for training too")
+
+    def sources(self) -> dict[str, Path]:
+        """Source name -> file: the passages (and queries) given, else the bundled texts."""
+        sources = {"passages": Path(self.passages)} if self.passages else default_sources(self.data_dir)
+        if self.queries:
+            sources["queries"] = Path(self.queries)
+        return sources
+
+
+@dataclass(frozen=True)
+class CorpusSettings:
+    """Settings of the ``corpus`` stage, each a command-line option (every default lives here)."""
+
+    heldout_fraction: float = option(
+        0.1,
+        "share of texts held out from training, chosen by a hash of the id",
+        flag="--heldout",
+        metavar="FRACTION",
+    )
+    shard_size: int = option(20_000, "texts per shard")  # the unit of streaming and of resuming
+    unseen_topics: str | None = option(
+        None,
+        "passage ids to hold out with their topics, for a topic-disjoint check: a TREC run, a run with a 'pid' "
+        "header, or one id per line; 'none' for no such split (default: the TREC DL 2019 pools of the bundled "
+        "data, runs.dl19.top100)",
+        metavar="FILE",
+    )
+    dedup: bool = option(
+        True,
+        "keep texts that repeat one already read (by default they are skipped: the query files overlap)",
+        flag="--no-dedup",
+    )  # a text already read (up to case and spacing)
+    passage_sentences: bool = option(
+        True,
+        "add the sentences of training passages as teacher-pass texts of their own: more targets from the same "
+        "passages for more teacher time; mining never counts them",
+        action=argparse.BooleanOptionalAction,
+    )
 
 
 NO_UNSEEN_TOPICS = "none"  # --unseen-topics none: no topic-disjoint split

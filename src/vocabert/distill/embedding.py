@@ -6,8 +6,9 @@ are appended to flat files in the work directory and made durable before the nex
 interruption loses at most the batch in flight, and the rerun resumes after the last durable one.
 The pass does not depend on the vocabulary, so mining again reuses it. Texts are sent in order of
 length within a shard, so a batch holds texts of similar length and little padding. The batches
-are the same whichever engine computes them (``--engine ray``: :mod:`vocabert.distill.ray_jobs`),
-and so are the files they end in.
+are the same whichever engine computes them (:mod:`vocabert.distill.engine` in this process,
+:mod:`vocabert.distill.ray_jobs` on Ray), and so are the files they end in
+(:mod:`vocabert.distill.teacher_pass`, which the later stages read).
 
 **Store** (``<workdir>/store``). Each entry's vector is the mean, over its occurrences in the
 teacher-pass texts (validation texts excluded), of the mean of the token vectors it covers
@@ -21,13 +22,11 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from vocabert.artifacts import VocabertError, read_json, write_json, write_npy
 from vocabert.distill.cache import EmbeddingCache
@@ -40,9 +39,17 @@ from vocabert.distill.corpus import (
     open_corpus,
     parent_key,
 )
-from vocabert.distill.engine import Engine, peak_rss_mib
-from vocabert.distill.mining import open_vocabulary
+from vocabert.distill.engine_protocol import Engine, PartialSums
 from vocabert.distill.teacher import Teacher
+from vocabert.distill.teacher_pass import (
+    PARTS,
+    PROGRESS,
+    TEXT_FILES,
+    TOKEN_FILES,
+    TeacherPass,
+    occurrence_means,
+)
+from vocabert.distill.vocabulary import open_vocabulary
 from vocabert.distill.workspace import (
     Workspace,
     begin,
@@ -51,24 +58,45 @@ from vocabert.distill.workspace import (
     finish,
     is_current,
     log,
-    read_manifest,
     special_tokens,
 )
 from vocabert.matching import PAD, EntryIndex, Matches
+from vocabert.options import option
 from vocabert.store import VocabularyStore
 
 VALIDATION_SHARE = 0.05  # of the teacher-pass texts: kept out of the entry vectors, picks the best epoch
 
 
+def source_names(text: str) -> tuple[str, ...]:
+    """``--teacher-sources passages,queries`` -> ``("passages", "queries")`` (sorted, no repeats)."""
+    return tuple(sorted({s.strip() for s in text.split(",") if s.strip()}))
+
+
 @dataclass(frozen=True)
 class EmbedSettings:
-    """Settings of the ``embed`` stage (every default lives here)."""
+    """Settings of the ``embed`` stage, each a command-line option (every default lives here)."""
 
-    teacher_share: float = 1.0  # share of the training texts sent through the teacher (the expensive part)
-    dtype: str = "float16"  # precision of the stored entry vectors: float16 or int8 (per-row scales)
-    entry_vectors: str = "contextual"  # contextual (mean over occurrences) or isolated (each entry alone)
-    teacher_sources: tuple[str, ...] = ()  # corpus sources whose training texts the teacher sees (empty: all)
-    batch_size: int = 64  # texts per teacher call, and the unit that an interruption can lose
+    teacher_share: float = option(1.0, "share of the training texts sent through the teacher")  # the expensive part
+    dtype: str = option(  # int8: with per-row scales
+        "float16", "precision of the stored entry vectors", choices=("float16", "int8")
+    )
+    entry_vectors: str = option(
+        "contextual",
+        "an entry's vector: the mean of the teacher's contextual vectors over its occurrences in the teacher "
+        "pass, or the teacher's vector of the entry alone (as Model2Vec does); entries that never occur are "
+        "isolated either way",
+        choices=("contextual", "isolated"),
+    )
+    teacher_sources: tuple[str, ...] = option(  # empty: all
+        (),
+        "send only these corpus sources' training texts through the teacher (the bundled corpus has passages, "
+        "passage_sentences, queries, dev_queries and glosses) (default: all)",
+        type=source_names,
+        metavar="SOURCE,...",
+    )
+    batch_size: int = option(
+        64, "texts per teacher call; an interruption loses at most one such batch", flag="--teacher-batch-size"
+    )
 
 
 def select_teacher_texts(
@@ -104,13 +132,8 @@ def teacher_texts(corpus: Corpus, share: float, sources: tuple[str, ...] = ()) -
 # teacher_texts selects them) sorted by length, in runs of ``batch_size``. A batch is the unit of
 # work (one teacher call; one task of a Ray worker) and of durability. ``run_teacher_batch`` is the
 # one function that turns a batch into rows of the teacher pass, and ``PassWriter`` the one place
-# that appends rows to the work directory, in the teacher-pass order, whoever computed them.
-
-# The flat files of a teacher pass: name -> (dtype, values per row). Rows are texts, except for the
-# per-token files, whose rows are tokens. Raw little-endian arrays, so they can be appended to.
-_TEXT_FILES = {"targets": ("<f4", "dim"), "rows": ("<i8", 3)}  # rows: text index, tokens, validation
-_TOKEN_FILES = {"token_ids": ("<i4", 1), "token_vectors": ("<f2", "dim")}
-PARTS = "parts"  # batches computed out of order, waiting for their turn (Ray engine)
+# that appends rows to the work directory (its files: vocabert.distill.teacher_pass), in the
+# teacher-pass order, whoever computed them.
 
 
 def _to_bytes(arrays: dict[str, np.ndarray]) -> bytes:
@@ -266,7 +289,7 @@ class PassWriter:
     def __init__(self, out_dir: str | Path, key: dict, dim: int, cache: EmbeddingCache | None = None):
         self.dir = begin(out_dir)
         self.key, self.dim, self.cache = key, dim, cache
-        self.progress_file = self.dir / "progress.json"
+        self.progress_file = self.dir / PROGRESS
         self.texts = self.tokens = 0
         if self.progress_file.is_file():
             progress = read_json(self.progress_file, "teacher pass progress")
@@ -274,10 +297,10 @@ class PassWriter:
                 self.texts, self.tokens = int(progress["texts"]), int(progress["tokens"])
         self.files = {
             name: _AppendFile(self.dir / f"{name}.bin", dtype, dim if width == "dim" else width)
-            for name, (dtype, width) in (_TEXT_FILES | _TOKEN_FILES).items()
+            for name, (dtype, width) in (TEXT_FILES | TOKEN_FILES).items()
         }
         for name, f in self.files.items():
-            f.truncate(self.tokens if name in _TOKEN_FILES else self.texts)
+            f.truncate(self.tokens if name in TOKEN_FILES else self.texts)
 
     def append(self, out: BatchRows) -> None:
         if out.start != self.texts:  # the order is what makes a batch count once, never twice
@@ -316,113 +339,11 @@ class PassWriter:
 
 def reset_progress(directory: str | Path) -> None:
     """Forget an interrupted teacher pass: its progress and the batches waiting for their turn."""
-    (Path(directory) / "progress.json").unlink(missing_ok=True)
+    (Path(directory) / PROGRESS).unlink(missing_ok=True)
     shutil.rmtree(Path(directory) / PARTS, ignore_errors=True)
 
 
-@dataclass
-class TeacherPass:
-    """A finished teacher pass, memory-mapped: rows are texts in the order the teacher saw them."""
-
-    targets: np.ndarray  # (texts, dim) float32: the teacher's sentence embeddings
-    text_index: np.ndarray  # (texts,) position of each text in the teacher-pass order (teacher_texts)
-    validation: np.ndarray  # (texts,) bool
-    token_offsets: np.ndarray  # (texts + 1,) rows of text i are token_offsets[i]:token_offsets[i+1]
-    token_ids: np.ndarray  # (tokens,) int32
-    token_vectors: np.ndarray  # (tokens, dim) float16: the teacher's contextual token vectors
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    @classmethod
-    def open(cls, directory: str | Path) -> TeacherPass:
-        directory = Path(directory)
-        m = read_manifest(directory, "teacher pass")
-        texts, tokens, dim = int(m["texts"]), int(m["tokens"]), int(m["dim"])
-
-        def mapped(name: str, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
-            path = directory / f"{name}.bin"
-            need = int(np.prod(shape)) * np.dtype(dtype).itemsize
-            if not path.is_file() or path.stat().st_size != need:
-                raise VocabertError(f"teacher pass {path} is missing or has the wrong size; run `vocabert embed`")
-            return np.memmap(path, dtype=dtype, mode="r", shape=shape) if need else np.zeros(shape, dtype)
-
-        rows = mapped("rows", "<i8", (texts, 3))
-        offsets = np.zeros(texts + 1, dtype=np.int64)
-        np.cumsum(rows[:, 1], out=offsets[1:])
-        return cls(
-            targets=mapped("targets", "<f4", (texts, dim)),
-            text_index=np.asarray(rows[:, 0]),
-            validation=np.asarray(rows[:, 2]).astype(bool),
-            token_offsets=offsets,
-            token_ids=mapped("token_ids", "<i4", (tokens,)),
-            token_vectors=mapped("token_vectors", "<f2", (tokens, dim)),
-        )
-
-    def chunk_rows(self, texts_per_chunk: int = 2048) -> list[slice]:
-        """Runs of texts, the unit of the passes over the teacher pass."""
-        return [slice(a, min(a + texts_per_chunk, len(self))) for a in range(0, len(self), texts_per_chunk)]
-
-    def chunk(self, rows: slice) -> tuple[np.ndarray, np.ndarray]:
-        """Token ids of texts ``rows`` and their offsets, relative to the chunk."""
-        lo, hi = self.token_offsets[rows.start], self.token_offsets[rows.stop]
-        return np.asarray(self.token_ids[lo:hi], dtype=np.int64), self.token_offsets[rows.start : rows.stop + 1] - lo
-
-    def chunks(self, texts_per_chunk: int = 2048) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
-        """``(rows, token ids, offsets)`` over runs of texts; offsets are relative to the chunk."""
-        for rows in self.chunk_rows(texts_per_chunk):
-            yield rows, *self.chunk(rows)
-
-
-def run_teacher_pass(
-    corpus: Corpus,
-    out_dir: str | Path,
-    teacher: Teacher,
-    key: dict,
-    settings: EmbedSettings,
-    cache: EmbeddingCache | None = None,
-    show_progress_bar: bool = True,
-) -> TeacherPass:
-    """Send the teacher-pass texts through the teacher in this process, appending each batch
-    durably; resumes. (``vocabert.distill.engine.ray_teacher_pass`` does the same on Ray.)
-
-    With ``cache``, the targets also go into the user's embedding cache, so that evaluating on
-    those texts later (e.g. the retrieval corpus) costs no second teacher call."""
-    writer = PassWriter(out_dir, key, teacher.dim, cache)
-    if writer.texts:
-        log(f"embed: resuming the teacher pass after {writer.texts} texts")
-    # The bar's total is an estimate: counting would read every shard.
-    counts = [
-        c for s, c in corpus.manifest["counts"].items() if not settings.teacher_sources or s in settings.teacher_sources
-    ]
-    total = round(settings.teacher_share * sum(c["texts"] - c["heldout"] - c.get("unseen", 0) for c in counts))
-    quiet = not show_progress_bar
-    bar = tqdm(total=total, initial=writer.texts, desc="embed: teacher pass", unit="text", disable=quiet)
-    try:
-        for batch in teacher_batches(corpus, settings.teacher_share, settings.batch_size, settings.teacher_sources):
-            if batch.start + len(batch) <= writer.texts:
-                continue
-            writer.append(run_teacher_batch(teacher, batch))
-            bar.update(len(batch))
-    finally:
-        writer.close()
-        bar.close()
-    return writer.finish()
-
-
 # ------------------------------------------------------------------------------------------ store
-
-
-def occurrence_means(matches: Matches, patterns: np.ndarray, vectors: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Per match: the mean of the vectors of the tokens its entry covers (wildcards left out)."""
-    fixed = patterns[matches.entry] >= 0  # (matches, width): positions that are tokens, not wildcards
-    base = offsets[matches.text] + matches.start
-    acc = np.zeros((len(matches), vectors.shape[1]), dtype=np.float32)
-    for j in range(patterns.shape[1]):
-        rows = np.flatnonzero(fixed[:, j])
-        acc[rows] += vectors[base[rows] + j]
-    acc /= fixed.sum(axis=1, keepdims=True)
-    return acc
 
 
 def occurrence_sums(
@@ -460,47 +381,26 @@ def chunk_occurrence_sums(
     return occurrence_sums(matches, patterns, vectors, offsets)
 
 
-# Partial sums of the entry vectors from elsewhere (Ray): (patterns, vocab_size) -> (entries, sums, counts), ...
-PartialSums = Callable[[np.ndarray, int], Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]]
-
-
-def entry_vectors(
-    passed: TeacherPass,
-    patterns: np.ndarray,
-    vocab_size: int,
-    show_progress_bar: bool = True,
-    partial_sums: PartialSums | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Contextual vector of every entry (zero where it never occurs) and its number of occurrences.
-    The sums come chunk by chunk from :func:`chunk_occurrence_sums`, here, or from ``partial_sums``."""
-    patterns = patterns.astype(np.int64)
-    dim = passed.token_vectors.shape[1]
-    sums = np.zeros((len(patterns), dim), dtype=np.float64)
-    counts = np.zeros(len(patterns), dtype=np.int64)
-    if partial_sums is None:
-        index = EntryIndex(patterns, vocab_size)
-        chunks = tqdm(passed.chunk_rows(), desc="embed: entry vectors", unit="chunk", disable=not show_progress_bar)
-        partial = (chunk_occurrence_sums(passed, index, patterns, rows) for rows in chunks)
-    else:
-        partial = partial_sums(patterns, vocab_size)
-    for entries, entry_sums, entry_counts in partial:
-        sums[entries] += entry_sums
-        counts[entries] += entry_counts
+def entry_vectors(partial_sums: Iterable[PartialSums], entries: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Contextual vector of each of ``entries`` entries (zero where it never occurs) and its number of
+    occurrences, from the partial sums of :func:`chunk_occurrence_sums` (an engine's ``entry_sums``)."""
+    sums = np.zeros((entries, dim), dtype=np.float64)
+    counts = np.zeros(entries, dtype=np.int64)
+    for found, found_sums, found_counts in partial_sums:
+        sums[found] += found_sums
+        counts[found] += found_counts
     seen = counts > 0
-    vectors = np.zeros((len(patterns), dim), dtype=np.float32)
+    vectors = np.zeros((entries, dim), dtype=np.float32)
     vectors[seen] = (sums[seen] / counts[seen, None]).astype(np.float32)
     return vectors, counts
 
 
 def run_embedding(
-    ws: Workspace, settings: EmbedSettings, force: bool = False, engine: Engine | None = None, pass_only: bool = False
+    ws: Workspace, settings: EmbedSettings, engine: Engine, force: bool = False, pass_only: bool = False
 ) -> VocabularyStore | None:
     """The ``embed`` stage: the teacher pass (skipped when current, resumed when interrupted), then the
-    store (not with ``pass_only``: the pass needs no vocabulary, and semantic mining reads it). With a Ray
-    ``engine`` the teacher's work runs on Ray (:mod:`vocabert.distill.ray_jobs`)."""
-    if engine is None:
-        with Engine() as local:
-            return run_embedding(ws, settings, force, local, pass_only)
+    store (not with ``pass_only``: the pass needs no vocabulary, and semantic mining reads it). The
+    teacher's work and the entry sums run where ``engine`` runs them (this process, or Ray)."""
     if settings.dtype not in ("float16", "int8"):
         raise VocabertError(f"unknown store dtype {settings.dtype!r}: use float16 or int8")
     if settings.entry_vectors not in ("contextual", "isolated"):
@@ -525,34 +425,8 @@ def run_embedding(
     if not force and is_current(ws.teacher_dir, "teacher pass", pass_key):
         passed = TeacherPass.open(ws.teacher_dir)
         log(f"embed: teacher pass {ws.teacher_dir} is up to date ({len(passed)} texts)")
-    elif engine.is_ray:
-        from vocabert.distill.ray_jobs import ray_teacher_pass
-
-        cache = ws.teacher_cache()
-        passed, stats = ray_teacher_pass(
-            engine, corpus, ws.teacher_dir, ws.teacher_path, pass_key, settings, cache, ws.show_progress_bar
-        )
-        rate = (stats["texts"] - stats["resumed_texts"]) / stats["seconds"]
-        log(
-            f"embed: {len(passed)} texts, {len(passed.token_ids)} tokens through the teacher on Ray -> "
-            f"{ws.teacher_dir} ({stats['computed_batches']} of {stats['batches']} batches computed; Ray started in "
-            f"{engine.start_seconds:.1f} s, pass {stats['seconds']:.0f} s of which {stats['plan_seconds']:.1f} s "
-            f"planning, first batch back at {stats['first_batch_seconds']:.1f} s, {rate:.1f} texts/s if none was "
-            f"resumed; peak RSS: driver {peak_rss_mib():.0f} MiB, "
-            f"teacher workers {stats['worker_rss_mib']:.0f} MiB)"
-        )
     else:
-        teacher = ws.teacher()
-        started = time.perf_counter()
-        passed = run_teacher_pass(
-            corpus, ws.teacher_dir, teacher, pass_key, settings, ws.teacher_cache(), ws.show_progress_bar
-        )
-        seconds = time.perf_counter() - started
-        log(
-            f"embed: {len(passed)} texts, {len(passed.token_ids)} tokens through the teacher -> {ws.teacher_dir} "
-            f"({seconds:.0f} s, {len(passed) / seconds:.1f} texts/s if none was resumed; "
-            f"peak RSS {peak_rss_mib():.0f} MiB)"
-        )
+        passed = engine.teacher_pass(ws, corpus, pass_key, settings)
 
     if pass_only:
         return None
@@ -568,26 +442,15 @@ def run_embedding(
         log(f"embed: {ws.store_dir} is up to date")
         return VocabularyStore.load(ws.store_dir / "embeddings.safetensors")
     out_dir = begin(ws.store_dir)
-    partial_sums = None
-    if engine.is_ray:
-        from vocabert.distill.ray_jobs import ray_entry_sums
-
-        def partial_sums(patterns: np.ndarray, vocab_size: int):
-            return ray_entry_sums(engine, ws.teacher_dir, patterns, vocab_size, ws.show_progress_bar)
-
     vocab_size = int(corpus.manifest["vocab_size"])
-    vectors, counts = entry_vectors(passed, vocab.patterns, vocab_size, ws.show_progress_bar, partial_sums)
+    patterns = vocab.patterns.astype(np.int64)
+    partial_sums = engine.entry_sums(ws, passed, patterns, vocab_size)
+    vectors, counts = entry_vectors(partial_sums, len(patterns), passed.token_vectors.shape[1])
     alone = np.flatnonzero(counts == 0) if settings.entry_vectors == "contextual" else np.arange(len(counts))
     if len(alone):
         special = special_tokens(ws.tokenizer_text)
         patterns = vocab.patterns[alone].astype(np.int64)
-        ids = special["cls"], special["sep"], special["mask"]
-        if engine.is_ray:  # the driver loads no teacher
-            from vocabert.distill.ray_jobs import ray_isolated_vectors
-
-            vectors[alone] = ray_isolated_vectors(engine, ws.teacher_path, patterns, *ids)
-        else:
-            vectors[alone] = isolated_vectors(ws.teacher(), patterns, *ids)
+        vectors[alone] = engine.isolated_vectors(ws, patterns, special["cls"], special["sep"], special["mask"])
     metadata = {"teacher": ws.provenance["teacher"], "dim": vectors.shape[1], "dtype": settings.dtype}
     store = VocabularyStore.from_float(vocab.patterns, vectors, settings.dtype, metadata)
     store.save(out_dir / "embeddings.safetensors")
@@ -596,17 +459,3 @@ def run_embedding(
     finish(out_dir, "store", store_key, contextual=contextual, isolated=int(len(alone)))
     log(f"embed: {contextual} entries contextual, {len(alone)} isolated -> {out_dir}")
     return store
-
-
-def open_store(ws: Workspace) -> tuple[VocabularyStore, dict]:
-    """The finished entry store of a work directory and its manifest, checked against the teacher."""
-    manifest = read_manifest(ws.store_dir, "store")
-    check_same_teacher(ws.provenance, manifest["key"]["provenance"], f"entry store {ws.store_dir}")
-    return VocabularyStore.load(ws.store_dir / "embeddings.safetensors"), manifest
-
-
-def open_teacher_pass(ws: Workspace) -> TeacherPass:
-    """The finished teacher pass of a work directory, checked against the teacher."""
-    manifest = read_manifest(ws.teacher_dir, "teacher pass")
-    check_same_teacher(ws.provenance, manifest["key"]["provenance"], f"teacher pass {ws.teacher_dir}")
-    return TeacherPass.open(ws.teacher_dir)

@@ -1,129 +1,129 @@
-"""Where the heavy work of a stage runs: in this process (``--engine local``, the default) or on Ray
-(``--engine ray``): the teacher pass and the counting part of mining.
+"""The local engine (``--engine local``, the default): the heavy loops of ``mine`` and ``embed`` in this
+process; and the settings that choose the engine.
 
-Ray is an optional extra (``pip install 'vocabert[ray]'``): nothing imports it unless ``--engine
-ray`` is asked for. With ``--ray-address ADDR`` (or ``RAY_ADDRESS``, Ray's own convention) the
-command joins that cluster; otherwise it starts a local Ray on this machine's cores and stops it
-when it is done. Either way the results are the same files as the local path's: the Ray jobs run
-the same per-batch and per-shard functions (see :mod:`vocabert.distill.ray_jobs`).
+A stage decides what is computed and asks its engine for the loops
+(:class:`~vocabert.distill.engine_protocol.Engine`). This one runs the stages' own per-batch and
+per-shard functions one after another; the Ray engine (:mod:`vocabert.distill.ray_jobs`) runs the same
+functions on Ray and writes the same files. :func:`vocabert.distill.pipeline.open_engine` opens the
+one that :class:`EngineSettings` asks for.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import resource
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
-from vocabert.artifacts import VocabertError
+import numpy as np
+from tqdm.auto import tqdm
+
+from vocabert.distill.corpus import Corpus
+from vocabert.distill.embedding import (
+    EmbedSettings,
+    PassWriter,
+    chunk_occurrence_sums,
+    isolated_vectors,
+    run_teacher_batch,
+    teacher_batches,
+)
+from vocabert.distill.engine_protocol import PartialSums
+from vocabert.distill.mining import LocalCounts
+from vocabert.distill.teacher_pass import TeacherPass
+from vocabert.distill.workspace import Workspace, log, peak_rss_mib
+from vocabert.matching import EntryIndex
+from vocabert.options import option
 
 ENGINES = ("local", "ray")
 
 
 @dataclass(frozen=True)
 class EngineSettings:
-    """Where ``mine`` and ``embed`` run (every default lives here); not part of any artifact's key:
-    every engine writes the same artifacts."""
+    """Where ``mine`` and ``embed`` run, each a command-line option (every default lives here); not part of
+    any artifact's key: every engine writes the same artifacts."""
 
-    engine: str = "local"  # local: this process; ray: Ray tasks and actors
-    ray_address: str | None = None  # an existing cluster (default: $RAY_ADDRESS, else a local Ray started here)
-    ray_workers: int | None = None  # teacher workers (actors); default: as many as the cluster's CPUs (or GPUs) hold
-    ray_worker_cpus: float = 1.0  # CPUs of one teacher worker (its torch threads)
-    ray_worker_gpus: float = 0.0  # GPUs of one teacher worker; above 0 the teacher runs on CUDA
+    engine: str = option(  # ray: Ray tasks and actors
+        "local",
+        "local: this process; ray: Ray tasks and a pool of teacher workers, same results (needs the ray extra: "
+        "pip install 'vocabert[ray]')",
+        choices=ENGINES,
+    )
+    ray_address: str | None = option(
+        None,
+        "Ray cluster to join (default: $RAY_ADDRESS, else a local Ray started with this machine's cores); the work "
+        "directory must be at the same path on every node",
+        metavar="ADDR",
+    )
+    ray_workers: int | None = option(  # actors
+        None,
+        "teacher workers, each loading the teacher once (default: as many as the cluster's CPUs, or GPUs, hold)",
+        type=int,
+        metavar="N",
+    )
+    ray_worker_cpus: float = option(1.0, "CPUs of one teacher worker", metavar="C")  # its torch threads
+    ray_worker_gpus: float = option(0.0, "GPUs of one teacher worker; above 0 the teacher runs on CUDA", metavar="G")
 
 
-def require_ray() -> Any:
-    try:
-        import ray
-        import ray.data  # noqa: F401
-    except ImportError:
-        raise VocabertError(
-            "--engine ray needs Ray, which is not installed: pip install 'vocabert[ray]' (or 'ray[data]>=2.9')"
-        ) from None
-    return ray
+class LocalEngine:
+    """The stages' per-batch and per-shard functions, one after another in this process."""
 
-
-def peak_rss_mib() -> float:
-    """This process's peak resident memory so far, in MiB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-class Engine:
-    """The engine of one command. On Ray it connects (or starts a local Ray) on first use, and
-    :meth:`close` (or leaving the ``with`` block) stops what it started."""
-
-    def __init__(self, settings: EngineSettings | None = None):
-        self.settings = settings or EngineSettings()
-        if self.settings.engine not in ENGINES:
-            raise VocabertError(f"unknown engine {self.settings.engine!r}: use {' or '.join(ENGINES)}")
-        if self.is_ray:
-            require_ray()  # before any work: a missing extra is a one-line error, not a failure halfway
-            if self.settings.ray_worker_cpus <= 0 or self.settings.ray_worker_gpus < 0:
-                raise VocabertError("--ray-worker-cpus must be above 0 and --ray-worker-gpus at least 0")
-        self._ray = None
-        self._started = False
-        self.start_seconds = 0.0  # starting or joining Ray
-
-    @property
-    def is_ray(self) -> bool:
-        return self.settings.engine == "ray"
-
-    def ray(self) -> Any:
-        """The ``ray`` module, connected."""
-        if self._ray is not None:
-            return self._ray
-        ray = require_ray()
+    def teacher_pass(self, ws: Workspace, corpus: Corpus, key: dict, settings: EmbedSettings) -> TeacherPass:
+        """Send the teacher-pass texts through the teacher, appending each batch durably; resumes. The
+        targets also go into the user's embedding cache, so that evaluating on those texts later (e.g. the
+        retrieval corpus) costs no second teacher call."""
+        teacher = ws.teacher()
         started = time.perf_counter()
-        if not ray.is_initialized():
-            from vocabert.distill.workspace import log
-            from vocabert.model import available_cores
+        writer = PassWriter(ws.teacher_dir, key, teacher.dim, ws.teacher_cache())
+        if writer.texts:
+            log(f"embed: resuming the teacher pass after {writer.texts} texts")
+        # The bar's total is an estimate: counting would read every shard.
+        sources = settings.teacher_sources
+        counts = [c for s, c in corpus.manifest["counts"].items() if not sources or s in sources]
+        total = round(settings.teacher_share * sum(c["texts"] - c["heldout"] - c.get("unseen", 0) for c in counts))
+        quiet = not ws.show_progress_bar
+        bar = tqdm(total=total, initial=writer.texts, desc="embed: teacher pass", unit="text", disable=quiet)
+        try:
+            for batch in teacher_batches(corpus, settings.teacher_share, settings.batch_size, sources):
+                if batch.start + len(batch) <= writer.texts:
+                    continue
+                writer.append(run_teacher_batch(teacher, batch))
+                bar.update(len(batch))
+        finally:
+            writer.close()
+            bar.close()
+        passed = writer.finish()
+        seconds = time.perf_counter() - started
+        log(
+            f"embed: {len(passed)} texts, {len(passed.token_ids)} tokens through the teacher -> {ws.teacher_dir} "
+            f"({seconds:.0f} s, {len(passed) / seconds:.1f} texts/s if none was resumed; "
+            f"peak RSS {peak_rss_mib():.0f} MiB)"
+        )
+        return passed
 
-            quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
-            address = self.settings.ray_address or os.environ.get("RAY_ADDRESS")
-            if address:
-                log(f"ray: joining the cluster at {address}")
-                try:
-                    ray.init(address=address, **quiet)
-                except ConnectionError as e:
-                    raise VocabertError(
-                        f"cannot join the Ray cluster at {address} ({e}); is it running, and does it want a token "
-                        "(Ray's RAY_AUTH_MODE=token)?"
-                    ) from None
-            else:
-                cores = available_cores()
-                log(f"ray: starting a local Ray with {cores} CPUs")
-                ray.init(num_cpus=cores, include_dashboard=False, **quiet)
-            self._started = True
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False  # the stages draw their own
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
-        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
-        self._ray = ray
-        self.start_seconds = time.perf_counter() - started
-        return ray
+    def entry_sums(
+        self, ws: Workspace, passed: TeacherPass, patterns: np.ndarray, vocab_size: int
+    ) -> Iterator[PartialSums]:
+        """:func:`~vocabert.distill.embedding.chunk_occurrence_sums` over the teacher pass, chunk by chunk."""
+        index = EntryIndex(patterns, vocab_size)
+        chunks = tqdm(passed.chunk_rows(), desc="embed: entry vectors", unit="chunk", disable=not ws.show_progress_bar)
+        for rows in chunks:
+            yield chunk_occurrence_sums(passed, index, patterns, rows)
 
-    def workers(self) -> int:
-        """Teacher workers: as asked, else as many as the cluster's CPUs (or GPUs) hold."""
-        if self.settings.ray_workers:
-            return self.settings.ray_workers
-        resources = self.ray().cluster_resources()
-        if self.settings.ray_worker_gpus > 0:
-            count = resources.get("GPU", 0) // self.settings.ray_worker_gpus
-            if count < 1:
-                raise VocabertError("--ray-worker-gpus asks for GPUs, but the Ray cluster has none")
-        else:
-            count = resources.get("CPU", 1) // self.settings.ray_worker_cpus
-        return max(1, int(count))
+    def isolated_vectors(
+        self, ws: Workspace, patterns: np.ndarray, cls_id: int, sep_id: int, mask_id: int
+    ) -> np.ndarray:
+        """Each pattern alone through the work directory's teacher, loaded here."""
+        return isolated_vectors(ws.teacher(), patterns, cls_id, sep_id, mask_id)
+
+    def counting(self, ws: Workspace, corpus: Corpus, key: dict, max_keys: int, force: bool) -> LocalCounts:
+        """Shard after shard in this process (nothing is kept between runs, so ``key`` and ``force`` change
+        nothing)."""
+        return LocalCounts(corpus, ws.show_progress_bar, max_keys)
 
     def close(self) -> None:
-        if self._started and self._ray is not None:
-            self._ray.shutdown()
-        self._ray, self._started = None, False
+        """Nothing to stop."""
 
-    def __enter__(self) -> Engine:
+    def __enter__(self) -> LocalEngine:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()

@@ -19,107 +19,35 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
-from vocabert.artifacts import VocabertError, write_text
+from vocabert.artifacts import VocabertError
 from vocabert.distill.corpus import Corpus, Shard, open_corpus
-from vocabert.distill.engine import Engine, peak_rss_mib
+from vocabert.distill.engine_protocol import Counting, Engine
+from vocabert.distill.semantics import semantic_gains
 from vocabert.distill.teacher import embedding_dim
-from vocabert.distill.workspace import (
-    Workspace,
-    begin,
-    check_same_tokenizer,
-    digest,
-    finish,
-    is_current,
-    log,
-    read_manifest,
-    special_tokens,
+from vocabert.distill.teacher_pass import open_teacher_pass
+from vocabert.distill.vocabulary import (
+    CHOSEN_BY_SCORE,
+    CHOSEN_NAMES,
+    CHOSEN_SEMANTICS,
+    CHOSEN_TOKEN,
+    KIND_NAMES,
+    KIND_NGRAM,
+    KIND_SKIPGRAM,
+    KIND_TOKEN,
+    KIND_WORD,
+    Vocabulary,
 )
+from vocabert.distill.workspace import Workspace, begin, digest, finish, is_current, log, special_tokens
 from vocabert.matching import PAD, WILDCARD, pattern_keys, pattern_span, window_keys
-from vocabert.store import load_safetensors, save_safetensors
+from vocabert.options import option
 from vocabert.tokenizer import load_tokenizer
 
-KIND_TOKEN, KIND_NGRAM, KIND_SKIPGRAM, KIND_WORD = 0, 1, 2, 3
 PARTIAL = "partial"  # per-shard counts of an unfinished Ray mining job (vocab/partial/<level>/...)
-KIND_NAMES = {KIND_TOKEN: "token", KIND_NGRAM: "ngram", KIND_SKIPGRAM: "skipgram", KIND_WORD: "word"}
 SCORES = ("npmi", "llr", "count")  # statistics a phrase can be ranked by: count*npmi, log-likelihood ratio, count
 SELECTIONS = ("statistics", "semantics")
-# Why an entry is in (the chosen_by column): tokens always, phrases by the criterion that ranked them.
-CHOSEN_TOKEN, CHOSEN_SEMANTICS = 0, 4
-CHOSEN_BY_SCORE = {"npmi": 1, "llr": 2, "count": 3}
-CHOSEN_NAMES = {
-    0: "token that occurs",
-    1: "statistics: count*npmi",
-    2: "statistics: llr",
-    3: "statistics: count",
-    4: "semantics: error removed",
-}
-
-
-@dataclass
-class Vocabulary:
-    """Mined entries: patterns (see :mod:`vocabert.matching`) with the statistics that chose them."""
-
-    patterns: np.ndarray  # int32 (entries, width)
-    kind: np.ndarray  # int8
-    count: np.ndarray  # int64, occurrences in the mining corpus
-    npmi: np.ndarray  # float32, nan for tokens
-    score: np.ndarray  # float32, the selection score (count for tokens; for phrases the chosen criterion's)
-    llr: np.ndarray | None = None  # float32, log-likelihood ratio of the weakest split, nan for tokens
-    chosen: np.ndarray | None = None  # int8, a key of CHOSEN_NAMES
-
-    def __post_init__(self) -> None:
-        # Vocabularies mined before these columns existed: unknown LLR, phrases chosen by count*npmi.
-        if self.llr is None:
-            self.llr = np.full(len(self.patterns), np.nan, dtype=np.float32)
-        if self.chosen is None:
-            self.chosen = np.where(self.kind == KIND_TOKEN, CHOSEN_TOKEN, CHOSEN_BY_SCORE["npmi"]).astype(np.int8)
-
-    def __len__(self) -> int:
-        return len(self.patterns)
-
-    def save(self, directory: Path, tokens: list[str]) -> None:
-        save_safetensors(
-            directory / "vocabulary.safetensors",
-            {
-                "patterns": self.patterns.astype(np.int32),
-                "kind": self.kind.astype(np.int8),
-                "count": self.count.astype(np.int64),
-                "npmi": self.npmi.astype(np.float32),
-                "score": self.score.astype(np.float32),
-                "llr": self.llr.astype(np.float32),
-                "chosen": self.chosen.astype(np.int8),
-            },
-        )
-        write_text(directory / "vocabulary.tsv", listing(self, tokens))
-
-    @classmethod
-    def load(cls, directory: Path) -> Vocabulary:
-        t, _ = load_safetensors(Path(directory) / "vocabulary.safetensors", "vocabulary")
-        try:
-            arrays = [np.asarray(t[k]) for k in ("patterns", "kind", "count", "npmi", "score")]
-        except KeyError as e:
-            raise VocabertError(f"vocabulary in {directory} lacks tensor {e}") from None
-        return cls(*arrays, **{k: np.asarray(t[k]) for k in ("llr", "chosen") if k in t})
-
-
-def describe(pattern: np.ndarray, tokens: list[str]) -> str:
-    """Readable form of a pattern: ``how * much``, ``new york``."""
-    return " ".join("*" if t == WILDCARD else tokens[t] for t in pattern if t != PAD)
-
-
-def listing(vocab: Vocabulary, tokens: list[str]) -> str:
-    lines = ["entry\tkind\tcount\tnpmi\tllr\tscore\tchosen_by"]
-    columns = (vocab.patterns, vocab.kind, vocab.count, vocab.npmi, vocab.llr, vocab.score, vocab.chosen)
-    for p, k, c, n, g, s, why in zip(*columns, strict=True):
-        lines.append(
-            f"{describe(p, tokens)}\t{KIND_NAMES[int(k)]}\t{c}\t{n:.3f}\t{g:.1f}\t{s:.1f}\t{CHOSEN_NAMES[int(why)]}"
-        )
-    return "\n".join(lines) + "\n"
 
 
 # ------------------------------------------------------------------------------------------ counting
@@ -338,20 +266,9 @@ def merge_counts(
     return out
 
 
-class Counting(Protocol):
-    """Runs a per-shard counting function over the training split of every shard, and merges."""
-
-    def total(self, name: str, fn: Callable[..., dict], kwargs: dict) -> dict[str, np.ndarray]:
-        """The per-shard arrays, summed."""
-
-    def frequent(
-        self, name: str, fn: Callable[..., dict], kwargs: dict, min_count: int
-    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """The per-shard counts merged (:func:`merge_counts`): keys (sorted) and counts of each counter."""
-
-
 class LocalCounts:
-    """:class:`Counting` in this process, shard after shard; counters hold at most ``max_keys`` keys."""
+    """:class:`~vocabert.distill.engine_protocol.Counting` in this process, shard after shard; counters hold at
+    most ``max_keys`` keys."""
 
     def __init__(self, corpus: Corpus, show_progress_bar: bool = True, max_keys: int | None = None):
         self.corpus, self.show_progress_bar, self.max_keys = corpus, show_progress_bar, max_keys
@@ -371,29 +288,55 @@ class LocalCounts:
     ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         return merge_counts(lambda: self._each(name, fn, kwargs), min_count, self.max_keys)
 
+    def summary(self) -> None:
+        return None
+
 
 # -------------------------------------------------------------------------------------------- mining
 
 
 @dataclass(frozen=True)
 class MineSettings:
-    """Settings of the ``mine`` stage (every default lives here): :func:`mine_vocabulary`'s arguments."""
+    """Settings of the ``mine`` stage, each a command-line option (every default lives here):
+    :func:`mine_vocabulary`'s arguments."""
 
-    budget: int = 100_000  # entries in the vocabulary, tokens included
-    budget_mb: float | None = None  # if set, the budget in megabytes of model (see entry_bytes) instead
-    max_ngram: int = 4  # longest n-gram in tokens
-    max_gap: int = 2  # largest skip-gram gap in tokens
-    min_count: int = 5  # occurrences a phrase needs
-    min_npmi: float = 0.1  # association a phrase needs (whole words are exempt)
-    min_dispersion: float = 0.5  # share of a skip-gram's count not explained by its most frequent filler
-    max_keys: int = 8_000_000  # distinct keys a counter holds (16 bytes each) before it prunes the rarest
-    score: str = "npmi"  # statistic that ranks phrases: npmi (count*npmi), llr, count (blind frequency)
-    select: str = "statistics"  # statistics: rank by score; semantics: by the teacher's error removed
+    budget: int = option(100_000, "maximum vocabulary entries")  # tokens included
+    budget_mb: float | None = option(
+        None,
+        "the budget in megabytes of model instead of entries (fp16 vector, the default student's attention key "
+        "and query, and the pattern of each entry)",  # see entry_bytes
+        type=float,
+        metavar="MB",
+    )
+    max_ngram: int = option(4, "longest n-gram in tokens")
+    max_gap: int = option(2, "largest skip-gram gap in tokens")
+    min_count: int = option(5, "minimum occurrences of a phrase")
+    min_npmi: float = option(0.1, "minimum normalized PMI of a phrase")  # whole words are exempt
+    min_dispersion: float = option(0.5, "share of a skip-gram's count its most frequent filler may not explain")
+    max_keys: int = option(
+        8_000_000,
+        "distinct keys a counter holds (16 bytes each) before it drops the rarest; the survivors are then "
+        "recounted exactly, and the result is exact unless the counts dropped reach --min-count, which the "
+        "command reports",
+        metavar="N",
+    )
+    score: str = option(
+        "npmi",
+        "statistic that ranks phrases: npmi (count x NPMI), llr (log-likelihood ratio), count (frequency alone; "
+        "combine with --min-npmi -1 for no association at all)",
+        choices=SCORES,
+    )
+    select: str = option(
+        "statistics",
+        "statistics: phrases ranked by --score; semantics: by the teacher's approximation error they remove "
+        "(needs the teacher pass: `vocabert embed --pass-only` first)",
+        choices=SELECTIONS,
+    )
 
 
 # A model stores per entry its fp16 vector, the default student's keys and queries (fp32, one of rank r per
 # head) and its pattern (int32): what --budget-mb divides by. 4 heads of rank 16 (TrainSettings; a test
-# keeps the two in step: training imports this module, so this one cannot import training).
+# keeps the two in step: mining imports no later stage, training least of all).
 ATTENTION_BYTES = 2 * 4 * 16 * 4
 
 
@@ -589,9 +532,9 @@ def mine_vocabulary(
     )
 
 
-def run_mining(ws: Workspace, settings: MineSettings, force: bool = False, engine: Engine | None = None) -> Vocabulary:
+def run_mining(ws: Workspace, settings: MineSettings, engine: Engine, force: bool = False) -> Vocabulary:
     """The ``mine`` stage: skipped when current; else mine, save the vocabulary and its listing, then the
-    manifest. With a Ray ``engine`` the counting runs as Ray tasks (:mod:`vocabert.distill.ray_jobs`)."""
+    manifest. The counting runs where ``engine`` runs it (this process, or Ray tasks)."""
     corpus = open_corpus(ws)
     out_dir = ws.vocab_dir
     inputs = {"corpus": digest(ws.corpus_dir)}
@@ -605,19 +548,9 @@ def run_mining(ws: Workspace, settings: MineSettings, force: bool = False, engin
     vocab_size = int(corpus.manifest["vocab_size"])
     tokens = [tokenizer.id_to_token(i) or f"[{i}]" for i in range(vocab_size)]
     continuation = np.array([t.startswith("##") and len(t) > 2 for t in tokens])
-    counting = None
-    if engine is not None and engine.is_ray:
-        from vocabert.distill.ray_jobs import RayCounts
-
-        scratch = out_dir / PARTIAL
-        if force:
-            shutil.rmtree(scratch, ignore_errors=True)
-        counting = RayCounts(engine, corpus, scratch, key, ws.show_progress_bar, max_keys=settings.max_keys)
+    counting = engine.counting(ws, corpus, key, settings.max_keys, force)
     gains = None
     if settings.select == "semantics":
-        from vocabert.distill.embedding import open_teacher_pass
-        from vocabert.distill.semantics import semantic_gains
-
         passed = open_teacher_pass(ws)
 
         def gains(phrases: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -642,11 +575,8 @@ def run_mining(ws: Workspace, settings: MineSettings, force: bool = False, engin
     summary["by_span"] = {str(s): int((spans == s).sum()) for s in np.unique(spans)}
     finish(out_dir, "vocabulary", key, entries=len(vocab), summary=summary)
     shutil.rmtree(out_dir / PARTIAL, ignore_errors=True)
-    if counting is not None:
-        log(
-            f"mine: counted on Ray: {counting.computed} shard tasks ({counting.reused} shards' counts reused), "
-            f"merged by {counting.partitions} partition tasks per level; peak RSS {peak_rss_mib():.0f} MiB"
-        )
+    if (done := counting.summary()) is not None:
+        log(f"mine: {done}")
     log(
         f"mine: {len(vocab)} entries ({summary['token']} tokens, {summary['ngram']} n-grams, {summary['word']} "
         f"whole words, {summary['skipgram']} skip-grams) -> {out_dir / 'vocabulary.tsv'}"
@@ -662,10 +592,3 @@ def _finished_teacher_pass(ws: Workspace) -> str:
             "run `vocabert embed --pass-only` first (the pass does not depend on the vocabulary)"
         )
     return digest(ws.teacher_dir)
-
-
-def open_vocabulary(ws: Workspace) -> tuple[Vocabulary, dict]:
-    """The finished vocabulary of a work directory and its manifest, checked against the tokenizer."""
-    manifest = read_manifest(ws.vocab_dir, "vocabulary")
-    check_same_tokenizer(ws.provenance, manifest["key"]["provenance"], f"vocabulary {ws.vocab_dir}")
-    return Vocabulary.load(ws.vocab_dir), manifest

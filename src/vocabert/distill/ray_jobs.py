@@ -1,8 +1,13 @@
-"""The Ray engine's jobs: the teacher pass on Ray Data; the entry vectors' sums and the counting of
-mining as Ray tasks.
+"""The Ray engine (``--engine ray``): :class:`RayEngine` starts or joins Ray, and its jobs run the teacher
+pass on Ray Data, and the entry vectors' sums and the counting of mining as Ray tasks.
 
-Both run the local path's own per-batch and per-shard functions; what this module adds is only
-where they run, and how their results come back exactly once.
+Ray is an optional extra (``pip install 'vocabert[ray]'``): nothing imports it, or this module, unless
+``--engine ray`` is asked for. With ``--ray-address ADDR`` (or ``RAY_ADDRESS``, Ray's own convention)
+the command joins that cluster; otherwise it starts a local Ray on this machine's cores and stops it
+when it is done.
+
+The jobs run the local engine's per-batch and per-shard functions (the stages'); what this module adds
+is only where they run, and how their results come back exactly once.
 
 **Teacher pass.** Ray Data reads the corpus shards and cuts them into the teacher pass's batches
 (:func:`~vocabert.distill.embedding.shard_batches`, as the local pass does); a pool of actors,
@@ -36,6 +41,8 @@ filesystem): tasks read the corpus shards, and the driver writes the results.
 from __future__ import annotations
 
 import io
+import logging
+import os
 import shutil
 import time
 import zipfile
@@ -50,22 +57,145 @@ from vocabert.artifacts import VocabertError, atomic_write, read_json, write_jso
 from vocabert.distill.cache import EmbeddingCache
 from vocabert.distill.corpus import Corpus, load_shard, shard_keys
 from vocabert.distill.embedding import (
-    PARTS,
     BatchRows,
     EmbedSettings,
     PassWriter,
     TeacherBatch,
-    TeacherPass,
     chunk_occurrence_sums,
+    isolated_vectors,
     run_teacher_batch,
     select_teacher_texts,
     shard_batches,
 )
-from vocabert.distill.engine import Engine, peak_rss_mib
-from vocabert.distill.mining import counter_names, merge_counts
-from vocabert.distill.teacher import embedding_dim
-from vocabert.distill.workspace import log
+from vocabert.distill.engine import EngineSettings
+from vocabert.distill.mining import PARTIAL, counter_names, merge_counts
+from vocabert.distill.teacher import Teacher, embedding_dim
+from vocabert.distill.teacher_pass import PARTS, TeacherPass
+from vocabert.distill.workspace import Workspace, log, peak_rss_mib
 from vocabert.matching import EntryIndex
+
+# ----------------------------------------------------------------------------------------- engine
+
+
+def require_ray() -> Any:
+    """The ``ray`` module, or a one-line error saying how to install it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise VocabertError(
+            "--engine ray needs Ray, which is not installed: pip install 'vocabert[ray]' (or 'ray[data]>=2.9')"
+        ) from None
+    return ray
+
+
+class RayEngine:
+    """The Ray engine of one command: it connects (or starts a local Ray) on first use, and :meth:`close`
+    (or leaving the ``with`` block) stops what it started."""
+
+    def __init__(self, settings: EngineSettings):
+        self.settings = settings
+        require_ray()  # before any work: a missing extra is a one-line error, not a failure halfway
+        if settings.ray_worker_cpus <= 0 or settings.ray_worker_gpus < 0:
+            raise VocabertError("--ray-worker-cpus must be above 0 and --ray-worker-gpus at least 0")
+        self._ray = None
+        self._started = False
+        self.start_seconds = 0.0  # starting or joining Ray
+
+    def ray(self) -> Any:
+        """The ``ray`` module, connected."""
+        if self._ray is not None:
+            return self._ray
+        ray = require_ray()
+        started = time.perf_counter()
+        if not ray.is_initialized():
+            from vocabert.model import available_cores
+
+            quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
+            address = self.settings.ray_address or os.environ.get("RAY_ADDRESS")
+            if address:
+                log(f"ray: joining the cluster at {address}")
+                try:
+                    ray.init(address=address, **quiet)
+                except ConnectionError as e:
+                    raise VocabertError(
+                        f"cannot join the Ray cluster at {address} ({e}); is it running, and does it want a token "
+                        "(Ray's RAY_AUTH_MODE=token)?"
+                    ) from None
+            else:
+                cores = available_cores()
+                log(f"ray: starting a local Ray with {cores} CPUs")
+                ray.init(num_cpus=cores, include_dashboard=False, **quiet)
+            self._started = True
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False  # the stages draw their own
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
+        self._ray = ray
+        self.start_seconds = time.perf_counter() - started
+        return ray
+
+    def workers(self) -> int:
+        """Teacher workers: as asked, else as many as the cluster's CPUs (or GPUs) hold."""
+        if self.settings.ray_workers:
+            return self.settings.ray_workers
+        resources = self.ray().cluster_resources()
+        if self.settings.ray_worker_gpus > 0:
+            count = resources.get("GPU", 0) // self.settings.ray_worker_gpus
+            if count < 1:
+                raise VocabertError("--ray-worker-gpus asks for GPUs, but the Ray cluster has none")
+        else:
+            count = resources.get("CPU", 1) // self.settings.ray_worker_cpus
+        return max(1, int(count))
+
+    def teacher_pass(self, ws: Workspace, corpus: Corpus, key: dict, settings: EmbedSettings) -> TeacherPass:
+        """:func:`ray_teacher_pass` into the work directory, with the user's embedding cache."""
+        passed, stats = ray_teacher_pass(
+            self, corpus, ws.teacher_dir, ws.teacher_path, key, settings, ws.teacher_cache(), ws.show_progress_bar
+        )
+        rate = (stats["texts"] - stats["resumed_texts"]) / stats["seconds"]
+        log(
+            f"embed: {len(passed)} texts, {len(passed.token_ids)} tokens through the teacher on Ray -> "
+            f"{ws.teacher_dir} ({stats['computed_batches']} of {stats['batches']} batches computed; Ray started in "
+            f"{self.start_seconds:.1f} s, pass {stats['seconds']:.0f} s of which {stats['plan_seconds']:.1f} s "
+            f"planning, first batch back at {stats['first_batch_seconds']:.1f} s, {rate:.1f} texts/s if none was "
+            f"resumed; peak RSS: driver {peak_rss_mib():.0f} MiB, "
+            f"teacher workers {stats['worker_rss_mib']:.0f} MiB)"
+        )
+        return passed
+
+    def entry_sums(
+        self, ws: Workspace, passed: TeacherPass, patterns: np.ndarray, vocab_size: int
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """:func:`ray_entry_sums` over the work directory's teacher pass."""
+        return ray_entry_sums(self, ws.teacher_dir, patterns, vocab_size, ws.show_progress_bar)
+
+    def isolated_vectors(
+        self, ws: Workspace, patterns: np.ndarray, cls_id: int, sep_id: int, mask_id: int
+    ) -> np.ndarray:
+        """:func:`ray_isolated_vectors`: the driver loads no teacher."""
+        return ray_isolated_vectors(self, ws.teacher_path, patterns, cls_id, sep_id, mask_id)
+
+    def counting(self, ws: Workspace, corpus: Corpus, key: dict, max_keys: int, force: bool) -> RayCounts:
+        """:class:`RayCounts` with its per-shard counts under ``vocab/partial`` (reused by a rerun with the
+        same ``key``, unless ``force``)."""
+        scratch = ws.vocab_dir / PARTIAL
+        if force:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return RayCounts(self, corpus, scratch, key, ws.show_progress_bar, max_keys=max_keys)
+
+    def close(self) -> None:
+        """Stop the Ray that this engine started (a joined cluster keeps running)."""
+        if self._started and self._ray is not None:
+            self._ray.shutdown()
+        self._ray, self._started = None, False
+
+    def __enter__(self) -> RayEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 # ----------------------------------------------------------------------------------- teacher pass
 
@@ -95,8 +225,6 @@ class TeacherWorker:
     """A Ray Data actor: one teacher, loaded once per worker, run on one batch per call."""
 
     def __init__(self, teacher_path: str, device: str = "cpu"):
-        from vocabert.distill.teacher import Teacher
-
         self.teacher = Teacher(teacher_path, device=device)
 
     def run(self, batch: TeacherBatch) -> BatchRows:
@@ -205,7 +333,7 @@ def _arrived(writer: PassWriter, parts: _Parts, layout: _Layout, shard: int, num
 
 
 def ray_teacher_pass(
-    engine: Engine,
+    engine: RayEngine,
     corpus: Corpus,
     out_dir: str | Path,
     teacher_path: str | Path,
@@ -319,7 +447,7 @@ def _range_sums(
 
 
 def ray_entry_sums(
-    engine: Engine, teacher_dir: str | Path, patterns: np.ndarray, vocab_size: int, show_progress_bar: bool = True
+    engine: RayEngine, teacher_dir: str | Path, patterns: np.ndarray, vocab_size: int, show_progress_bar: bool = True
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Partial sums of the entry vectors (see ``embedding.entry_vectors``) from Ray tasks, each over a
     share of the teacher pass's chunks, each result handed over once (Ray retries a lost task)."""
@@ -343,13 +471,10 @@ def ray_entry_sums(
 
 
 def _isolated(teacher_path: str, patterns: np.ndarray, cls_id: int, sep_id: int, mask_id: int) -> np.ndarray:
-    from vocabert.distill.embedding import isolated_vectors
-    from vocabert.distill.teacher import Teacher
-
     return isolated_vectors(Teacher(teacher_path), patterns, cls_id, sep_id, mask_id)
 
 
-def ray_isolated_vectors(engine: Engine, teacher_path: str | Path, patterns: np.ndarray, *ids: int) -> np.ndarray:
+def ray_isolated_vectors(engine: RayEngine, teacher_path: str | Path, patterns: np.ndarray, *ids: int) -> np.ndarray:
     """:func:`~vocabert.distill.embedding.isolated_vectors` in a Ray task (the driver loads no teacher)."""
     ray = engine.ray()
     gpus = engine.settings.ray_worker_gpus
@@ -423,7 +548,7 @@ def _reduce_partition(
 
 
 class RayCounts:
-    """:class:`~vocabert.distill.mining.Counting` on Ray. Per level, one task per shard counts it and
+    """:class:`~vocabert.distill.engine_protocol.Counting` on Ray. Per level, one task per shard counts it and
     writes its counts under ``scratch/<level>/``, split into ``partitions`` by key (atomically, named
     by shard and partition: a retried task overwrites, a rerun with the same ``key`` skips the shards
     that are done); then one task per partition merges that partition of every shard and returns only
@@ -432,7 +557,7 @@ class RayCounts:
 
     def __init__(
         self,
-        engine: Engine,
+        engine: RayEngine,
         corpus: Corpus,
         scratch: str | Path,
         key: dict,
@@ -451,6 +576,12 @@ class RayCounts:
         self.partitions = partitions or max(16, 4 * int(engine.ray().cluster_resources().get("CPU", 1)))
         self.reused = self.computed = 0
         self.max_keys = max_keys  # of each partition's counters (see merge_counts)
+
+    def summary(self) -> str:
+        return (
+            f"counted on Ray: {self.computed} shard tasks ({self.reused} shards' counts reused), "
+            f"merged by {self.partitions} partition tasks per level; peak RSS {peak_rss_mib():.0f} MiB"
+        )
 
     def _bar(self, total: int, desc: str):
         return tqdm(total=total, desc=f"mine: {desc} (ray)", unit="task", disable=not self.show_progress_bar)

@@ -18,9 +18,8 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
-from vocabert.distill.embedding import TeacherPass, occurrence_means
-from vocabert.distill.engine import peak_rss_mib
-from vocabert.distill.workspace import log
+from vocabert.distill.teacher_pass import TeacherPass, occurrence_means
+from vocabert.distill.workspace import log, peak_rss_mib
 from vocabert.matching import PAD, WILDCARD, EntryIndex
 
 # Texts matched at a time: a chunk's matches hold a 384-d float32 vector each (several per token), so

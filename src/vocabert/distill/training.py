@@ -16,11 +16,15 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from vocabert._version import __version__
 from vocabert.artifacts import VocabertError
-from vocabert.distill.embedding import TeacherPass, open_store, open_teacher_pass
+from vocabert.distill.teacher_pass import TeacherPass, open_teacher_pass
+from vocabert.distill.vocabulary import open_store
 from vocabert.distill.workspace import Workspace, digest, finish, is_current, log, read_manifest
 from vocabert.matching import EntryIndex
-from vocabert.model import ContextPool, StudentModel, WeightedMean
+from vocabert.model import StudentModel
+from vocabert.networks import ContextPool, WeightedMean
+from vocabert.options import option
 from vocabert.store import VocabularyStore
 
 
@@ -60,29 +64,54 @@ ARCHS = (WeightedMean.name, ContextPool.name)
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Settings of the ``train`` stage (every default lives here): :func:`train_student`'s arguments."""
+    """Settings of the ``train`` stage, each a command-line option (every default lives here):
+    :func:`train_student`'s arguments."""
 
-    arch: str = ContextPool.name  # context_pool or weighted_mean (see vocabert.model)
-    # context_pool: rank of the per-entry keys and queries of each head (0: no attention), and attention heads,
-    # each pooling the text with its own weights. Heads, not rank, buy fidelity: 8 of rank 8 beat 4 of rank 16
-    # by +0.003-0.004 on every held-out fidelity set (same 64 numbers per entry, twice the pooling).
-    attention_rank: int = 8
-    attention_heads: int = 8
-    mlp_hidden: int = 0  # context_pool: units of the residual MLP on the pooled vector (0: none)
-    window: int = 0  # context_pool: matches on each side that each match attends to (0: no windowed attention)
-    window_rank: int = 32  # context_pool: rank of the windowed attention's per-entry projections
-    # > 0: fine-tune the entry vectors, with this L2 pull toward the teacher's (0: frozen). 0.001 beat 0.01 on every
-    # held-out fidelity set, unseen topics included (+0.005-0.007); 0.0003 gained at most 0.001 more.
-    tune_entries: float = 0.001
-    epochs: int = 6  # on the bundled data 8 tie with 6 (validation cosine); the best epoch is kept
-    lr: float = 3e-3  # Adam
-    # constant, or cosine: decays to 0 over the epochs. Cosine beat constant on every held-out fidelity set
-    # (+0.002-0.004, 5th percentiles +0.005-0.008) at the same cost.
-    lr_schedule: str = "cosine"
-    batch_size: int = 256
-    loss: str = "cosine"  # cosine, mse or cosine+mse
-    weight_decay: float = 1e-5  # on the log entry weights
-    seed: int = 0
+    arch: str = option(  # see vocabert.model
+        ContextPool.name,
+        "the student: weighted_mean (one weight per entry, linear map) or context_pool (weights that depend on "
+        "the text, a [CLS]/[SEP] term, optional MLP)",
+        choices=(WeightedMean.name, ContextPool.name),
+    )
+    # Heads, not rank, buy fidelity: 8 of rank 8 beat 4 of rank 16 by +0.003-0.004 on every held-out fidelity set
+    # (same 64 numbers per entry, twice the pooling).
+    attention_rank: int = option(
+        8, "context_pool: rank of the per-entry attention keys and queries of each head, 0 for none"
+    )
+    attention_heads: int = option(
+        8,
+        "context_pool: attention heads, each pooling the text with its own weights; the linear maps read the "
+        "heads' pooled vectors side by side; one without attention (rank 0, weighted_mean)",
+    )
+    mlp_hidden: int = option(0, "context_pool: units of the residual MLP on the pooled vector, 0 for none")
+    window: int = option(
+        0,
+        "context_pool: matches on each side that each match attends to (windowed attention over the text's "
+        "matches in order), 0 for none",
+    )
+    window_rank: int = option(32, "context_pool: rank of the windowed attention's per-entry projections")
+    # 0.001 beat 0.01 on every held-out fidelity set, unseen topics included (+0.005-0.007); 0.0003 gained at most
+    # 0.001 more.
+    tune_entries: float = option(
+        0.001, "fine-tune the entry vectors with this L2 pull toward the teacher's; 0 keeps them frozen"
+    )
+    # On the bundled data 8 tie with 6 (validation cosine).
+    epochs: int = option(6, "passes over the teacher pass's texts; the best epoch on a validation share is kept")
+    lr: float = option(3e-3, "Adam learning rate")
+    # Cosine beat constant on every held-out fidelity set (+0.002-0.004, 5th percentiles +0.005-0.008) at the
+    # same cost.
+    lr_schedule: str = option(
+        "cosine", "constant, or cosine: decays to 0 over the epochs", choices=("constant", "cosine")
+    )
+    batch_size: int = option(256, "texts per training step", flag="--train-batch-size")
+    loss: str = option(
+        "cosine",
+        "cosine distance to the teacher's embedding, mse (squared distance between the normalized vectors), or "
+        "their sum",
+        choices=("cosine", "mse", "cosine+mse"),
+    )
+    weight_decay: float = option(1e-5, "on the log entry weights")
+    seed: int = option(0, "seed of the initialization and of the order of the texts")
 
 
 def _student_module(
@@ -365,8 +394,6 @@ def run_training(
 ) -> StudentModel:
     """The ``train`` stage: skipped when current; else distil the student and write the model folder
     (``<workdir>/model``, or ``model_dir``)."""
-    from vocabert import __version__
-
     model_dir = Path(model_dir) if model_dir else ws.model_dir
     store, store_manifest = open_store(ws)
     key = {

