@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,21 +26,10 @@ from vocabert.bench.datasets import RetrievalTask, StsData, dl19_task, make_task
 from vocabert.bench.metrics import evaluate_ranking, evaluate_retrieval, evaluate_sts, fidelity
 from vocabert.bench.peers import BM25Retriever, Encoder, PeerUnavailable, build_peers, cached, try_peer
 from vocabert.bench.report import UNSEEN_PASSAGES, markdown_table, update_model_card, write_report
+from vocabert.bench.settings import SpeedPlan
 from vocabert.bench.speed import measure_latency, measure_memory, measure_throughput
 from vocabert.distill.corpus import open_corpus
 from vocabert.distill.workspace import Workspace, check_same_teacher, log
-
-
-@dataclass
-class SpeedPlan:
-    """How many texts each speed figure is timed on: fast models get more, the teacher fewer."""
-
-    fast_b64: int = 2048
-    fast_b1: int = 512
-    teacher_b64: int = 256
-    teacher_b1: int = 64
-    repeats: int = 3
-    memory_texts: int = 512
 
 
 def split_name(arg: str | Path) -> tuple[str | None, Path]:
