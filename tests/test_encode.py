@@ -23,7 +23,8 @@ from vocabert.encoding import (
     quantization_ranges,
     quantize_embeddings,
 )
-from vocabert.model import StudentModel, WeightedMean, normalize
+from vocabert.model import StudentModel, normalize
+from vocabert.networks import WeightedMean
 from vocabert.store import VocabularyStore
 from vocabert.streaming import NpyWriter, encode_records, ranges_path
 
@@ -304,11 +305,11 @@ def test_cli_parquet_with_the_input_ids(model, saved, tmp_path):
     tsv.write_text("".join(f"doc{i}\t{t}\n" for i, t in enumerate(MANY)))
     jsonl = tmp_path / "texts.jsonl"
     jsonl.write_text("".join(json.dumps({"_id": f"j{i}", "text": t}) + "\n" for i, t in enumerate(TEXTS)))
-    lines = _lines(tmp_path / "texts.txt", ["the cat", "", "a dog"])  # ids: line numbers, blank lines counted
+    lines = _lines(tmp_path / "texts.txt", ["the cat", "", "a dog"])  # ids: line numbers; a blank line is a row
     for src, ids, texts in (
         (tsv, [f"doc{i}" for i in range(len(MANY))], MANY),
         (jsonl, [f"j{i}" for i in range(len(TEXTS))], TEXTS),
-        (lines, ["1", "3"], ["the cat", "a dog"]),
+        (lines, ["1", "2", "3"], ["the cat", "", "a dog"]),
     ):
         out = tmp_path / f"{src.suffix[1:]}.parquet"
         assert _encode(saved, src, out, "--batch-size", "8") == 0
@@ -365,7 +366,9 @@ def test_cli_crash_midway_leaves_no_output(model, saved, tmp_path, monkeypatch):
         return np.zeros((len(texts), DIM), dtype=np.float32)
 
     monkeypatch.setattr(StudentModel, "encode", failing)
-    assert _encode(saved, src, out, "--batch-size", "10") == 130
+    with pytest.raises(SystemExit) as e:
+        _encode(saved, src, out, "--batch-size", "10")
+    assert e.value.code == 130
     assert np.load(out).shape == (1, DIM)  # untouched
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
