@@ -117,8 +117,8 @@ def bench_row(name: str, m: dict) -> dict:
 
 def import_bench(bench_path: Path, name: str, labels: dict[str, str], command: str) -> Path:
     """Write docs/results/NAME.json from a bench run: one row per model (in the bench's order), and the
-    run's plots beside the docs (docs/NAME_pareto.png, docs/NAME_fidelity_hist.png)."""
-    from vocabert.bench.plots import plot_fidelity_hist, plot_pareto
+    run's quality-vs-speed plot beside the docs (docs/NAME_pareto.png)."""
+    from vocabert.bench.plots import plot_pareto
     from vocabert.bench.report import ordered_models, prepare
 
     bench = prepare(json.loads(bench_path.read_text(encoding="utf-8")))
@@ -148,8 +148,7 @@ def import_bench(bench_path: Path, name: str, labels: dict[str, str], command: s
     for model, label in labels.items():  # the plots show the labels too
         if model in bench["models"]:
             bench["models"][label] = bench["models"].pop(model)
-    plot_pareto(bench, ROOT / "docs" / f"{name}_pareto.png")
-    plot_fidelity_hist(bench, ROOT / "docs" / f"{name}_fidelity_hist.png")
+    plot_pareto(bench, ROOT / "docs" / f"{name}_pareto.png")  # (bench.json keeps no per-text cosines to histogram)
     return out
 
 
@@ -221,9 +220,11 @@ def render(spec: str) -> str:
     if "rows" in opts:
         wanted = opts["rows"].split(",")
         rows = sorted((r for r in rows if r.get("model") in wanted), key=lambda r: wanted.index(r["model"]))
-    columns = opts["columns"].split(",") if "columns" in opts else doc.get("columns") or [
-        k for k in rows[0] if k != "bold" and not k.endswith("_x")
-    ]
+    columns = (
+        opts["columns"].split(",")
+        if "columns" in opts
+        else doc.get("columns") or [k for k in rows[0] if k != "bold" and not k.endswith("_x")]
+    )
     labels, formats = doc.get("labels", {}), doc.get("formats", {})
     header = [labels.get(k, KEYS.get(k, (k, ""))[0]) for k in columns]
     fmts = [formats.get(k, KEYS.get(k, ("", "text"))[1]) for k in columns]
@@ -284,14 +285,14 @@ def regenerate(page: Path) -> tuple[str, str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="only compare; exit 1 where a table differs")
-    sub = parser.add_subparsers(dest="command")
+    sub = parser.add_subparsers(dest="action")
     imp = sub.add_parser("import-bench", help="a bench.json -> docs/results/NAME.json")
     imp.add_argument("bench", type=Path)
     imp.add_argument("name")
     imp.add_argument("--label", action="append", default=[], metavar="MODEL=LABEL")
     imp.add_argument("--command", default="", help="the command that reproduces the run")
     args = parser.parse_args(argv)
-    if args.command == "import-bench":
+    if args.action == "import-bench":
         labels = dict(x.split("=", 1) for x in args.label)
         print(import_bench(args.bench, args.name, labels, args.command))
         return 0
