@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
+import select
+import signal
 import socket
 import subprocess
 import sys
@@ -24,7 +27,8 @@ uvicorn = pytest.importorskip("uvicorn")
 from fixtures import DIM, tiny_model  # noqa: E402
 
 import vocabert  # noqa: E402
-from vocabert.serve import create_app  # noqa: E402
+from vocabert.artifacts import VocabertError  # noqa: E402
+from vocabert.serve import ServerLimits, create_app, uvicorn_options  # noqa: E402
 
 MAX_BATCH, MAX_CHARS = 16, 200
 TEXTS = ["the cat sat on the mat", "new york city", "", "a zebra in the park", "how long do cats live", "  "]
@@ -33,11 +37,13 @@ TOKENS = {"the cat sat on the mat": 6, "new york city": 3, "": 0, "a zebra in th
 
 
 @contextmanager
-def running(app):
-    """Serve ``app`` with uvicorn in a background thread on a free loopback port; yield its base URL."""
+def running(app, limits: ServerLimits | None = None):
+    """Serve ``app`` with uvicorn in a background thread on a free loopback port, with ``vocabert serve``'s
+    protocol and limits; yield its base URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    options = uvicorn_options(limits or ServerLimits())
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, **options))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -128,7 +134,7 @@ def test_dimensions_equal_to_the_models_and_extra_fields_are_accepted(client):
 
 def test_lone_surrogates_and_the_largest_request_are_served(client, model):
     body = b'{"input": ["cat \\ud800 dog"]}'
-    r = client.post("/v1/embeddings", content=body)
+    r = client.post("/v1/embeddings", content=body, headers={"content-type": "application/json"})
     assert r.status_code == 200, r.text
     np.testing.assert_array_equal(
         np.array(r.json()["data"][0]["embedding"], np.float32), model.encode(["cat \ud800 dog"])[0]
@@ -181,6 +187,9 @@ BAD_REQUESTS = [
     (b'{"input": "cat", "dimensions": "8"}', "dimensions", "must be an integer"),
     (b'{"input": "cat", "dimensions": true}', "dimensions", "must be an integer"),
     (b'{"input": "cat", "model": 5}', "model", "'model' must be a string"),
+    (b'{"input": ' + b"[" * 1100 + b"]" * 1100 + b"}", None, "nested too deeply"),  # past orjson's 1,024 levels
+    (b"[" * 100_000 + b"]" * 100_000, None, "nested too deeply"),
+    (b'{"input": ' + b"[" * 1000 + b"]" * 1000 + b"}", "input", "input[0] is a array"),  # within orjson's
 ]
 
 
@@ -217,6 +226,44 @@ def test_strict_model_and_api_key(model):
             }
             assert c.post("/v1/embeddings", json={"input": "cat", "model": "tiny"}, headers=auth).status_code == 200
             assert c.post("/v1/embeddings", json={"input": "cat"}, headers=auth).status_code == 200
+            # The interactive docs are off with a key (a browser cannot send it), with it or without.
+            for path in ("/docs", "/redoc", "/openapi.json"):
+                assert c.get(path).status_code == 404 and c.get(path, headers=auth).status_code == 404
+            # A header that is not ASCII is compared as sent, as bytes: refused, not a crash.
+            r = c.post("/v1/embeddings", json={"input": "cat"}, headers={"authorization": "Bearer sésame".encode()})
+            assert r.status_code == 401
+
+
+def test_the_docs_answer_without_a_key_when_none_is_set(client):
+    assert client.get("/docs").status_code == 200
+    assert client.get("/openapi.json").json()["info"]["title"] == "vocabert"
+
+
+@pytest.mark.parametrize("key", ["s\u00e9same", "", " sesame", "ses\name", "ses\x00ame"])
+def test_an_api_key_clients_cannot_send_is_refused_at_start(model, key):
+    with pytest.raises(VocabertError, match="printable ASCII") as e:
+        create_app(model, api_key=key)
+    assert key not in str(e.value) or not key
+
+
+@pytest.mark.parametrize(
+    ("content_type", "status"),
+    [
+        ("application/json", 200),
+        ("Application/JSON; charset=utf-8", 200),
+        ("text/plain", 415),  # what a browser's cross-site form may send without asking first
+        ("application/x-www-form-urlencoded", 415),
+        ("multipart/form-data; boundary=x", 415),
+        (None, 415),
+    ],
+)
+def test_only_json_bodies_are_read(client, content_type, status):
+    headers = {} if content_type is None else {"content-type": content_type}
+    r = client.post("/v1/embeddings", content=b'{"input": "cat"}', headers=headers)
+    assert r.status_code == status, r.text
+    if status == 415:
+        error = r.json()["error"]
+        assert error["type"] == "invalid_request_error" and "application/json" in error["message"]
 
 
 def test_worker_processes_build_the_app_from_the_environment(model_dir, model, monkeypatch):
@@ -312,8 +359,238 @@ def test_cli_serve_without_a_model_folder_is_one_line(tmp_path):
     ]
 
 
+@pytest.mark.parametrize("port", ["70000", "-1"])
+def test_cli_serve_refuses_a_port_out_of_range_in_one_line(model_dir, port):
+    out = _cli("serve", "--model", str(model_dir), "--port", port)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [f"vocabert: error: --port must be between 0 and 65535, got {port}"]
+
+
+def test_cli_serve_refuses_an_api_key_clients_cannot_send_without_showing_it(model_dir):
+    out = _cli("serve", "--model", str(model_dir), prelude="import os\nos.environ['VOCABERT_API_KEY'] = 'sésame'\n")
+    assert out.returncode == 1 and "sésame" not in out.stdout + out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "VOCABERT_API_KEY" in lines[0] and "printable ASCII" in lines[0]
+
+
 def test_cli_serve_without_the_serve_extra_says_what_to_install(model_dir):
     out = _cli("serve", "--model", str(model_dir), prelude="sys.modules['fastapi'] = None  # as if not installed\n")
     assert out.returncode == 1
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "missing: fastapi" in lines[0] and "pip install 'vocabert[serve]'" in lines[0]
+
+
+def test_a_body_larger_than_any_valid_request_is_413_and_the_connection_closed(client):
+    too_big = 1 + (1 << 20) + MAX_BATCH * MAX_CHARS * 12  # what MAX_BATCH texts of MAX_CHARS characters can take
+    headers = {"content-type": "application/json"}
+    r = client.post("/v1/embeddings", content=b" " * too_big, headers=headers)
+    assert r.status_code == 413 and r.headers["connection"] == "close" and "larger" in r.json()["error"]["message"]
+
+    def chunks():  # sent without a length
+        for _ in range(too_big // 65536 + 1):
+            yield b" " * 65536
+
+    assert client.post("/v1/embeddings", content=chunks(), headers=headers).status_code == 413
+
+
+# ------------------------------------------------------------------ hostile clients, over real sockets
+
+SHORT = ServerLimits(header_timeout=0.5, body_timeout=0.5, keep_alive_timeout=0.5, max_header_bytes=4096)
+
+
+@pytest.fixture(scope="module")
+def guarded(model):
+    """A server with short timeouts: (host, port)."""
+    with running(create_app(model, name="tiny", max_batch=MAX_BATCH, max_chars=MAX_CHARS), SHORT) as base:
+        host, port = base.removeprefix("http://").split(":")
+        yield host, int(port)
+
+
+def _until_closed(sock: socket.socket, limit: float = 5.0) -> tuple[bytes, float | None]:
+    """What the server sends until it closes the connection, and after how many seconds (None: still open)."""
+    started, data = time.monotonic(), b""
+    sock.settimeout(limit)
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except TimeoutError:
+        return data, None
+    except ConnectionResetError:
+        pass
+    return data, time.monotonic() - started
+
+
+def _status(response: bytes) -> int | None:
+    return int(response.split(b" ", 2)[1]) if response.startswith(b"HTTP/1.1 ") else None
+
+
+def test_a_connection_that_sends_nothing_is_closed(guarded):
+    with socket.create_connection(guarded) as sock:
+        data, closed_after = _until_closed(sock)
+    assert data == b"" and closed_after is not None and closed_after < 2
+
+
+def test_headers_sent_a_byte_at_a_time_get_408_and_the_connection_closed(guarded):
+    with socket.create_connection(guarded) as sock:
+        sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nhost: x\r\n")
+        started = time.monotonic()
+        while time.monotonic() - started < 3:  # a header byte every 50 ms until the server answers
+            if select.select([sock], [], [], 0.05)[0]:
+                break
+            sock.sendall(b"x")
+        data, closed_after = _until_closed(sock)
+    assert closed_after is not None and time.monotonic() - started < 2
+    assert _status(data) == 408 and b"headers did not arrive within 0.5 s" in data
+
+
+def test_a_half_sent_body_gets_408_and_the_connection_closed(guarded):
+    with socket.create_connection(guarded) as sock:
+        sock.sendall(
+            b"POST /v1/embeddings HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n"
+            b'{"input": "cat'
+        )
+        data, closed_after = _until_closed(sock)
+    assert closed_after is not None and closed_after < 2
+    assert _status(data) == 408 and b"body did not arrive within 0.5 s" in data
+
+
+def test_an_idle_keep_alive_connection_is_closed(guarded):
+    with socket.create_connection(guarded) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        data, closed_after = _until_closed(sock)
+    assert _status(data) == 200 and closed_after is not None and closed_after < 2
+
+
+def test_headers_too_large_get_431(guarded):
+    with socket.create_connection(guarded) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 8000)
+        data, _ = _until_closed(sock)
+    assert _status(data) == 431
+
+
+def test_connections_beyond_the_cap_get_503_and_slow_clients_cannot_hold_the_server(model):
+    limits = ServerLimits(header_timeout=1.0, max_connections=4)
+    with running(create_app(model, name="tiny"), limits) as base:
+        host, port = base.removeprefix("http://").split(":")
+        socks = [socket.create_connection((host, int(port))) for _ in range(30)]
+        for sock in socks:
+            sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nhost")  # and nothing more
+        started = time.monotonic()
+        answers = [_until_closed(sock) for sock in socks]
+        for sock in socks:
+            sock.close()
+        assert time.monotonic() - started < 3 and all(after is not None for _, after in answers)
+        assert sorted(_status(data) for data, _ in answers) == [408] * 4 + [503] * 26
+        assert httpx.get(f"{base}/health").status_code == 200  # and it serves on
+
+
+@contextmanager
+def cli_server(model_dir: Path, log: Path, *args: str, env: dict | None = None):
+    """``vocabert serve`` in a process of its own on a free loopback port: yield (process, base URL);
+    its output goes to ``log``."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "vocabert.cli", "serve", "--model", str(model_dir), "--port", str(port), *args]
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the server did not start"
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        yield process, base
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+def test_sigterm_stops_the_server_within_its_shutdown_timeout_whatever_its_clients_are_doing(model_dir, tmp_path):
+    log = tmp_path / "server.log"
+    with cli_server(model_dir, log, "--shutdown-timeout", "1", "--max-chars", "10000") as (process, base):
+        host, port = base.removeprefix("http://").split(":")
+        half_body, idle, slow = (socket.create_connection((host, int(port))) for _ in range(3))
+        half_body.sendall(
+            b"POST /v1/embeddings HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n"
+            b'{"input": "cat'
+        )
+        slow.sendall(b"POST /v1/embeddings HTTP/1.1\r\nhost")
+        heavy = {}  # a request that takes seconds to encode: 200 texts of 10,000 one-character tokens
+
+        def post_heavy() -> None:
+            texts = [f"{i:03d}" + "a." * 4998 for i in range(200)]
+            try:
+                heavy["status"] = httpx.post(f"{base}/v1/embeddings", json={"input": texts}, timeout=30).status_code
+            except httpx.HTTPError as e:
+                heavy["status"] = type(e).__name__
+
+        thread = threading.Thread(target=post_heavy)
+        thread.start()
+        time.sleep(0.5)  # the half-sent request is in the app, waiting for its body; the heavy one encoding
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the server did not stop within 10 s of SIGTERM")
+        assert time.monotonic() - started < 3  # --shutdown-timeout 1, and a margin
+        thread.join(10)
+        assert heavy["status"] in (503, "RemoteProtocolError")  # told, or cut off if still sending
+        for sock in (half_body, idle, slow):
+            sock.close()
+    assert "Traceback" not in log.read_text()
+
+
+@pytest.fixture(scope="module")
+def cli(model_dir, tmp_path_factory):
+    """``vocabert serve --max-chars 10000`` in a process of its own: (process, base URL, its log)."""
+    log = tmp_path_factory.mktemp("cli") / "server.log"
+    with cli_server(model_dir, log, "--max-chars", "10000") as (process, base):
+        yield process, base, log
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the server's memory from /proc")
+def test_unique_long_words_leave_the_servers_memory_as_it_was(cli):
+    """Words over 64 characters are never cached: 160 unique 10,000-character words (6.4 MB as Python
+    strings, 0.65 MB a request) add nothing to the server's memory once its first requests are served."""
+    process, base, _ = cli
+
+    def send(k: int) -> None:
+        texts = [f"{k:04d}{i:02d}" + "\U0001f600" * 9990 for i in range(16)]  # one [UNK] each: no ids to speak of
+        httpx.post(f"{base}/v1/embeddings", json={"input": texts}, timeout=60).raise_for_status()
+
+    for k in range(2):  # the allocator's working set for requests this size
+        send(k)
+    before = _rss_mb(process.pid)
+    for k in range(2, 12):
+        send(k)
+    assert _rss_mb(process.pid) - before < 2.5
+
+
+def test_clients_leaving_mid_body_are_one_log_line_not_a_traceback_each(cli):
+    process, base, log = cli
+    host, port = base.removeprefix("http://").split(":")
+    for _ in range(20):
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(
+                b"POST /v1/embeddings HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                b'content-length: 1000\r\n\r\n{"input": "cat'
+            )
+            time.sleep(0.02)  # the request is in the app, reading its body
+    assert httpx.post(f"{base}/v1/embeddings", json={"input": "cat"}).status_code == 200
+    text = log.read_text()
+    assert "Traceback" not in text and "ERROR" not in text
+    events = [line for line in text.splitlines() if "left before sending their whole request" in line]
+    assert len(events) == 1 and "WARNING" in events[0]  # the first at once, the others in the next minute's line

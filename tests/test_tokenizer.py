@@ -92,15 +92,58 @@ def test_word_cache_gives_the_rust_tokenizers_ids_on_real_and_odd_texts(teacher_
         assert [ids[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:], strict=True)] == expected
 
 
-def test_word_cache_is_bounded_and_starts_over(teacher_tokenizer_text):
-    tokenizer = TextTokenizer(teacher_tokenizer_text, 32, max_cached_words=50)
-    texts = [f"word{i} and more words number {i * 7}" for i in range(40)]
-    for start in range(0, len(texts), 8):
-        batch = texts[start : start + 8]
+def _rust_ids(tokenizer: TextTokenizer, texts: list[str]) -> list[list[int]]:
+    return [e.ids for e in tokenizer.hf.encode_batch(texts)]
+
+
+def _split(ids: np.ndarray, offsets: np.ndarray) -> list[list[int]]:
+    return [ids[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+
+
+def test_word_cache_is_bounded_in_bytes_and_starts_over(teacher_tokenizer_text):
+    budget = 256 << 10
+    tokenizer = TextTokenizer(teacher_tokenizer_text, 32, cache_bytes=budget)
+    empty = tokenizer.cached_bytes
+    long_word = " " + "q" * 100  # in every 50th text: never cached, while the others fill the cache
+    texts = [f"word{i} and more words number {i * 7} w{i}x{i}" + long_word * (i % 50 == 0) for i in range(6000)]
+    sizes = []
+    for start in range(0, len(texts), 200):
+        batch = texts[start : start + 200]
         ids, offsets = tokenizer.encode_ids(batch)
-        assert len(tokenizer._index) <= 50
-        expected = [e.ids for e in tokenizer.hf.encode_batch(batch)]
-        assert [ids[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:], strict=True)] == expected
+        sizes.append(tokenizer.cached_bytes)
+        assert tokenizer.cached_bytes <= budget
+        assert _split(ids, offsets) == _rust_ids(tokenizer, batch)
+    assert max(sizes) > budget / 2 and min(sizes[1:]) < max(sizes)  # filled up, then started over
+    # A batch with more new words than the whole budget is encoded right, and not kept.
+    batch = [f"big{i}-{j}" for i in range(4000) for j in range(2)]
+    assert _split(*tokenizer.encode_ids(batch)) == _rust_ids(tokenizer, batch)
+    assert tokenizer.cached_bytes == empty
+
+
+def test_words_too_long_to_cache_are_tokenized_by_rust_and_never_kept(teacher_tokenizer_text):
+    tokenizer = TextTokenizer(teacher_tokenizer_text, 256, max_cached_word_chars=20)
+    tokenizer.encode_ids(["the cat sat", "on the mat", "a b", "c d"])
+    cached = dict(tokenizer._index)
+    long_word = "x" * 21
+    batch = [
+        "the cat " + long_word,
+        "on the mat",
+        f"{long_word}y {long_word}y",
+        "a.b.c." * 400,  # one word of 2,400 characters, 2,400 tokens before truncation
+        "",
+        "the mat",
+        "Ünïcödé " + "é" * 30,
+    ]
+    for texts in (batch, batch[::-1], [batch[0]] * 5, [batch[1]] * 5):
+        ids, offsets = tokenizer.encode_ids(texts)
+        assert _split(ids, offsets) == _rust_ids(tokenizer, texts)
+        assert all(len(w) <= 20 for w in tokenizer._index)
+    assert cached.items() <= tokenizer._index.items()  # the short words stay cached
+    # Unique long words by the thousand leave the cache as it was.
+    before = tokenizer.cached_bytes
+    for start in range(0, 2000, 100):
+        tokenizer.encode_ids([f"{i:05d}" + "z" * 200 for i in range(start, start + 100)])
+    assert tokenizer.cached_bytes == before
 
 
 def test_no_truncation_when_max_length_is_none(teacher_tokenizer_text):

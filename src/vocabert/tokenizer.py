@@ -9,6 +9,12 @@ the WordPiece ids of every whitespace-separated word it has seen: most words rep
 lookup per word is ~20x cheaper than the Rust tokenizer's per-text work (normalization, Encoding
 objects, Python lists of ids). Only unseen words go through the Rust tokenizer. The ids are the
 Rust tokenizer's, exactly (tests compare both on the bundled corpus and on odd Unicode).
+
+The cache is bounded in bytes, whatever the texts: words longer than ``max_cached_word_chars`` (64)
+are never cached (texts holding one are tokenized by the Rust tokenizer: 0.003% of MS MARCO's words
+are that long, URLs mostly, while a stream of unique 10,000-character words would otherwise fill the
+memory), and when the cache's memory (words, dict, id arrays) would pass ``cache_bytes`` (64 MiB,
+about 380,000 MS MARCO words: 174 bytes each) it starts over empty.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 import threading
 from itertools import chain, repeat
 
@@ -29,6 +36,13 @@ _DELETED_RE = re.compile(f"[{_DELETED_BY_BERT}]")
 _DELETE_TABLE = str.maketrans("", "", _DELETED_BY_BERT)
 # Below this many texts the Rust tokenizer is faster than the cache's fixed cost (a few dozen numpy calls).
 SMALL_BATCH = 4
+# The word cache's bound (see the module's docstring).
+DEFAULT_CACHE_BYTES = 64 << 20
+MAX_CACHED_WORD_CHARS = 64
+# A new word's memory besides its str, as the check before adding it counts it: its dict entry, its row
+# number (an int object), its start and length, and a few ids.
+_BYTES_PER_WORD = 100
+_INT_BYTES = sys.getsizeof(1 << 10)  # a row number above 256: an int object of its own
 
 
 def load_tokenizer(tokenizer_text: str, max_length: int | None) -> Tokenizer:
@@ -70,14 +84,22 @@ class TextTokenizer:
     """Texts to token ids as the teacher tokenizes them: ``encode_ids(texts) -> (ids, offsets)``.
 
     ``max_length`` truncates as the teacher does (``[CLS]``, the first ``max_length - 2`` tokens,
-    ``[SEP]``); None keeps every token. Thread-safe.
+    ``[SEP]``); None keeps every token. The word cache holds at most ``cache_bytes`` bytes and no word
+    longer than ``max_cached_word_chars`` characters. Thread-safe.
     """
 
-    def __init__(self, tokenizer_text: str, max_length: int | None, max_cached_words: int = 1 << 20):
+    def __init__(
+        self,
+        tokenizer_text: str,
+        max_length: int | None,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        max_cached_word_chars: int = MAX_CACHED_WORD_CHARS,
+    ):
         self.hf = load_tokenizer(tokenizer_text, max_length)  # the HF tokenizer itself, truncating as we do
         self._specials = _word_cache_applies(tokenizer_text, self.hf)
         self._words = load_tokenizer(tokenizer_text, None)  # word pieces of single words, no truncation
-        self._max_cached_words = max_cached_words
+        self.cache_bytes = cache_bytes
+        self.max_cached_word_chars = max_cached_word_chars
         self._lock = threading.Lock()
         self._clear()
 
@@ -102,6 +124,13 @@ class TextTokenizer:
         self._length = np.zeros(1024, dtype=np.int64)
         self._ids = np.zeros(1 << 14, dtype=np.int64)
         self._n_ids = 0
+        self._word_bytes = 0  # the cached words' str objects and row numbers
+
+    @property
+    def cached_bytes(self) -> int:
+        """Memory the word cache holds now, in bytes (its arrays' capacity counted, not only what is used)."""
+        arrays = self._start.nbytes + self._length.nbytes + self._ids.nbytes
+        return self._word_bytes + sys.getsizeof(self._index) + arrays
 
     def encode_ids(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Token ids of ``texts`` flattened into one array, with ``offsets`` (len(texts) + 1), int64."""
@@ -133,6 +162,7 @@ class TextTokenizer:
         self._ids[self._n_ids : self._n_ids + n_ids] = np.fromiter(chain.from_iterable(pieces), np.int64, n_ids)
         self._n_ids += n_ids
         self._index.update(zip(words, range(n_words, n_words + len(words)), strict=True))
+        self._word_bytes += sum(map(sys.getsizeof, words)) + _INT_BYTES * len(words)
 
     def _encode_with_cache(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         splits = [(t.translate(_DELETE_TABLE) if _DELETED_RE.search(t) else t).split() for t in texts]
@@ -140,15 +170,26 @@ class TextTokenizer:
         words = list(chain.from_iterable(splits))
         row = np.fromiter(map(self._index.get, words, repeat(-1)), dtype=np.int64, count=len(words))
         missing = row < 0
+        uncached = None  # texts holding a word too long to cache: the Rust tokenizer's ids go in at the end
         if missing.any():
             new = list(dict.fromkeys(words[i] for i in np.flatnonzero(missing)))
-            if len(self._index) + len(new) > self._max_cached_words:
+            if max(map(len, new)) > self.max_cached_word_chars:
+                long_words = [i for i in np.flatnonzero(missing) if len(words[i]) > self.max_cached_word_chars]
+                uncached = np.unique(np.searchsorted(np.cumsum(words_per_text), long_words, side="right"))
+                in_uncached = np.repeat(np.isin(np.arange(len(texts)), uncached), words_per_text)
+                row[in_uncached] = 0  # any row: these words count no tokens below
+                missing &= ~in_uncached
+                new = list(dict.fromkeys(words[i] for i in np.flatnonzero(missing)))
+            if self.cached_bytes + sum(map(sys.getsizeof, new)) + _BYTES_PER_WORD * len(new) > self.cache_bytes:
                 # A bounded cache: start over rather than grow with an endless stream of new words.
                 self._clear()
-                new, missing = list(dict.fromkeys(words)), np.ones(len(words), dtype=bool)
+                missing = np.ones(len(words), dtype=bool) if uncached is None else ~in_uncached  # all but those
+                new = list(dict.fromkeys(words[i] for i in np.flatnonzero(missing)))
             self._add_words(new)
             row[missing] = [self._index[words[i]] for i in np.flatnonzero(missing)]
         start, length = self._start[row], self._length[row]
+        if uncached is not None:
+            length[in_uncached] = 0
 
         # Tokens of each text, then truncated to what the teacher keeps between [CLS] and [SEP].
         ends = np.cumsum(length)
@@ -170,7 +211,31 @@ class TextTokenizer:
         ids[offsets[1:] - 1] = sep
         body = np.repeat(offsets[:-1] + 1 - (np.cumsum(keep) - keep), keep) + np.arange(int(keep.sum()))
         ids[body] = self._ids[source]
+        if self.cached_bytes > self.cache_bytes:  # one batch alone had more new words than the cache holds
+            self._clear()
+        if uncached is not None:
+            ids, offsets = _replace_texts(ids, offsets, uncached, *self._encode_with_rust([texts[i] for i in uncached]))
         return ids, offsets
+
+
+def _replace_texts(
+    ids: np.ndarray, offsets: np.ndarray, where: np.ndarray, new_ids: np.ndarray, new_offsets: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, offsets)`` of a batch with its texts at the (sorted) positions ``where`` replaced by those of
+    ``(new_ids, new_offsets)``."""
+    lengths = np.diff(offsets)
+    replaced = np.zeros(len(lengths), dtype=bool)
+    replaced[where] = True
+    kept = np.flatnonzero(~replaced)
+    lengths[where] = np.diff(new_offsets)
+    out_offsets = np.zeros(len(offsets), dtype=np.int64)
+    np.cumsum(lengths, out=out_offsets[1:])
+    out = np.empty(int(out_offsets[-1]), dtype=np.int64)
+    for at, source, starts in ((kept, ids, offsets[kept]), (where, new_ids, new_offsets[:-1])):
+        n = lengths[at]
+        within = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)  # each token's place in its text
+        out[np.repeat(out_offsets[at], n) + within] = source[np.repeat(starts, n) + within]
+    return out, out_offsets
 
 
 def tokenizer_fingerprint(tokenizer_text: str) -> str:
