@@ -30,6 +30,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from vocabert.bench.results import lookup
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -78,40 +80,32 @@ MARKER = re.compile(r"<!-- table: (?P<spec>[^>]*?) -->\n(?P<body>.*?)<!-- /table
 # --- bench.json -> rows ---------------------------------------------------------------------------------
 
 
-def _get(d: Any, *keys: str) -> Any:
-    for key in keys:
-        if not isinstance(d, dict):
-            return None
-        d = d.get(key)
-    return d
-
-
 def _cos(part: Any, stat: str) -> Any:
-    return _get(part, f"cosine_{stat}") if _get(part, f"cosine_{stat}") is not None else _get(part, stat)
+    return lookup(part, f"cosine_{stat}") if lookup(part, f"cosine_{stat}") is not None else lookup(part, stat)
 
 
 def bench_row(name: str, m: dict) -> dict:
     """The shared keys of one model of a bench.json (absent figures are left out)."""
     row: dict[str, Any] = {"model": name, "kind": m.get("kind")}
     for key, source in _FIDELITY.items():
-        part = _get(m, "fidelity", source)
+        part = lookup(m, "fidelity", source)
         row[key] = _cos(part, "mean")
         if key in ("passages", "unseen", "queries"):
             row[f"{key}_p5"] = _cos(part, "p5")
-    row["sts"] = _get(m, "sts", "spearman")
-    dl19 = _get(m, "retrieval", "dl19") or {}
+    row["sts"] = lookup(m, "sts", "spearman")
+    dl19 = lookup(m, "retrieval", "dl19") or {}
     row |= {"dl19": dl19.get("ndcg@10"), "dl19_mrr": dl19.get("mrr@10"), "dl19_r100": dl19.get("recall@100"),
-            "dl19_teacher_index": _get(dl19, "asymmetric", "ndcg@10")}  # fmt: skip
+            "dl19_teacher_index": lookup(dl19, "asymmetric", "ndcg@10")}  # fmt: skip
     for key, source in _SPEED.items():
-        row[key] = _get(m, "speed", source, "texts_per_s")
-        row[f"{key}_x"] = _get(m, "speed", source, "x_teacher")
-    row["p50_ms"] = _get(m, "latency", "queries", "p50_ms")
-    row["p99_ms"] = _get(m, "latency", "queries", "p99_ms")
-    row["rss_mib"] = _get(m, "memory", "peak_rss_mib")
+        row[key] = lookup(m, "speed", source, "texts_per_s")
+        row[f"{key}_x"] = lookup(m, "speed", source, "x_teacher")
+    row["p50_ms"] = lookup(m, "latency", "queries", "p50_ms")
+    row["p99_ms"] = lookup(m, "latency", "queries", "p99_ms")
+    row["rss_mib"] = lookup(m, "memory", "peak_rss_mib")
     row["load_s"] = m.get("load_seconds")
     row["size_mb"] = m["size_bytes"] / 1e6 if isinstance(m.get("size_bytes"), int | float) else None
-    row["flops"] = _get(m, "network", "flops_per_text")
-    row["params"] = _get(m, "network", "parameters")
+    row["flops"] = lookup(m, "network", "flops_per_text")
+    row["params"] = lookup(m, "network", "parameters")
     return {k: v for k, v in row.items() if v is not None}
 
 
@@ -135,7 +129,7 @@ def import_bench(bench_path: Path, name: str, labels: dict[str, str], command: s
         "title": name,
         "command": command,
         "provenance": f"`vocabert bench` run of {meta.get('created', '?')} ({bench_path})",
-        "machine": _get(meta, "machine", "cpu_model"),
+        "machine": lookup(meta, "machine", "cpu_model"),
         "samples": meta.get("samples"),
         "rows": rows,
     }
@@ -185,7 +179,7 @@ def _training_summary(description: str) -> dict:
         config = Path(word) / "config.json"
         if config.is_file():
             training = json.loads(config.read_text(encoding="utf-8")).get("training") or {}
-            out = {"val": _get(training, "history", "best_val_cosine"), "train_s": training.get("seconds")}
+            out = {"val": lookup(training, "history", "best_val_cosine"), "train_s": training.get("seconds")}
             return {k: v for k, v in out.items() if isinstance(v, int | float)}
     return {}
 
