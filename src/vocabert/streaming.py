@@ -420,13 +420,14 @@ def encode_command(
     input: str | Path,
     output: str | Path,
     *,
-    batch_size: int = 64,
-    precision: str = "float32",
-    long_texts: str = "truncate",
-    ranges: str | Path | None = None,
-    progress: bool = True,
+    batch_size: int,
+    precision: str,
+    long_texts: str,
+    ranges: str | Path | None,
+    progress: bool,
 ) -> None:
     """``vocabert encode``: :func:`encode_file` with the model loaded from ``model_dir``, and a summary line.
+    Every argument comes from :class:`EncodeSettings`, where the defaults live.
 
     Ctrl-C, SIGTERM and SIGHUP remove the temporary file, say that nothing was written and exit with
     128 + the signal's number (130 for Ctrl-C), as a shell reports a process the signal ended.
