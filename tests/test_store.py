@@ -94,6 +94,45 @@ def test_all_finite_tells_every_bit_pattern(dtype, bits):
     assert all_finite(np.array([-(2**31), 2**31 - 1], np.int32))  # no NaN among integers
 
 
+def _rss_file_kib() -> int | None:
+    """This process's file-backed resident memory (Linux), in KiB."""
+    try:
+        with open("/proc/self/status") as f:
+            return next((int(line.split()[1]) for line in f if line.startswith("RssFile:")), None)
+    except OSError:
+        return None
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_all_finite_reads_a_memory_mapped_tensor_from_its_file(tmp_path, dtype):
+    """A memory-mapped tensor is checked from its file, chunk by chunk (never through the mapping, which
+    would make the whole file resident): every value is seen, up to the last, and a view of the map is read
+    as it is."""
+    values = (np.arange(100_003) % 1000 / 7).astype(dtype)
+    path = tmp_path / "t.safetensors"
+    save_safetensors(path, {"before": np.ones(3, np.float32), "values": values})
+    mapped = load_safetensors(path)[0]["values"]
+    assert isinstance(mapped, np.memmap) and all_finite(mapped, chunk=4096)
+    for where in (0, 4095, 4096, len(values) - 1):
+        spoiled = values.copy()
+        spoiled[where] = np.nan
+        save_safetensors(path, {"before": np.ones(3, np.float32), "values": spoiled})
+        mapped = load_safetensors(path)[0]["values"]
+        assert not all_finite(mapped, chunk=4096), where
+        assert all_finite(mapped[where + 1 :], chunk=4096) and not all_finite(mapped[: where + 1], chunk=4096)
+
+
+@pytest.mark.skipif(_rss_file_kib() is None, reason="needs /proc/self/status (Linux)")
+def test_all_finite_leaves_a_memory_mapped_file_out_of_resident_memory(tmp_path):
+    path = tmp_path / "big.safetensors"
+    save_safetensors(path, {"values": np.ones((8192, 1024), np.float32)})  # 32 MiB
+    path.read_bytes()  # in the page cache: a read through the mapping would map every page at once
+    mapped = load_safetensors(path)[0]["values"]
+    before = _rss_file_kib()
+    assert all_finite(mapped)
+    assert _rss_file_kib() - before < 4096  # KiB; the whole file would be 32768
+
+
 def test_int8_round_trip(tmp_path, vectors):
     patterns = make_patterns(len(vectors))
     store = VocabularyStore.from_float(patterns, vectors, "int8")
