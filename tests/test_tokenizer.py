@@ -146,6 +146,20 @@ def test_words_too_long_to_cache_are_tokenized_by_rust_and_never_kept(teacher_to
     assert tokenizer.cached_bytes == before
 
 
+def test_cached_words_longer_than_the_truncation_keep_all_their_pieces(teacher_tokenizer_text):
+    """One Rust tokenizer, truncating, gives the word pieces: a word with more pieces than the truncation
+    length is tokenized again whole, so it is cached whole and the next text truncates it as Rust does."""
+    tokenizer = TextTokenizer(teacher_tokenizer_text, 256)
+    tokenizer.max_length = 6  # as sentence-transformers' max_seq_length does
+    word = "supercalifragilisticexpialidocious"  # 11 pieces, well within the cacheable length
+    assert len(tokenizer.hf.encode(word, add_special_tokens=False).ids) == 6  # the truncating tokenizer cuts it
+    texts = [word, f"a {word} b", "the cat sat", f"{word} {word}"]
+    assert _split(*tokenizer.encode_ids(texts)) == _rust_ids(tokenizer, texts)
+    assert tokenizer._length[tokenizer._index[word]] == 11
+    tokenizer.max_length = 64  # a longer truncation reads the cached pieces, all 11 of them
+    assert _split(*tokenizer.encode_ids(texts)) == _rust_ids(tokenizer, texts)
+
+
 def test_no_truncation_when_max_length_is_none(teacher_tokenizer_text):
     tokenizer = TextTokenizer(teacher_tokenizer_text, None)
     ids, offsets = tokenizer.encode_ids(["the cat " * 300])

@@ -7,8 +7,9 @@ artifact, is how a vocabulary built for one tokenizer is refused by another.
 tokenizers (BERT normalizer and pre-tokenizer, WordPiece, ``[CLS] $A [SEP]``) it keeps a cache of
 the WordPiece ids of every whitespace-separated word it has seen: most words repeat, and a dict
 lookup per word is ~20x cheaper than the Rust tokenizer's per-text work (normalization, Encoding
-objects, Python lists of ids). Only unseen words go through the Rust tokenizer. The ids are the
-Rust tokenizer's, exactly (tests compare both on the bundled corpus and on odd Unicode).
+objects, Python lists of ids). Only unseen words go through the Rust tokenizer (the same one, truncating:
+a word that fills the truncation length is tokenized again without it). The ids are the Rust tokenizer's,
+exactly (tests compare both on the bundled corpus and on odd Unicode).
 
 The cache is bounded in bytes, whatever the texts: words longer than ``max_cached_word_chars`` (64)
 are never cached (texts holding one are tokenized by the Rust tokenizer: 0.003% of MS MARCO's words
@@ -56,20 +57,20 @@ def load_tokenizer(tokenizer_text: str, max_length: int | None) -> Tokenizer:
     return tokenizer
 
 
-def _word_cache_applies(tokenizer_text: str, tokenizer: Tokenizer) -> tuple[int, int] | None:
+def _word_cache_applies(tokenizer: Tokenizer) -> tuple[int, int] | None:
     """``(cls, sep)`` if tokenizing word by word gives the same ids as tokenizing the whole text, else None.
 
     True for BERT's pipeline: the normalizer works per character, the pre-tokenizer splits at whitespace
     (and punctuation, within a word), WordPiece works per word, and the post-processor wraps the text
-    in one token on each side.
+    in one token on each side. Read from the tokenizer itself (parsing its JSON again would cost memory).
     """
-    spec = json.loads(tokenizer_text)
-    normalizer = (spec.get("normalizer") or {}).get("type")
-    pre = (spec.get("pre_tokenizer") or {}).get("type")
-    model = (spec.get("model") or {}).get("type")
-    if normalizer not in (None, "BertNormalizer") or pre != "BertPreTokenizer" or model != "WordPiece":
+    normalizer = type(tokenizer.normalizer).__name__ if tokenizer.normalizer is not None else None
+    pre = type(tokenizer.pre_tokenizer).__name__ if tokenizer.pre_tokenizer is not None else None
+    if normalizer not in (None, "BertNormalizer") or pre != "BertPreTokenizer":
         return None
-    if any(any(c.isspace() for c in t.get("content", "")) for t in spec.get("added_tokens", [])):
+    if type(tokenizer.model).__name__ != "WordPiece":
+        return None
+    if any(any(c.isspace() for c in t.content) for t in tokenizer.get_added_tokens_decoder().values()):
         return None
     wrapped = tokenizer.encode("").ids
     if len(wrapped) != 2:
@@ -96,8 +97,10 @@ class TextTokenizer:
         max_cached_word_chars: int = MAX_CACHED_WORD_CHARS,
     ):
         self.hf = load_tokenizer(tokenizer_text, max_length)  # the HF tokenizer itself, truncating as we do
-        self._specials = _word_cache_applies(tokenizer_text, self.hf)
-        self._words = load_tokenizer(tokenizer_text, None)  # word pieces of single words, no truncation
+        self._specials = _word_cache_applies(self.hf)
+        # Word pieces of single words come from self.hf (one Rust tokenizer: each costs ~6 MB); a word as long
+        # as the truncation length goes through this one, made the first time it is needed, not truncating.
+        self._whole_words: Tokenizer | None = None
         self.cache_bytes = cache_bytes
         self.max_cached_word_chars = max_cached_word_chars
         self._lock = threading.Lock()
@@ -147,9 +150,24 @@ class TextTokenizer:
         ids = np.fromiter(chain.from_iterable(e.ids for e in encodings), dtype=np.int64, count=int(offsets[-1]))
         return ids, offsets
 
-    def _add_words(self, words: list[str]) -> None:
-        pieces = [e.ids for e in self._words.encode_batch_fast(words, add_special_tokens=False)]
+    def _word_pieces(self, words: list[str]) -> tuple[list[list[int]], np.ndarray]:
+        """Each word's WordPiece ids (no special tokens, never truncated) and their counts."""
+        pieces = [e.ids for e in self.hf.encode_batch_fast(words, add_special_tokens=False)]
         lengths = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))
+        limit = self.max_length
+        cut = np.flatnonzero(lengths >= limit) if limit is not None else ()
+        if len(cut):  # may have been truncated: tokenize those again, whole
+            if self._whole_words is None:
+                self._whole_words = Tokenizer.from_str(self.hf.to_str())
+                self._whole_words.no_truncation()
+            again = self._whole_words.encode_batch_fast([words[i] for i in cut], add_special_tokens=False)
+            for i, e in zip(cut, again, strict=True):
+                pieces[i] = e.ids
+                lengths[i] = len(e.ids)
+        return pieces, lengths
+
+    def _add_words(self, words: list[str]) -> None:
+        pieces, lengths = self._word_pieces(words)
         n_words, n_ids = len(self._index), int(lengths.sum())
         if n_words + len(words) > len(self._start):
             grow = max(2 * len(self._start), n_words + len(words))
