@@ -89,7 +89,9 @@ class EntryIndex:
     """
 
     def __init__(self, patterns: np.ndarray, vocab_size: int):
-        patterns = np.asarray(patterns, dtype=np.int64)
+        patterns = np.asarray(patterns)  # as given (a model's int32, memory-mapped): no copy
+        if not np.issubdtype(patterns.dtype, np.integer):
+            patterns = patterns.astype(np.int64)
         self.patterns = patterns
         self.vocab_size = vocab_size
         self.token_entry = np.full(vocab_size, -1, dtype=np.int64)
@@ -105,7 +107,7 @@ class EntryIndex:
         shape_codes, inverse = np.unique(codes, return_inverse=True)
         self._n_shapes = np.uint64(max(len(shape_codes), 1))
         keys, entries = [], []
-        self._entry_shape = np.full(len(patterns), -1, dtype=np.int64)  # the shape index of each longer entry
+        self._entry_shape = np.full(len(patterns), -1, dtype=np.int32)  # the shape index of each longer entry
         self._entry_shape[multi] = inverse.reshape(-1)
         for code_index, code in enumerate(shape_codes):
             rows = multi[inverse == code_index]
