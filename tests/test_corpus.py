@@ -567,12 +567,12 @@ def test_sentences_of_training_passages_are_teacher_texts_only(tmp_path, tok):
 
     for sh in corpus.shards("teacher"):
         keys = corpus.keys(sh)
-        _, validation = select_teacher_texts(sh, keys, 1.0)
+        _, validation, _ = select_teacher_texts(sh, keys, 1.0)
         by_id = dict(zip(sh.text_ids, validation, strict=True))
         for i, v in by_id.items():
             if "#" in i and i.split("#")[0] in by_id:
                 assert v == by_id[i.split("#")[0]]
-        half, _ = select_teacher_texts(sh, keys, 0.5)
+        half, _, _ = select_teacher_texts(sh, keys, 0.5)
         kept = set(half.text_ids)
         assert all((i.split("#")[0] in kept) == (i in kept) for i in sh.text_ids if i.split("#")[0] in by_id)
     # Off: no crop source, the key of corpora built before crops existed.

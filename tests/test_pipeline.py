@@ -238,7 +238,7 @@ def test_training_reads_only_the_work_directory(workspace, tmp_path):
 def test_teacher_pass_matches_the_teacher(workspace):
     passed = open_teacher_pass(workspace)
     corpus = open_corpus(workspace)
-    texts = [t for shard, _ in teacher_texts(corpus, EmbedSettings().teacher_share) for t in shard.texts]
+    texts = [t for shard, _, _ in teacher_texts(corpus, EmbedSettings().teacher_share) for t in shard.texts]
     assert len(passed) == len(texts) and sorted(passed.text_index.tolist()) == list(range(len(texts)))
     sample = np.arange(0, len(texts), 37)
     row_of = np.argsort(passed.text_index)
@@ -275,7 +275,7 @@ def test_teacher_sources_restrict_the_teacher_pass(workspace, tmp_path):
     settings = EmbedSettings(teacher_sources=("queries",))
     run_embedding(ws, settings, LocalEngine(), pass_only=True)
     passed = open_teacher_pass(ws)
-    keys = [k for shard, _ in teacher_texts(corpus, settings.teacher_share) for k in corpus.keys(shard)]
+    keys = [k for _, _, shard_keys in teacher_texts(corpus, settings.teacher_share) for k in shard_keys]
     chosen = [k for k in keys if k.startswith("queries:")]
     assert 0 < len(passed) == len(chosen) < len(full)
     assert read_manifest(ws.teacher_dir, "teacher pass")["key"]["settings"]["teacher_sources"] == ["queries"]
@@ -335,29 +335,38 @@ def test_model_with_truncated_safetensors(model, tmp_path):
         vocabert.load(tmp_path / "m")
 
 
-def test_killed_teacher_pass_loses_at_most_one_batch(workspace, small_data, tmp_path):
-    """kill -9 in the middle of the teacher pass: the rerun resumes after the last finished batch and
-    ends with the same targets as an uninterrupted pass."""
+def test_killed_teacher_pass_loses_at_most_one_checkpoint(workspace, small_data, tmp_path):
+    """kill -9 in the middle of the teacher pass (checkpointing after every batch here): the rerun resumes
+    after the last checkpoint and ends with the same targets and entry vectors as an uninterrupted pass."""
     ws = Workspace(tmp_path / "work", None, cache_dir=tmp_path / "cache", show_progress_bar=False)
     run_corpus(ws, small_data, CorpusSettings())
     run_mining(ws, SMALL_MINE, LocalEngine())
     batch = 8
     command = [sys.executable, "-m", "vocabert.cli", "embed", "--workdir", str(ws.root), "--no-progress"]
     command += ["--cache-dir", str(tmp_path / "cache"), "--teacher-batch-size", str(batch)]
-    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env())
-    progress = ws.teacher_dir / "progress.json"
+    env = _env() | {"VOCABERT_CHECKPOINT_SECONDS": "0"}
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    progress = ws.teacher_dir / "progress.npz"
+
+    def durable() -> int:
+        try:
+            with np.load(progress) as z:
+                return int(z["done"].sum()) * batch
+        except (OSError, ValueError, KeyError, EOFError):
+            return 0
+
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and child.poll() is None:
-            if progress.is_file() and json.loads(progress.read_text())["texts"] >= 4 * batch:
+            if durable() >= 4 * batch:
                 break
             time.sleep(0.02)
         assert child.poll() is None, f"the pass ended before it could be killed: {child.stderr.read()}"
         os.kill(child.pid, signal.SIGKILL)
     finally:
         child.wait(timeout=60)
-    durable = json.loads(progress.read_text())["texts"]
-    assert durable >= 4 * batch and not (ws.teacher_dir / "manifest.json").exists()
+    done = durable()
+    assert done >= 4 * batch and not (ws.teacher_dir / "manifest.json").exists()
 
     result = _cli(
         "embed",
@@ -372,13 +381,19 @@ def test_killed_teacher_pass_loses_at_most_one_batch(workspace, small_data, tmp_
     )
     assert result.returncode == 0, result.stderr
     resumed_at = int(re.search(r"resuming the teacher pass after (\d+) texts", result.stdout).group(1))
-    assert resumed_at >= durable  # nothing the killed run made durable is computed again
+    assert resumed_at >= done  # nothing the killed run made durable is computed again
 
     resumed, reference = open_teacher_pass(ws), open_teacher_pass(workspace)
     assert len(resumed) == len(reference)
     a, b = np.argsort(resumed.text_index), np.argsort(reference.text_index)
     np.testing.assert_allclose(np.asarray(resumed.targets)[a], np.asarray(reference.targets)[b], atol=1e-4)
     np.testing.assert_array_equal(np.diff(resumed.token_offsets)[a], np.diff(reference.token_offsets)[b])
+    same = VocabularyStore.load(ws.store_dir / "embeddings.safetensors")  # the entry sums counted each batch once
+    expected = VocabularyStore.load(workspace.store_dir / "embeddings.safetensors")
+    if len(same) == len(expected) and np.array_equal(np.asarray(same.patterns), np.asarray(expected.patterns)):
+        np.testing.assert_allclose(
+            same.vectors(np.arange(len(same))), expected.vectors(np.arange(len(same))), atol=2e-3
+        )
 
 
 # ------------------------------------------------------------------------------------------- CLI

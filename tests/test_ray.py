@@ -4,7 +4,6 @@ local path, a worker killed mid-run changes nothing, an interrupted job resumes 
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import shutil
 import subprocess
@@ -16,9 +15,9 @@ import pytest
 
 from vocabert.artifacts import VocabertError
 from vocabert.cli import main
-from vocabert.distill import ray_jobs
+from vocabert.distill import embedding, ray_jobs
 from vocabert.distill.corpus import CorpusSettings, open_corpus, run_corpus
-from vocabert.distill.embedding import BatchRows, EmbedSettings, PassWriter, entry_vectors, run_embedding
+from vocabert.distill.embedding import EmbedSettings, PassProgress, run_embedding
 from vocabert.distill.engine import EngineSettings, LocalEngine
 from vocabert.distill.mining import MineSettings, mine_vocabulary, run_mining
 from vocabert.distill.pipeline import open_engine
@@ -86,12 +85,12 @@ def _assert_same_pass(found: TeacherPass, expected: TeacherPass) -> None:
     )  # fp16 on disk: one rounding step apart at most
 
 
-def _dying_worker(marker: Path, shard: int, number: int) -> type:
-    """A teacher worker whose process dies on its first call for one batch (as if killed)."""
+def _dying_worker(marker: Path, shard: int, number: int, always: bool = False) -> type:
+    """A teacher worker whose process dies on its first call for one batch (as if killed), or on every one."""
 
     class DyingTeacherWorker(ray_jobs.TeacherWorker):
         def run(self, batch):
-            if (batch.shard, batch.number) == (shard, number) and not marker.exists():
+            if (batch.shard, batch.number) == (shard, number) and (always or not marker.exists()):
                 marker.write_text(str(os.getpid()))
                 os._exit(1)
             return super().run(batch)
@@ -139,6 +138,8 @@ def test_ray_mining_resumes_from_the_shards_counted(local, engine, tmp_path):
 
 @needs_ray
 def test_ray_embed_with_a_killed_worker_equals_the_local_path(local, engine, tmp_path, monkeypatch):
+    """Workers write their rows in place and hand back only entry sums; one dies mid-task and is retried:
+    the same files and entry vectors as the local path."""
     ws = _copy(local, tmp_path / "ray", "corpus", "vocab")
     marker = tmp_path / "killed"
     monkeypatch.setattr(ray_jobs, "TeacherWorker", _dying_worker(marker, shard=1, number=1))
@@ -146,92 +147,91 @@ def test_ray_embed_with_a_killed_worker_equals_the_local_path(local, engine, tmp
     assert marker.is_file(), "no worker was killed"
     found, expected = TeacherPass.open(ws.teacher_dir), TeacherPass.open(local.teacher_dir)
     _assert_same_pass(found, expected)
-    assert not (ws.teacher_dir / "progress.json").exists() and not (ws.teacher_dir / "parts").exists()
-
-    # Entry vectors before the store's fp16: sums from Ray tasks over the Ray pass, against the local path's.
-    vocab = Vocabulary.load(local.vocab_dir)
-    vocab_size = int(open_corpus(local).manifest["vocab_size"])
-
-    patterns, dim = vocab.patterns.astype(np.int64), found.token_vectors.shape[1]
-    found_sums = engine.entry_sums(ws, found, patterns, vocab_size)
-    expected_sums = LocalEngine().entry_sums(local, expected, patterns, vocab_size)
-    found_vectors, found_counts = entry_vectors(found_sums, len(patterns), dim)
-    expected_vectors, expected_counts = entry_vectors(expected_sums, len(patterns), dim)
-    np.testing.assert_array_equal(found_counts, expected_counts)
-    np.testing.assert_allclose(found_vectors, expected_vectors, atol=1e-4)
+    assert not (ws.teacher_dir / "progress.npz").exists()
+    # The entry sums the workers added up (no second look at the tokens), against the local path's.
+    found_sums, expected_sums = (np.load(w.teacher_dir / "entry_sums.npz") for w in (ws, local))
+    np.testing.assert_array_equal(found_sums["counts"], expected_sums["counts"])
+    np.testing.assert_allclose(found_sums["means"], expected_sums["means"], atol=1e-4)
     expected_store, _ = open_store(local)
     every = np.arange(len(store))
     np.testing.assert_allclose(store.vectors(every), expected_store.vectors(every), atol=1e-3)  # fp16; isolated too
-    # The targets reached the user's cache too, as on the local path.
-    texts = [t for shard in open_corpus(local).shards("train") for t in shard.texts]
-    cached, hit = ws.teacher_cache().lookup(texts)
-    assert hit.all()
 
 
 @needs_ray
 def test_interrupted_ray_pass_resumes_from_the_batches_done(local, engine, tmp_path, monkeypatch):
-    """The driver stops after a few batches (some written as parts, not yet appended): the rerun
-    computes only the batches that were not done, and ends with the same pass."""
+    """The driver stops after two results: the rerun computes only the batches that were not done, and ends
+    with the same pass and entry sums."""
+    monkeypatch.setattr(embedding, "CHECKPOINT_SECONDS", 0.0)
+    monkeypatch.setattr(ray_jobs, "SEGMENT_TEXTS", EMBED.batch_size)  # a task per batch: many results
     engine = open_engine(EngineSettings(engine="ray", ray_workers=1))  # on the Ray already started: quicker to start
     ws = _copy(local, tmp_path / "ray", "corpus", "vocab")
     corpus = open_corpus(ws)
-    key = {"test": "interrupted"}
-    append_ready, calls = ray_jobs._append_ready, []
+    vocab = Vocabulary.load(ws.vocab_dir)
+    job = embedding._pass_job(ws, corpus, EMBED, {"test": "interrupted"}, vocab)
+    arrived, calls = ray_jobs._arrived, []
 
     def interrupted(*args):
         calls.append(1)
-        if len(calls) == 5:
+        if len(calls) == 3:
             raise KeyboardInterrupt
-        return append_ready(*args)
+        return arrived(*args)
 
-    monkeypatch.setattr(ray_jobs, "_append_ready", interrupted)
+    monkeypatch.setattr(ray_jobs, "_arrived", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        ray_jobs.ray_teacher_pass(engine, corpus, ws.teacher_dir, ws.teacher_path, key, EMBED, None, False)
-    monkeypatch.setattr(ray_jobs, "_append_ready", append_ready)
+        ray_jobs.ray_teacher_pass(engine, ws, job, False)
+    monkeypatch.setattr(ray_jobs, "_arrived", arrived)
     assert not (ws.teacher_dir / "manifest.json").exists()
-    durable = json.loads((ws.teacher_dir / "progress.json").read_text())["texts"]
-    assert durable > 0
+    with np.load(ws.teacher_dir / "progress.npz") as z:
+        durable = int(z["done"].sum())
+    assert durable == 2
 
-    passed, stats = ray_jobs.ray_teacher_pass(engine, corpus, ws.teacher_dir, ws.teacher_path, key, EMBED, None, False)
-    assert stats["resumed_texts"] >= durable
-    # _append_ready runs once at the start, then after each result: the stop came with the 4th result, and
-    # the 4 results in (appended, or waiting as parts) are not computed again.
-    assert stats["computed_batches"] == stats["batches"] - 4
+    job = embedding._pass_job(ws, corpus, EMBED, {"test": "interrupted"}, vocab)
+    passed, stats = ray_jobs.ray_teacher_pass(engine, ws, job, False)
+    assert stats["computed_batches"] == stats["batches"] - 2 and stats["resumed_texts"] == 2 * EMBED.batch_size
     _assert_same_pass(passed, TeacherPass.open(local.teacher_dir))
+    found_sums, expected_sums = (np.load(w.teacher_dir / "entry_sums.npz") for w in (ws, local))
+    np.testing.assert_array_equal(found_sums["counts"], expected_sums["counts"])
 
 
-def test_results_are_appended_in_order_and_once(tmp_path):
+@needs_ray
+def test_a_batch_that_keeps_failing_stops_the_pass_with_one_line(local, engine, tmp_path, monkeypatch):
+    ws = _copy(local, tmp_path / "ray", "corpus", "vocab")
+    monkeypatch.setattr(ray_jobs, "TeacherWorker", _dying_worker(tmp_path / "killed", 1, 0, always=True))
+    with pytest.raises(VocabertError, match="rerun to resume") as e:
+        run_embedding(ws, EMBED, engine=engine)
+    assert "\n" not in str(e.value)
+    assert (ws.teacher_dir / "progress.npz").is_file() and not (ws.teacher_dir / "manifest.json").exists()
+
+
+def test_results_count_once(tmp_path):
     """The driver's side of the Ray pass, without Ray: results in any order, one twice, a stop and a
-    restart; the pass ends with every batch once, in order."""
-    dim, size = 4, 3
-    layout = ray_jobs._Layout(np.array([5, 0, 4]), size)  # shard 0: batches of 3 + 2 texts; shard 2: 3 + 1
+    restart; every batch's entry sums count once."""
+    entries, dim = 5, 2
+    progress = PassProgress(tmp_path / "progress.npz", {"k": 1}, batches=4, entries=entries, dim=dim)
 
-    def result(shard, number):
-        start, stop = layout.start(shard, number), layout.end(shard, number)
-        n = stop - start
-        rows = np.stack([np.arange(start, stop), np.ones(n, int), np.zeros(n, int)], axis=1)
-        targets = np.full((n, dim), start, np.float32)
-        return BatchRows(shard, number, start, ["t"] * n, targets, rows, np.zeros(n, np.int32), np.ones((n, dim)))
+    def result(batch: int) -> bytes:
+        sums = {"entries": np.array([batch]), "sums": np.full((1, dim), batch + 1.0), "counts": np.array([1])}
+        return ray_jobs._to_bytes(sums)
 
-    key = {"k": 1}
-    writer = PassWriter(tmp_path / "teacher", key, dim)
-    parts = ray_jobs._Parts(tmp_path / "teacher" / "parts", key)
-    for shard, number in [(2, 1), (0, 1), (2, 1)]:  # all early, one twice
-        ray_jobs._arrived(writer, parts, layout, shard, number, result(shard, number).to_bytes())
-    assert writer.texts == 0 and parts.present() == {(0, 1), (2, 1)}
-    ray_jobs._arrived(writer, parts, layout, 0, 0, result(0, 0).to_bytes())
-    assert writer.texts == 5 and parts.present() == {(2, 1)}
-    ray_jobs._arrived(writer, parts, layout, 0, 1, result(0, 1).to_bytes())  # a retry of one appended: ignored
-    writer.close()
-
-    writer = PassWriter(tmp_path / "teacher", key, dim)  # the driver restarts
-    parts = ray_jobs._Parts(tmp_path / "teacher" / "parts", key)
-    assert writer.texts == 5 and parts.present() == {(2, 1)}
-    ray_jobs._arrived(writer, parts, layout, 2, 0, result(2, 0).to_bytes())
-    assert writer.texts == 9 and parts.present() == set()
-    passed = writer.finish()
-    np.testing.assert_array_equal(passed.text_index, np.arange(9))
-    np.testing.assert_array_equal(np.asarray(passed.targets)[:, 0], [0, 0, 0, 3, 3, 5, 5, 5, 8])
+    assert ray_jobs._arrived(progress, np.array([2]), result(2))
+    assert ray_jobs._arrived(progress, np.array([0]), result(0))
+    assert not ray_jobs._arrived(progress, np.array([2]), result(2))  # Ray ran it twice
+    progress.save()
+    progress = PassProgress(tmp_path / "progress.npz", {"k": 1}, batches=4, entries=entries, dim=dim)  # restart
+    assert progress.done.tolist() == [True, False, True, False]
+    assert not ray_jobs._arrived(progress, np.array([0]), result(0))
+    assert ray_jobs._arrived(
+        progress,
+        np.array([1, 3]),
+        ray_jobs._to_bytes(
+            {"entries": np.array([1, 3]), "sums": np.array([[2.0, 2.0], [4.0, 4.0]]), "counts": np.array([1, 1])}
+        ),
+    )
+    assert progress.done.all()
+    np.testing.assert_array_equal(progress.counts, [1, 1, 1, 1, 0])
+    np.testing.assert_array_equal(progress.sums[:, 0], [1, 2, 3, 4, 0])
+    other = PassProgress(tmp_path / "progress.npz", {"k": 2}, batches=4, entries=entries, dim=dim)
+    assert not other.done.any()  # another pass's progress is not resumed
 
 
 def test_engine_ray_without_ray_is_one_clear_line(tmp_path, monkeypatch, capsys):

@@ -1,14 +1,18 @@
 """Stage 3 (``vocabert embed``): the teacher pass, then the entry store.
 
-**Teacher pass** (``<workdir>/teacher``). Every teacher-pass text goes through the teacher once. Per
-batch, its sentence embedding (the training target), its token ids and its contextual token vectors
-are appended to flat files in the work directory and made durable before the next batch starts: an
-interruption loses at most the batch in flight, and the rerun resumes after the last durable one.
-The pass does not depend on the vocabulary, so mining again reuses it. Texts are sent in order of
-length within a shard, so a batch holds texts of similar length and little padding. The batches
-are the same whichever engine computes them (:mod:`vocabert.distill.engine` in this process,
-:mod:`vocabert.distill.ray_jobs` on Ray), and so are the files they end in
-(:mod:`vocabert.distill.teacher_pass`, which the later stages read).
+**Teacher pass** (``<workdir>/teacher``, :mod:`vocabert.distill.teacher_pass`). Every teacher-pass text
+goes through the teacher once. What it keeps grows with the corpus only as it must: per text the sentence
+embedding (the training target), per token its id, and the contextual token vectors of a bounded sample of
+texts (``--token-sample``, for semantic mining and token-level studies). What is only needed as a sum is
+not kept per token: while the teacher runs, each vocabulary entry's occurrence vectors are added up, so the
+entry vectors need no second look at the tokens. The pass is planned before it starts (texts in order of
+length within a shard, in batches; every batch's place in the files is known), so whoever computes a batch
+writes its rows in place; progress (the batches done and the entry sums so far) is checkpointed, and an
+interrupted pass resumes from its last checkpoint. The pass does not depend on the vocabulary: mining again
+reuses it, and only the entry sums of the new vocabulary are computed again (from the token sample when it
+holds every token, else by running the teacher over the texts once more). The batches are the same whichever
+engine computes them (:mod:`vocabert.distill.engine` in this process, :mod:`vocabert.distill.ray_jobs` on
+Ray), and so are the files they end in.
 
 **Store** (``<workdir>/store``). Each entry's vector is the mean, over its occurrences in the
 teacher-pass texts (validation texts excluded), of the mean of the token vectors it covers
@@ -19,35 +23,27 @@ for comparison.
 
 from __future__ import annotations
 
-import io
+import json
 import os
-import shutil
+import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from vocabert.artifacts import VocabertError, read_json, write_json, write_npy
-from vocabert.distill.cache import EmbeddingCache
-from vocabert.distill.corpus import (
-    Corpus,
-    Shard,
-    _pack_strings,
-    _unpack_strings,
-    hash_fraction,
-    open_corpus,
-    parent_key,
-)
+from vocabert.artifacts import VocabertError, atomic_write, write_npy
+from vocabert.distill.corpus import Corpus, Shard, hash_fraction, open_corpus, parent_key
 from vocabert.distill.engine_protocol import Engine, PartialSums
-from vocabert.distill.teacher import Teacher
+from vocabert.distill.teacher import PRECISIONS, Teacher, embedding_dim
 from vocabert.distill.teacher_pass import (
-    PARTS,
+    ENTRY_SUMS,
     PROGRESS,
-    TEXT_FILES,
-    TOKEN_FILES,
+    ROW_FIELDS,
+    TARGET_DTYPES,
     TeacherPass,
     occurrence_means,
+    pass_files,
 )
 from vocabert.distill.vocabulary import open_vocabulary
 from vocabert.distill.workspace import (
@@ -65,11 +61,24 @@ from vocabert.options import option
 from vocabert.store import VocabularyStore
 
 VALIDATION_SHARE = 0.05  # of the teacher-pass texts: kept out of the entry vectors, picks the best epoch
+# Progress is made durable at most this often: a checkpoint writes the entry sums so far (entries x dim
+# float64), too much to write after every batch. An interruption loses at most this much of the teacher's work.
+CHECKPOINT_SECONDS = float(os.environ.get("VOCABERT_CHECKPOINT_SECONDS", 60))
 
 
 def source_names(text: str) -> tuple[str, ...]:
     """``--teacher-sources passages,queries`` -> ``("passages", "queries")`` (sorted, no repeats)."""
     return tuple(sorted({s.strip() for s in text.split(",") if s.strip()}))
+
+
+def token_count(text: str) -> int:
+    """``--token-sample 2000000``, or ``all`` (-1): every token's vector kept."""
+    if text.strip().lower() == "all":
+        return -1
+    value = int(text.replace("_", ""))
+    if value < 0:
+        raise ValueError("a number of tokens >= 0, or all")
+    return value
 
 
 @dataclass(frozen=True)
@@ -94,18 +103,34 @@ class EmbedSettings:
         type=source_names,
         metavar="SOURCE,...",
     )
-    batch_size: int = option(
-        64, "texts per teacher call; an interruption loses at most one such batch", flag="--teacher-batch-size"
+    batch_size: int = option(64, "texts per teacher call", flag="--teacher-batch-size")
+    # 2M tokens is 1.5 GB at 384 dims: every token of a 100k-passage corpus, a bounded share of a larger one.
+    token_sample: int = option(
+        2_000_000,
+        "keep the teacher's contextual token vectors of a sample of texts holding at most this many tokens "
+        "(768 bytes each at 384 dims), or `all`; semantic mining reads them, the entry vectors need none",
+        type=token_count,
+        metavar="TOKENS",
+    )
+    targets_dtype: str = option(
+        "float32", "precision of the stored sentence embeddings (the targets)", choices=tuple(TARGET_DTYPES)
+    )
+    device: str = option("auto", "where the teacher runs: auto (CUDA when present), cpu, cuda or cuda:N")
+    precision: str = option(
+        "auto",
+        "the teacher's precision: auto (float16 on CUDA, float32 on the CPU), float32, float16 or bfloat16",
+        choices=("auto", *PRECISIONS),
+        flag="--teacher-precision",
     )
 
 
 def select_teacher_texts(
     shard: Shard, keys: list[str], share: float, sources: tuple[str, ...] = ()
-) -> tuple[Shard, np.ndarray]:
+) -> tuple[Shard, np.ndarray, list[str]]:
     """The texts of one (training) shard that the teacher sees (``share`` of them, of ``sources`` only if
-    given), and a mask of the validation texts among them (their vectors stay out of the store, so that
-    validation measures the student on texts it has not seen through the entries either). ``keys`` are
-    the texts' ``source:id``."""
+    given), a mask of the validation texts among them (their vectors stay out of the store, so that
+    validation measures the student on texts it has not seen through the entries either), and their keys
+    (``source:id``)."""
     chosen = np.array(
         [
             (share >= 1.0 or hash_fraction(parent_key(k), "teacher:") < share)
@@ -116,62 +141,31 @@ def select_teacher_texts(
     )
     keys = [k for k, c in zip(keys, chosen, strict=True) if c]
     validation = np.array([hash_fraction(parent_key(k), "validation:") < VALIDATION_SHARE for k in keys], dtype=bool)
-    return shard.select(chosen), validation
+    return shard.select(chosen), validation, keys
 
 
-def teacher_texts(corpus: Corpus, share: float, sources: tuple[str, ...] = ()) -> Iterator[tuple[Shard, np.ndarray]]:
+def teacher_texts(
+    corpus: Corpus, share: float, sources: tuple[str, ...] = ()
+) -> Iterator[tuple[Shard, np.ndarray, list[str]]]:
     """The training texts that the teacher sees, shard by shard in a fixed order (the teacher-pass
-    order), each with its validation mask."""
+    order), each with its validation mask and keys."""
     for shard in corpus.shards("teacher"):
         yield select_teacher_texts(shard, corpus.keys(shard), share, sources)
 
 
 # ----------------------------------------------------------------------------------- teacher pass
 #
-# The teacher pass is cut into *batches*, the same whatever runs them: a shard's teacher texts (as
-# teacher_texts selects them) sorted by length, in runs of ``batch_size``. A batch is the unit of
-# work (one teacher call; one task of a Ray worker) and of durability. ``run_teacher_batch`` is the
-# one function that turns a batch into rows of the teacher pass, and ``PassWriter`` the one place
-# that appends rows to the work directory (its files: vocabert.distill.teacher_pass), in the
-# teacher-pass order, whoever computed them.
-
-
-def _to_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
-
-
-def _from_bytes(data: bytes) -> dict[str, np.ndarray]:
-    with np.load(io.BytesIO(data), allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
-
-
-class _BatchBytes:
-    """Bytes of a batch dataclass whose fields are ``shard``, ``number``, ``start``, ``texts`` and then
-    arrays (one .npz), so that a Ray task can hand it over or the driver park it on disk."""
-
-    _HEAD = ("shard", "number", "start", "texts")
-
-    def to_bytes(self) -> bytes:
-        texts, text_offsets = _pack_strings(self.texts)
-        arrays = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self._HEAD}
-        head = np.array([self.shard, self.number, self.start], dtype=np.int64)
-        return _to_bytes({"head": head, "texts": texts, "text_offsets": text_offsets, **arrays})
-
-    @classmethod
-    def from_bytes(cls, data: bytes):
-        a = _from_bytes(data)
-        shard, number, start = (int(x) for x in a["head"])
-        texts = _unpack_strings(a["texts"], a["text_offsets"])
-        arrays = {f.name: a[f.name] for f in fields(cls) if f.name not in cls._HEAD}
-        return cls(shard, number, start, texts, **arrays)
+# The teacher pass is cut into *batches*, the same whatever runs them: a shard's teacher texts sorted by
+# length, in runs of ``batch_size``. The plan (PassPlan) says where each batch's rows go in the files,
+# before any is computed. ``run_teacher_batch`` is the one function that turns a batch into rows,
+# ``PassFiles.write`` the one that puts them in place, ``batch_sums`` the one that adds a batch's entry
+# occurrences up, and ``PassProgress`` what a checkpoint holds.
 
 
 @dataclass
-class TeacherBatch(_BatchBytes):
-    """The texts of one teacher call: batch ``number`` of corpus shard ``shard``, after ``start``
-    texts of the teacher pass."""
+class TeacherBatch:
+    """The texts of one teacher call: batch ``number`` of corpus shard ``shard``, from text ``start`` of
+    the teacher pass."""
 
     shard: int
     number: int
@@ -187,20 +181,80 @@ class TeacherBatch(_BatchBytes):
 
 
 @dataclass
-class BatchRows(_BatchBytes):
-    """What the teacher made of one batch: its rows of the teacher-pass files."""
+class BatchRows:
+    """What the teacher made of one batch."""
 
-    shard: int
-    number: int
-    start: int
-    texts: list[str]  # for the user's embedding cache
+    batch: TeacherBatch
     targets: np.ndarray  # (texts, dim) float32: sentence embeddings
-    rows: np.ndarray  # (texts, 3) int64: text index, tokens, validation
-    token_ids: np.ndarray  # (tokens,) int32
     token_vectors: np.ndarray  # (tokens, dim) float16: contextual token vectors
 
     def __len__(self) -> int:
         return len(self.targets)
+
+
+@dataclass
+class PassPlan:
+    """Where every batch of the teacher pass goes: texts per shard, and per text (in the teacher-pass
+    order) its tokens and its place in the token sample."""
+
+    batch_size: int
+    shard_texts: np.ndarray  # (shards,) teacher texts of each corpus shard
+    lengths: np.ndarray  # (texts,) tokens of each text
+    vector_offsets: np.ndarray  # (texts,) start of its rows in token_vectors.bin, -1: not in the sample
+
+    def __post_init__(self) -> None:
+        self.shard_first = np.concatenate([[0], np.cumsum(self.shard_texts)]).astype(np.int64)
+        self.token_offsets = np.concatenate([[0], np.cumsum(self.lengths, dtype=np.int64)])
+        batches = -(-self.shard_texts // self.batch_size)
+        self.batch_first = np.concatenate([[0], np.cumsum(batches)]).astype(np.int64)  # per shard
+
+    @property
+    def texts(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def tokens(self) -> int:
+        return int(self.token_offsets[-1])
+
+    @property
+    def sampled_tokens(self) -> int:
+        return int(self.lengths[self.vector_offsets >= 0].sum())
+
+    @property
+    def batches(self) -> int:
+        return int(self.batch_first[-1])
+
+    def batch_id(self, shard: int, number: int) -> int:
+        """The batch's number over the whole pass (its bit in the progress)."""
+        return int(self.batch_first[shard]) + number
+
+    def batch_texts(self, ids: np.ndarray) -> int:
+        """How many texts the batches ``ids`` hold."""
+        shard = np.searchsorted(self.batch_first, ids, side="right") - 1
+        number = ids - self.batch_first[shard]
+        return int(np.minimum(self.batch_size, self.shard_texts[shard] - number * self.batch_size).sum())
+
+
+def plan_pass(corpus: Corpus, share: float, batch_size: int, sources: tuple[str, ...], token_sample: int) -> PassPlan:
+    """Read every shard once: the teacher texts' lengths in the teacher-pass order, and the token sample
+    (the texts whose key hashes lowest, as many as ``token_sample`` tokens hold; all with -1)."""
+    shard_texts, lengths, draws = [], [], []
+    for shard, _, keys in teacher_texts(corpus, share, sources):
+        n = np.diff(shard.offsets)
+        order = np.argsort(n, kind="stable")  # the batches' order (shard_batches)
+        shard_texts.append(len(shard))
+        lengths.append(n[order])
+        draws.append(np.array([hash_fraction(keys[i], "token sample:") for i in order]))
+    lengths = np.concatenate(lengths).astype(np.int64) if lengths else np.zeros(0, np.int64)
+    draws = np.concatenate(draws) if draws else np.zeros(0)
+    sampled = np.ones(len(lengths), dtype=bool)
+    if token_sample >= 0 and lengths.sum() > token_sample:
+        by_draw = np.argsort(draws, kind="stable")
+        sampled[:] = False
+        sampled[by_draw[np.cumsum(lengths[by_draw]) <= token_sample]] = True
+    starts = np.cumsum(lengths * sampled) - lengths * sampled
+    vector_offsets = np.where(sampled, starts, -1).astype(np.int64)
+    return PassPlan(batch_size, np.asarray(shard_texts, dtype=np.int64), lengths, vector_offsets)
 
 
 def shard_batches(
@@ -229,16 +283,6 @@ def shard_batches(
         )
 
 
-def teacher_batches(
-    corpus: Corpus, share: float, batch_size: int, sources: tuple[str, ...] = ()
-) -> Iterator[TeacherBatch]:
-    """Every batch of the teacher pass, in the teacher-pass order."""
-    first = 0
-    for number, (shard, validation) in enumerate(teacher_texts(corpus, share, sources)):
-        yield from shard_batches(number, shard, validation, first, batch_size)
-        first += len(shard)
-
-
 def run_teacher_batch(teacher: Teacher, batch: TeacherBatch) -> BatchRows:
     """One batch through the teacher: sentence embeddings (the targets) and contextual token vectors."""
     sentences, ids, vectors = teacher.forward(batch.texts, batch_size=len(batch))
@@ -249,98 +293,226 @@ def run_teacher_batch(teacher: Teacher, batch: TeacherBatch) -> BatchRows:
             "another tokenizer; rebuild it with this teacher"
         )
     return BatchRows(
-        shard=batch.shard,
-        number=batch.number,
-        start=batch.start,
-        texts=batch.texts,
+        batch=batch,
         targets=np.asarray(sentences, dtype=np.float32),
-        rows=np.stack([batch.index, batch.lengths, batch.validation], axis=1).astype(np.int64),
-        token_ids=found.astype(np.int32),
         token_vectors=np.concatenate(vectors).astype(np.float16),
     )
 
 
-class _AppendFile:
-    """A raw array file that grows by appends; ``truncate`` cuts it back to a durable length."""
+def batch_sums(index: EntryIndex, patterns: np.ndarray, rows: BatchRows) -> PartialSums:
+    """The entry sums of one batch (validation texts left out), from the token vectors as the pass
+    stores them (float16)."""
+    batch = rows.batch
+    offsets = np.concatenate([[0], np.cumsum(batch.lengths)]).astype(np.int64)
+    matches = index.match(np.asarray(batch.ids, dtype=np.int64), offsets)
+    matches = matches.subset(~batch.validation[matches.text])
+    return occurrence_sums(matches, patterns, rows.token_vectors.astype(np.float32), offsets)
 
-    def __init__(self, path: Path, dtype: str, width: int):
-        self.path, self.dtype, self.width = path, np.dtype(dtype), width
-        self.file = open(path, "ab")  # noqa: SIM115 (closed by close())
 
-    def truncate(self, rows: int) -> None:
-        self.file.truncate(rows * self.width * self.dtype.itemsize)
+class PassFiles:
+    """The teacher pass's flat files, created at their final size; a batch's rows are written in place
+    (``os.pwrite``), so batches may arrive in any order and from other processes."""
 
-    def append(self, array: np.ndarray) -> None:
-        self.file.write(np.ascontiguousarray(array, dtype=self.dtype).tobytes())
+    def __init__(self, directory: Path, plan: PassPlan, dim: int, targets_dtype: str):
+        self.plan, self.dim = plan, dim
+        self.specs = pass_files(plan.texts, plan.tokens, plan.sampled_tokens, dim, targets_dtype)
+        self.fds = {}
+        for name, (dtype, shape) in self.specs.items():
+            path = directory / f"{name}.bin"
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            if os.fstat(fd).st_size != size:
+                os.ftruncate(fd, size)  # sparse until written
+            self.fds[name] = fd
+
+    def _write(self, name: str, row: int, array: np.ndarray) -> None:
+        dtype, shape = self.specs[name]
+        data = np.ascontiguousarray(array, dtype=dtype).tobytes()
+        width = int(np.prod(shape[1:])) * np.dtype(dtype).itemsize
+        written = os.pwrite(self.fds[name], data, row * width)
+        if written != len(data):
+            raise VocabertError(f"teacher pass: short write to {name}.bin (disk full?)")
+
+    def write(self, rows: BatchRows) -> None:
+        batch, plan = rows.batch, self.plan
+        if rows.targets.shape[1:] != (self.dim,) or rows.token_vectors.shape[1:] != (self.dim,):
+            raise VocabertError(f"teacher pass: the teacher gave {rows.targets.shape[1]}-dim vectors, not {self.dim}")
+        texts = np.arange(batch.start, batch.start + len(batch))
+        if not np.array_equal(plan.lengths[texts], batch.lengths):
+            raise VocabertError("teacher pass: a batch does not fit the plan (has the corpus changed?)")
+        table = np.stack([batch.index, batch.lengths, batch.validation, plan.vector_offsets[texts]], axis=1)
+        self._write("targets", batch.start, rows.targets)
+        self._write("rows", batch.start, table.astype(np.int64).reshape(-1, ROW_FIELDS))
+        self._write("token_ids", int(plan.token_offsets[batch.start]), batch.ids.astype(np.int32))
+        sampled = plan.vector_offsets[texts] >= 0
+        if sampled.any():  # a batch's sampled texts lie next to each other in the sample too
+            within = np.concatenate([[0], np.cumsum(batch.lengths)])
+            keep = np.concatenate([np.arange(within[i], within[i + 1]) for i in np.flatnonzero(sampled)])
+            self._write("token_vectors", int(plan.vector_offsets[texts[sampled][0]]), rows.token_vectors[keep])
 
     def sync(self) -> None:
-        self.file.flush()
-        os.fsync(self.file.fileno())
+        for fd in self.fds.values():
+            os.fsync(fd)
 
     def close(self) -> None:
-        self.file.close()
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds = {}
 
 
-class PassWriter:
-    """Appends batches to the teacher pass in ``out_dir`` in the teacher-pass order, each made durable
-    (synced, then counted in ``progress.json``) before the next. Opening it resumes after the last
-    durable batch of an interrupted pass with the same key (and cuts what a killed batch half-wrote)."""
+class PassProgress:
+    """What a checkpoint of a pass holds: its key, which batches are done (their rows written and synced),
+    and the entry sums and occurrence counts of those batches. ``save`` writes it atomically."""
 
-    def __init__(self, out_dir: str | Path, key: dict, dim: int, cache: EmbeddingCache | None = None):
-        self.dir = begin(out_dir)
-        self.key, self.dim, self.cache = key, dim, cache
-        self.progress_file = self.dir / PROGRESS
-        self.texts = self.tokens = 0
-        if self.progress_file.is_file():
-            progress = read_json(self.progress_file, "teacher pass progress")
-            if progress.get("key") == key:
-                self.texts, self.tokens = int(progress["texts"]), int(progress["tokens"])
-        self.files = {
-            name: _AppendFile(self.dir / f"{name}.bin", dtype, dim if width == "dim" else width)
-            for name, (dtype, width) in (TEXT_FILES | TOKEN_FILES).items()
-        }
-        for name, f in self.files.items():
-            f.truncate(self.tokens if name in TOKEN_FILES else self.texts)
+    def __init__(self, path: Path, key: dict, batches: int, entries: int, dim: int):
+        self.path, self.key = path, key
+        self.done = np.zeros(batches, dtype=bool)
+        self.sums = np.zeros((entries, dim), dtype=np.float64) if entries else None
+        self.counts = np.zeros(entries, dtype=np.int64)
+        self.saved_at = time.monotonic()
+        self._recording = False
+        if path.is_file():
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    same = json.loads(str(z["key"])) == key and z["done"].shape == self.done.shape
+                    if same and self.sums is not None:
+                        same = z["sums"].shape == self.sums.shape
+                    if same:
+                        self.done[:] = z["done"]
+                        self.counts[:] = z["counts"]
+                        if self.sums is not None:
+                            self.sums[:] = z["sums"]
+            except (OSError, ValueError, KeyError, EOFError):
+                pass  # a progress file that does not open: start over
 
-    def append(self, out: BatchRows) -> None:
-        if out.start != self.texts:  # the order is what makes a batch count once, never twice
-            raise VocabertError(
-                f"teacher pass: batch {out.number} of shard {out.shard} starts at text {out.start}, "
-                f"but {self.texts} texts are written"
-            )
-        if out.targets.shape[1:] != (self.dim,) or out.token_vectors.shape[1:] != (self.dim,):
-            raise VocabertError(f"teacher pass: the teacher gave {out.targets.shape[1]}-dim vectors, not {self.dim}")
-        self.files["targets"].append(out.targets)
-        self.files["rows"].append(out.rows)
-        self.files["token_ids"].append(out.token_ids)
-        self.files["token_vectors"].append(out.token_vectors)
-        for f in self.files.values():
-            f.sync()
-        self.texts, self.tokens = self.texts + len(out), self.tokens + len(out.token_ids)
-        write_json(self.progress_file, {"key": self.key, "texts": self.texts, "tokens": self.tokens})
-        if self.cache is not None:
-            self.cache.put(out.texts, out.targets)
+    def record(self, batches: np.ndarray | int, partial: PartialSums | None) -> None:
+        """Batches done, with the entry sums of their texts. A stop in the middle leaves the progress
+        half-updated: ``save`` then keeps the last checkpoint instead."""
+        self._recording = True
+        if partial is not None and self.sums is not None:
+            entries, sums, counts = partial
+            self.sums[entries] += sums
+            self.counts[entries] += counts
+        self.done[batches] = True
+        self._recording = False
 
-    def close(self) -> None:
-        for f in self.files.values():
-            f.close()
-        if self.cache is not None:
-            self.cache.flush()
+    def due(self) -> bool:
+        return time.monotonic() - self.saved_at >= CHECKPOINT_SECONDS
 
-    def finish(self) -> TeacherPass:
-        """Mark the pass complete (its manifest, last), then drop its progress and leftovers."""
-        self.close()
-        if self.texts == 0:
+    def save(self) -> None:
+        if self._recording:
+            return
+        arrays = {"key": np.array(json.dumps(self.key, sort_keys=True)), "done": self.done, "counts": self.counts}
+        if self.sums is not None:
+            arrays["sums"] = self.sums
+
+        def write(p: Path) -> None:
+            with open(p, "wb") as f:
+                np.savez(f, **arrays)
+
+        atomic_write(self.path, write)
+        self.saved_at = time.monotonic()
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def save_entry_sums(directory: Path, vocabulary: str, sums: np.ndarray, counts: np.ndarray) -> None:
+    """The entry sums of a vocabulary (``digest`` of its artifact) as means and counts, atomically."""
+    seen = counts > 0
+    means = np.zeros(sums.shape, dtype=np.float32)
+    means[seen] = (sums[seen] / counts[seen, None]).astype(np.float32)
+
+    def write(p: Path) -> None:
+        with open(p, "wb") as f:
+            np.savez(f, vocabulary=np.array(vocabulary), means=means, counts=counts)
+
+    atomic_write(directory / ENTRY_SUMS, write)
+
+
+def load_entry_sums(directory: Path, vocabulary: str, entries: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The entry means and counts of this vocabulary, if the pass (or a later sums run) left them."""
+    path = directory / ENTRY_SUMS
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["vocabulary"]) == vocabulary and len(z["counts"]) == entries:
+                return z["means"], z["counts"]
+    except (OSError, ValueError, KeyError, EOFError):
+        pass
+    return None
+
+
+@dataclass
+class PassJob:
+    """One teacher pass to run, as the stage hands it to an engine: what to compute and where."""
+
+    directory: Path
+    key: dict
+    teacher_path: Path
+    corpus: Corpus
+    plan: PassPlan
+    dim: int
+    settings: EmbedSettings
+    patterns: np.ndarray | None  # the vocabulary whose entry sums to add up, if any
+    vocabulary: str | None  # its digest
+    vocab_size: int
+    write_rows: bool = True  # False: the pass is done, only the entry sums of a new vocabulary are wanted
+
+    def progress(self) -> PassProgress:
+        name = PROGRESS if self.write_rows else "entry_sums.progress.npz"
+        entries = 0 if self.patterns is None else len(self.patterns)
+        key = self.key | ({"vocabulary": self.vocabulary} if self.vocabulary else {})
+        return PassProgress(self.directory / name, key, self.plan.batches, entries, self.dim)
+
+    def files(self) -> PassFiles | None:
+        return PassFiles(self.directory, self.plan, self.dim, self.settings.targets_dtype) if self.write_rows else None
+
+    def batches(self, done: np.ndarray) -> Iterator[TeacherBatch]:
+        """The batches not ``done``, in the teacher-pass order (shards whose batches are all done are not read)."""
+        settings, plan = self.settings, self.plan
+        for number, shard in enumerate(self.corpus.shards("teacher")):
+            first, last = plan.batch_first[number], plan.batch_first[number + 1]
+            todo = np.flatnonzero(~done[first:last])
+            if len(todo):
+                selected, validation, _ = select_teacher_texts(
+                    shard, self.corpus.keys(shard), settings.teacher_share, settings.teacher_sources
+                )
+                yield from shard_batches(
+                    number, selected, validation, int(plan.shard_first[number]), plan.batch_size, todo
+                )
+
+    def index(self) -> EntryIndex | None:
+        return None if self.patterns is None else EntryIndex(self.patterns, self.vocab_size)
+
+    def finish(self, progress: PassProgress) -> TeacherPass:
+        """Mark the pass (or the sums run) complete: the entry sums, then the manifest, last."""
+        if not progress.done.all():
+            left = int((~progress.done).sum())
+            raise VocabertError(f"the teacher pass ended with {left} of {len(progress.done)} batches not done; rerun")
+        if self.plan.texts == 0:
             raise VocabertError("no training texts for the teacher pass (is the held-out fraction or share too high?)")
-        finish(self.dir, "teacher pass", self.key, texts=self.texts, tokens=self.tokens, dim=self.dim)
-        reset_progress(self.dir)
-        return TeacherPass.open(self.dir)
+        if self.vocabulary is not None:
+            save_entry_sums(self.directory, self.vocabulary, progress.sums, progress.counts)
+        if self.write_rows:
+            plan = self.plan
+            finish(
+                self.directory,
+                "teacher pass",
+                self.key,
+                texts=plan.texts,
+                tokens=plan.tokens,
+                sampled_tokens=plan.sampled_tokens,
+                dim=self.dim,
+                targets_dtype=self.settings.targets_dtype,
+            )
+        progress.remove()
+        return TeacherPass.open(self.directory)
 
 
 def reset_progress(directory: str | Path) -> None:
-    """Forget an interrupted teacher pass: its progress and the batches waiting for their turn."""
-    (Path(directory) / PROGRESS).unlink(missing_ok=True)
-    shutil.rmtree(Path(directory) / PARTS, ignore_errors=True)
+    """Forget an interrupted teacher pass."""
+    for name in (PROGRESS, "entry_sums.progress.npz"):
+        (Path(directory) / name).unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------------ store
@@ -353,7 +525,7 @@ def occurrence_sums(
     acc = occurrence_means(matches, patterns, vectors, offsets)
     order = np.argsort(matches.entry, kind="stable")
     entries, first = np.unique(matches.entry[order], return_index=True)
-    sums = np.add.reduceat(acc[order], first, axis=0)
+    sums = np.add.reduceat(acc[order], first, axis=0) if len(order) else np.zeros((0, vectors.shape[1]), np.float32)
     counts = np.diff(np.append(first, len(order)))
     return entries, sums, counts
 
@@ -368,22 +540,23 @@ def isolated_vectors(teacher: Teacher, patterns: np.ndarray, cls_id: int, sep_id
     return out
 
 
-def chunk_occurrence_sums(
-    passed: TeacherPass, index: EntryIndex, patterns: np.ndarray, rows: slice
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`occurrence_sums` over the texts ``rows`` of the teacher pass, validation texts left out:
-    the per-chunk work of the entry vectors, whichever engine runs it."""
-    ids, offsets = passed.chunk(rows)
-    matches = index.match(ids, offsets)
-    matches = matches.subset(~passed.validation[rows][matches.text])
-    lo = passed.token_offsets[rows.start]
-    vectors = np.asarray(passed.token_vectors[lo : lo + len(ids)], dtype=np.float32)
-    return occurrence_sums(matches, patterns, vectors, offsets)
+def sample_occurrence_sums(passed: TeacherPass, patterns: np.ndarray, vocab_size: int) -> PartialSums:
+    """The entry sums from the token vectors the pass kept (used when they are every token's)."""
+    index = EntryIndex(patterns, vocab_size)
+    sums = np.zeros((len(patterns), passed.dim), dtype=np.float64)
+    counts = np.zeros(len(patterns), dtype=np.int64)
+    for texts, ids, offsets, vectors in passed.sampled_chunks():
+        matches = index.match(ids, offsets)
+        matches = matches.subset(~passed.validation[texts][matches.text])
+        entries, found_sums, found_counts = occurrence_sums(matches, patterns, vectors, offsets)
+        sums[entries] += found_sums
+        counts[entries] += found_counts
+    return np.arange(len(patterns)), sums, counts
 
 
 def entry_vectors(partial_sums: Iterable[PartialSums], entries: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
     """Contextual vector of each of ``entries`` entries (zero where it never occurs) and its number of
-    occurrences, from the partial sums of :func:`chunk_occurrence_sums` (an engine's ``entry_sums``)."""
+    occurrences, from partial sums."""
     sums = np.zeros((entries, dim), dtype=np.float64)
     counts = np.zeros(entries, dtype=np.int64)
     for found, found_sums, found_counts in partial_sums:
@@ -395,12 +568,35 @@ def entry_vectors(partial_sums: Iterable[PartialSums], entries: int, dim: int) -
     return vectors, counts
 
 
+def _pass_job(
+    ws: Workspace, corpus: Corpus, settings: EmbedSettings, key: dict, vocab, write_rows: bool = True
+) -> PassJob:
+    plan = plan_pass(
+        corpus, settings.teacher_share, settings.batch_size, settings.teacher_sources, settings.token_sample
+    )
+    patterns = None if vocab is None else vocab.patterns.astype(np.int64)
+    return PassJob(
+        directory=begin(ws.teacher_dir) if write_rows else ws.teacher_dir,  # (a sums run keeps the pass whole)
+        key=key,
+        teacher_path=ws.teacher_path,
+        corpus=corpus,
+        plan=plan,
+        dim=embedding_dim(ws.teacher_path),
+        settings=settings,
+        patterns=patterns,
+        vocabulary=None if vocab is None else digest(ws.vocab_dir),
+        vocab_size=int(corpus.manifest["vocab_size"]),
+        write_rows=write_rows,
+    )
+
+
 def run_embedding(
     ws: Workspace, settings: EmbedSettings, engine: Engine, force: bool = False, pass_only: bool = False
 ) -> VocabularyStore | None:
-    """The ``embed`` stage: the teacher pass (skipped when current, resumed when interrupted), then the
-    store (not with ``pass_only``: the pass needs no vocabulary, and semantic mining reads it). The
-    teacher's work and the entry sums run where ``engine`` runs them (this process, or Ray)."""
+    """The ``embed`` stage: the teacher pass (skipped when current, resumed when interrupted), adding up the
+    entry sums of the vocabulary at hand as it goes, then the store (not with ``pass_only``: the pass needs
+    no vocabulary, and semantic mining reads it). The teacher's work runs where ``engine`` runs it (this
+    process, or Ray)."""
     if settings.dtype not in ("float16", "int8"):
         raise VocabertError(f"unknown store dtype {settings.dtype!r}: use float16 or int8")
     if settings.entry_vectors not in ("contextual", "isolated"):
@@ -412,25 +608,30 @@ def run_embedding(
         raise VocabertError(
             f"unknown teacher source(s) {', '.join(unknown)}: the corpus has {', '.join(corpus.sources)}"
         )
-    pass_settings = {"teacher_share": settings.teacher_share, "batch_size": settings.batch_size}
+    pass_settings = {
+        "teacher_share": settings.teacher_share,
+        "batch_size": settings.batch_size,
+        "token_sample": settings.token_sample,
+        "targets_dtype": settings.targets_dtype,
+    }
     if settings.teacher_sources:  # (only when given, so that passes over every source keep their key)
         pass_settings["teacher_sources"] = sorted(settings.teacher_sources)
-    pass_key = {
-        "provenance": ws.provenance,
-        "settings": pass_settings,
-        "inputs": {"corpus": digest(ws.corpus_dir)},
-    }
+    precision = Teacher.resolve(settings.device, settings.precision)[1]
+    if precision != "float32":  # another precision gives other targets (within a cosine of 1e-4)
+        pass_settings["teacher_precision"] = precision
+    pass_key = {"provenance": ws.provenance, "settings": pass_settings, "inputs": {"corpus": digest(ws.corpus_dir)}}
+    vocab = None if pass_only or settings.entry_vectors == "isolated" else open_vocabulary(ws)[0]
     if force:
         reset_progress(ws.teacher_dir)
     if not force and is_current(ws.teacher_dir, "teacher pass", pass_key):
         passed = TeacherPass.open(ws.teacher_dir)
         log(f"embed: teacher pass {ws.teacher_dir} is up to date ({len(passed)} texts)")
     else:
-        passed = engine.teacher_pass(ws, corpus, pass_key, settings)
+        passed = engine.teacher_pass(ws, _pass_job(ws, corpus, settings, pass_key, vocab))
 
     if pass_only:
         return None
-    vocab, _ = open_vocabulary(ws)
+    vocab = open_vocabulary(ws)[0]
     store_key = {
         "provenance": ws.provenance,
         # (entry_vectors only when not the default, so that existing stores keep their key)
@@ -444,8 +645,10 @@ def run_embedding(
     out_dir = begin(ws.store_dir)
     vocab_size = int(corpus.manifest["vocab_size"])
     patterns = vocab.patterns.astype(np.int64)
-    partial_sums = engine.entry_sums(ws, passed, patterns, vocab_size)
-    vectors, counts = entry_vectors(partial_sums, len(patterns), passed.token_vectors.shape[1])
+    if settings.entry_vectors == "contextual":
+        vectors, counts = _contextual_vectors(ws, corpus, settings, pass_key, engine, passed, patterns, vocab_size)
+    else:
+        vectors, counts = np.zeros((len(patterns), passed.dim), np.float32), np.zeros(len(patterns), np.int64)
     alone = np.flatnonzero(counts == 0) if settings.entry_vectors == "contextual" else np.arange(len(counts))
     if len(alone):
         special = special_tokens(ws.tokenizer_text)
@@ -459,3 +662,33 @@ def run_embedding(
     finish(out_dir, "store", store_key, contextual=contextual, isolated=int(len(alone)))
     log(f"embed: {contextual} entries contextual, {len(alone)} isolated -> {out_dir}")
     return store
+
+
+def _contextual_vectors(
+    ws: Workspace,
+    corpus: Corpus,
+    settings: EmbedSettings,
+    pass_key: dict,
+    engine: Engine,
+    passed: TeacherPass,
+    patterns: np.ndarray,
+    vocab_size: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every entry's mean contextual vector and occurrences: added up while the teacher ran, else from the
+    token sample when it holds every token, else by running the teacher over the texts again."""
+    vocabulary = digest(ws.vocab_dir)
+    found = load_entry_sums(ws.teacher_dir, vocabulary, len(patterns))
+    if found is None and passed.every_token_sampled:
+        log("embed: entry sums from the teacher pass's token vectors (it kept every token's)")
+        found = entry_vectors([sample_occurrence_sums(passed, patterns, vocab_size)], len(patterns), passed.dim)
+    if found is None:
+        log(
+            f"embed: the teacher pass kept {len(passed.token_vectors)} of {len(passed.token_ids)} token vectors "
+            "and added up another vocabulary's entries: the teacher runs over its texts again for this one's "
+            "(`--token-sample all` keeps every token's vector instead)"
+        )
+        job = _pass_job(ws, corpus, settings, pass_key, open_vocabulary(ws)[0], write_rows=False)
+        engine.teacher_pass(ws, job)
+        found = load_entry_sums(ws.teacher_dir, vocabulary, len(patterns))
+    means, counts = found
+    return np.array(means, dtype=np.float32), np.array(counts, dtype=np.int64)

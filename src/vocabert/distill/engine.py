@@ -11,26 +11,16 @@ one that :class:`EngineSettings` asks for.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from vocabert.distill.corpus import Corpus
-from vocabert.distill.embedding import (
-    EmbedSettings,
-    PassWriter,
-    chunk_occurrence_sums,
-    isolated_vectors,
-    run_teacher_batch,
-    teacher_batches,
-)
-from vocabert.distill.engine_protocol import PartialSums
+from vocabert.distill.embedding import PassJob, batch_sums, isolated_vectors, run_teacher_batch
 from vocabert.distill.mining import LocalCounts
 from vocabert.distill.teacher_pass import TeacherPass
 from vocabert.distill.workspace import Workspace, log, peak_rss_mib
-from vocabert.matching import EntryIndex
 from vocabert.options import option
 
 ENGINES = ("local", "ray")
@@ -66,47 +56,57 @@ class EngineSettings:
 class LocalEngine:
     """The stages' per-batch and per-shard functions, one after another in this process."""
 
-    def teacher_pass(self, ws: Workspace, corpus: Corpus, key: dict, settings: EmbedSettings) -> TeacherPass:
-        """Send the teacher-pass texts through the teacher, appending each batch durably; resumes. The
-        targets also go into the user's embedding cache, so that evaluating on those texts later (e.g. the
-        retrieval corpus) costs no second teacher call."""
-        teacher = ws.teacher()
+    def teacher_pass(self, ws: Workspace, job: PassJob) -> TeacherPass:
+        """Send the teacher-pass texts through the teacher batch by batch, writing their rows in place and
+        adding up the entry sums, with a checkpoint every ``CHECKPOINT_SECONDS``; resumes from the last one.
+        The targets also go into the user's embedding cache, so that evaluating on those texts later (e.g.
+        the retrieval corpus) costs no second teacher call."""
+        teacher = ws.teacher(job.settings.device, job.settings.precision)
         started = time.perf_counter()
-        writer = PassWriter(ws.teacher_dir, key, teacher.dim, ws.teacher_cache())
-        if writer.texts:
-            log(f"embed: resuming the teacher pass after {writer.texts} texts")
-        # The bar's total is an estimate: counting would read every shard.
-        sources = settings.teacher_sources
-        counts = [c for s, c in corpus.manifest["counts"].items() if not sources or s in sources]
-        total = round(settings.teacher_share * sum(c["texts"] - c["heldout"] - c.get("unseen", 0) for c in counts))
-        quiet = not ws.show_progress_bar
-        bar = tqdm(total=total, initial=writer.texts, desc="embed: teacher pass", unit="text", disable=quiet)
+        progress, files, index = job.progress(), job.files(), job.index()
+        cache = ws.teacher_cache() if job.write_rows else None
+        resumed = job.plan.batch_texts(np.flatnonzero(progress.done))
+        if resumed:
+            log(f"embed: resuming the teacher pass after {resumed} texts")
+        what = "teacher pass" if job.write_rows else "teacher pass for the entry sums"
+        bar = tqdm(
+            total=job.plan.texts, initial=resumed, desc=f"embed: {what}", unit="text", disable=not ws.show_progress_bar
+        )
+
+        def checkpoint() -> None:
+            if files is not None:
+                files.sync()  # the rows first: the progress says they are there
+            progress.save()
+
+        computed = 0  # tokens through the teacher in this run
         try:
-            for batch in teacher_batches(corpus, settings.teacher_share, settings.batch_size, sources):
-                if batch.start + len(batch) <= writer.texts:
-                    continue
-                writer.append(run_teacher_batch(teacher, batch))
+            for batch in job.batches(progress.done):
+                rows = run_teacher_batch(teacher, batch)
+                if files is not None:
+                    files.write(rows)
+                partial = batch_sums(index, job.patterns, rows) if index is not None else None
+                progress.record(job.plan.batch_id(batch.shard, batch.number), partial)
+                if cache is not None:
+                    cache.put(batch.texts, rows.targets)
+                if progress.due():
+                    checkpoint()
                 bar.update(len(batch))
+                computed += int(batch.lengths.sum())
         finally:
-            writer.close()
+            checkpoint()  # also when stopped: every batch marked done is written
+            if files is not None:
+                files.close()
+            if cache is not None:
+                cache.flush()
             bar.close()
-        passed = writer.finish()
+        passed = job.finish(progress)
         seconds = time.perf_counter() - started
         log(
             f"embed: {len(passed)} texts, {len(passed.token_ids)} tokens through the teacher -> {ws.teacher_dir} "
-            f"({seconds:.0f} s, {len(passed) / seconds:.1f} texts/s if none was resumed; "
-            f"peak RSS {peak_rss_mib():.0f} MiB)"
+            f"({seconds:.0f} s, {computed / max(seconds, 1e-9):.0f} tokens/s on {teacher.device} "
+            f"({teacher.precision}); {len(passed.token_vectors)} token vectors kept; peak RSS {peak_rss_mib():.0f} MiB)"
         )
         return passed
-
-    def entry_sums(
-        self, ws: Workspace, passed: TeacherPass, patterns: np.ndarray, vocab_size: int
-    ) -> Iterator[PartialSums]:
-        """:func:`~vocabert.distill.embedding.chunk_occurrence_sums` over the teacher pass, chunk by chunk."""
-        index = EntryIndex(patterns, vocab_size)
-        chunks = tqdm(passed.chunk_rows(), desc="embed: entry vectors", unit="chunk", disable=not ws.show_progress_bar)
-        for rows in chunks:
-            yield chunk_occurrence_sums(passed, index, patterns, rows)
 
     def isolated_vectors(
         self, ws: Workspace, patterns: np.ndarray, cls_id: int, sep_id: int, mask_id: int

@@ -8,19 +8,19 @@ to the same files. The stages import this module and never an engine; the engine
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 if TYPE_CHECKING:  # annotations only: the stages import this module, so it imports none of them
     from vocabert.distill.corpus import Corpus
-    from vocabert.distill.embedding import EmbedSettings
+    from vocabert.distill.embedding import PassJob
     from vocabert.distill.teacher_pass import TeacherPass
     from vocabert.distill.workspace import Workspace
 
 # The entry sums of a share of the teacher pass: the entries found, the sums of their occurrence vectors,
-# and their occurrences (embedding.chunk_occurrence_sums).
+# and their occurrences (embedding.batch_sums).
 PartialSums = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
@@ -42,13 +42,9 @@ class Counting(Protocol):
 class Engine(Protocol):
     """Where ``mine`` counts and ``embed`` runs the teacher; a context manager that stops what it started."""
 
-    def teacher_pass(self, ws: Workspace, corpus: Corpus, key: dict, settings: EmbedSettings) -> TeacherPass:
-        """The teacher pass into ``ws.teacher_dir``, batch by batch durable; resumes an interrupted one."""
-
-    def entry_sums(
-        self, ws: Workspace, passed: TeacherPass, patterns: np.ndarray, vocab_size: int
-    ) -> Iterable[PartialSums]:
-        """The entry sums over every share of the teacher pass, validation texts left out, each once."""
+    def teacher_pass(self, ws: Workspace, job: PassJob) -> TeacherPass:
+        """Run ``job`` (``embedding.PassJob``: the teacher pass into ``ws.teacher_dir``, or only the entry sums
+        of a new vocabulary), checkpointed; resumes an interrupted one."""
 
     def isolated_vectors(
         self, ws: Workspace, patterns: np.ndarray, cls_id: int, sep_id: int, mask_id: int

@@ -9,23 +9,19 @@ when it is done.
 The jobs run the local engine's per-batch and per-shard functions (the stages'); what this module adds
 is only where they run, and how their results come back exactly once.
 
-**Teacher pass.** Ray Data reads the corpus shards and cuts them into the teacher pass's batches
-(:func:`~vocabert.distill.embedding.shard_batches`, as the local pass does); a pool of actors,
-each loading the teacher once (CPU, or GPU with ``num_gpus``), runs
-:func:`~vocabert.distill.embedding.run_teacher_batch` on each batch. The driver appends every
-result through the local path's :class:`~vocabert.distill.embedding.PassWriter`, in the
-teacher-pass order: the next batch at once, a batch that arrives early after it waits in
-``teacher/parts/part-<shard>-<batch>.npz`` (written atomically under the batch's name, so a batch
-that Ray computes twice overwrites its file; each part is read once and deleted once durable). A
-batch is appended only at its place, so nothing counts twice or goes missing. The work directory
-ends with the same files as the local pass, ``progress.json`` included, and an interrupted job
-resumes after the durable batches and the waiting parts, whichever engine resumes it.
-
-**Entry vectors.** The sums of the contextual vectors of every entry's occurrences come from Ray
-tasks, each over a share of the teacher pass's chunks (read memory-mapped from the work directory)
-with the local path's :func:`~vocabert.distill.embedding.chunk_occurrence_sums`; the driver adds
-them up, once each. The entries that never occur are run through the teacher in a Ray task too, so
-the driver never loads the teacher.
+**Teacher pass.** The pass is planned on the driver (:func:`~vocabert.distill.embedding.plan_pass`: every
+batch's place in the files is known before any is computed) and cut into tasks of about ``SEGMENT_TEXTS``
+texts of one shard. A pool of actors, each loading the teacher once (CPU, or GPU with ``num_gpus``), runs
+each task's batches through :func:`~vocabert.distill.embedding.run_teacher_batch`, writes their rows in place
+into the pass's files itself (:class:`~vocabert.distill.embedding.PassFiles`), syncs them, and hands back
+only which batches it did and the entry sums of their texts (sparse: the entries they hold). The driver
+records those batches as done and adds the sums, once per batch (a task that Ray ran twice wrote the same
+rows twice; its second result is dropped), with a checkpoint every ``CHECKPOINT_SECONDS``; what it receives
+is the entry sums, bounded by the vocabulary's size per task, never the tokens' vectors. A dead worker is
+restarted and its task retried ``MAX_RETRIES`` times, then the pass stops with one line. The work directory
+ends with the same files as the local pass, and an interrupted job resumes from its last checkpoint,
+whichever engine resumes it. The entries that never occur are run through the teacher in a Ray task too,
+so the driver never loads the teacher.
 
 **Mining.** Each counting level is one Ray task per shard running the local path's function
 (:func:`~vocabert.distill.mining.count_tokens`, :func:`~vocabert.distill.mining.count_phrases`),
@@ -45,8 +41,10 @@ import logging
 import os
 import shutil
 import time
+import warnings
 import zipfile
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -54,14 +52,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from vocabert.artifacts import VocabertError, atomic_write, read_json, write_json
-from vocabert.distill.cache import EmbeddingCache
-from vocabert.distill.corpus import Corpus, load_shard, shard_keys
+from vocabert.distill.corpus import Corpus, load_shard
 from vocabert.distill.embedding import (
     BatchRows,
-    EmbedSettings,
-    PassWriter,
+    PassJob,
+    PassProgress,
     TeacherBatch,
-    chunk_occurrence_sums,
+    batch_sums,
     isolated_vectors,
     run_teacher_batch,
     select_teacher_texts,
@@ -69,10 +66,9 @@ from vocabert.distill.embedding import (
 )
 from vocabert.distill.engine import EngineSettings
 from vocabert.distill.mining import PARTIAL, counter_names, merge_counts
-from vocabert.distill.teacher import Teacher, embedding_dim
-from vocabert.distill.teacher_pass import PARTS, TeacherPass
+from vocabert.distill.teacher import Teacher
+from vocabert.distill.teacher_pass import TeacherPass
 from vocabert.distill.workspace import Workspace, log, peak_rss_mib
-from vocabert.matching import EntryIndex
 
 # ----------------------------------------------------------------------------------------- engine
 
@@ -148,27 +144,19 @@ class RayEngine:
             count = resources.get("CPU", 1) // self.settings.ray_worker_cpus
         return max(1, int(count))
 
-    def teacher_pass(self, ws: Workspace, corpus: Corpus, key: dict, settings: EmbedSettings) -> TeacherPass:
-        """:func:`ray_teacher_pass` into the work directory, with the user's embedding cache."""
-        passed, stats = ray_teacher_pass(
-            self, corpus, ws.teacher_dir, ws.teacher_path, key, settings, ws.teacher_cache(), ws.show_progress_bar
-        )
+    def teacher_pass(self, ws: Workspace, job: PassJob) -> TeacherPass:
+        """:func:`ray_teacher_pass` into the work directory."""
+        passed, stats = ray_teacher_pass(self, ws, job, ws.show_progress_bar)
         rate = (stats["texts"] - stats["resumed_texts"]) / stats["seconds"]
         log(
             f"embed: {len(passed)} texts, {len(passed.token_ids)} tokens through the teacher on Ray -> "
-            f"{ws.teacher_dir} ({stats['computed_batches']} of {stats['batches']} batches computed; Ray started in "
-            f"{self.start_seconds:.1f} s, pass {stats['seconds']:.0f} s of which {stats['plan_seconds']:.1f} s "
-            f"planning, first batch back at {stats['first_batch_seconds']:.1f} s, {rate:.1f} texts/s if none was "
-            f"resumed; peak RSS: driver {peak_rss_mib():.0f} MiB, "
-            f"teacher workers {stats['worker_rss_mib']:.0f} MiB)"
+            f"{ws.teacher_dir} ({stats['computed_batches']} of {stats['batches']} batches computed in "
+            f"{stats['segments']} tasks; Ray started in {self.start_seconds:.1f} s, pass {stats['seconds']:.0f} s, "
+            f"first task back at {stats['first_batch_seconds']:.1f} s, {rate:.1f} texts/s if none was resumed; "
+            f"the driver received {stats['driver_bytes'] / 2**20:.0f} MiB of entry sums; peak RSS: driver "
+            f"{peak_rss_mib():.0f} MiB, teacher workers {stats['worker_rss_mib']:.0f} MiB)"
         )
         return passed
-
-    def entry_sums(
-        self, ws: Workspace, passed: TeacherPass, patterns: np.ndarray, vocab_size: int
-    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """:func:`ray_entry_sums` over the work directory's teacher pass."""
-        return ray_entry_sums(self, ws.teacher_dir, patterns, vocab_size, ws.show_progress_bar)
 
     def isolated_vectors(
         self, ws: Workspace, patterns: np.ndarray, cls_id: int, sep_id: int, mask_id: int
@@ -199,147 +187,96 @@ class RayEngine:
 
 # ----------------------------------------------------------------------------------- teacher pass
 
-
-def _teacher_texts_of(path: str, sources: list[str], share: float, only: tuple[str, ...]):
-    shard = load_shard(path, "teacher")
-    return select_teacher_texts(shard, shard_keys(shard, sources), share, only)
-
-
-def _count_teacher_texts(row: dict, sources: list[str], share: float, only: tuple[str, ...]) -> dict:
-    selected, _ = _teacher_texts_of(row["path"], sources, share, only)
-    return {"shard": row["shard"], "texts": len(selected)}
+# Texts per Ray task of the teacher pass. A task hands back the sums of the entries its texts hold, and those
+# saturate (a vocabulary has so many entries): larger tasks send the driver fewer bytes per token.
+SEGMENT_TEXTS = 16_384
+MAX_RETRIES = 3  # of a task whose worker died, before the pass stops with an error
 
 
-def _read_batches(
-    row: dict, sources: list[str], share: float, only: tuple[str, ...], batch_size: int
-) -> Iterator[dict]:
-    """The batches of one shard still to do (the teacher-pass batches of the local path)."""
-    selected, validation = _teacher_texts_of(row["path"], sources, share, only)
-    skip = {int(b) for b in (row["skip"] if row["skip"] is not None else [])}
-    numbers = [b for b in range(int(row["from"]), -(-len(selected) // batch_size)) if b not in skip]
-    for batch in shard_batches(int(row["shard"]), selected, validation, int(row["first"]), batch_size, numbers):
-        yield {"shard": batch.shard, "number": batch.number, "data": batch.to_bytes()}
+def _segments(job: PassJob, done: np.ndarray) -> list[dict]:
+    """The batches still to do, in runs of about ``SEGMENT_TEXTS`` texts within a shard: one task each."""
+    plan, per_task = job.plan, max(1, SEGMENT_TEXTS // job.plan.batch_size)
+    out = []
+    for shard in range(len(plan.shard_texts)):
+        first, last = int(plan.batch_first[shard]), int(plan.batch_first[shard + 1])
+        todo = np.flatnonzero(~done[first:last])
+        for i in range(0, len(todo), per_task):
+            out.append({"shard": shard, "numbers": todo[i : i + per_task].tolist()})
+    return out
 
 
 class TeacherWorker:
-    """A Ray Data actor: one teacher, loaded once per worker, run on one batch per call."""
+    """A Ray Data actor: one teacher, loaded once per worker, run on one segment (batches of one shard) per
+    call. It writes the segment's rows into the pass's files itself, syncs them, and hands back only which
+    batches it did and the entry sums of their texts."""
 
-    def __init__(self, teacher_path: str, device: str = "cpu"):
-        self.teacher = Teacher(teacher_path, device=device)
+    def __init__(self, job: PassJob):
+        self.job = job
+        settings = job.settings
+        self.teacher = Teacher(job.teacher_path, settings.device, settings.precision)
+        self.files, self.index = job.files(), job.index()
 
     def run(self, batch: TeacherBatch) -> BatchRows:
         return run_teacher_batch(self.teacher, batch)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outputs = [self.run(TeacherBatch.from_bytes(bytes(data))) for data in batch["data"]]
+    def __call__(self, segment: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        job, plan = self.job, self.job.plan
+        shard = int(segment["shard"][0])
+        numbers = [int(n) for n in segment["numbers"][0]]
+        corpus_shard = load_shard(job.corpus.shard_paths[shard], "teacher")
+        selected, validation, _ = select_teacher_texts(
+            corpus_shard, job.corpus.keys(corpus_shard), job.settings.teacher_share, job.settings.teacher_sources
+        )
+        partial, texts = [], 0
+        for batch in shard_batches(shard, selected, validation, int(plan.shard_first[shard]), plan.batch_size, numbers):
+            rows = self.run(batch)
+            if self.files is not None:
+                self.files.write(rows)
+            if self.index is not None:
+                partial.append(batch_sums(self.index, job.patterns, rows))
+            texts += len(batch)
+        if self.files is not None:
+            self.files.sync()  # durable before the driver hears of it
+        sums = _merge_partial(partial, job.dim) if partial else None
         return {
-            "shard": np.asarray(batch["shard"]),
-            "number": np.asarray(batch["number"]),
-            "texts": np.array([len(o) for o in outputs], dtype=np.int64),
-            "data": np.array([o.to_bytes() for o in outputs], dtype=object),
-            "rss_mib": np.full(len(outputs), peak_rss_mib()),
+            "ids": np.array([np.array([plan.batch_id(shard, n) for n in numbers], dtype=np.int64)], dtype=object),
+            "texts": np.array([texts], dtype=np.int64),
+            "sums": np.array([_to_bytes(sums) if sums is not None else b""], dtype=object),
+            "rss_mib": np.array([peak_rss_mib()]),
         }
 
 
-class _Layout:
-    """Where each batch falls in the teacher-pass order, from the number of teacher texts per shard."""
-
-    def __init__(self, texts_per_shard: np.ndarray, batch_size: int):
-        self.texts, self.batch_size = np.asarray(texts_per_shard, dtype=np.int64), batch_size
-        self.ends = np.cumsum(self.texts)
-        self.firsts = self.ends - self.texts
-        self.total = int(self.ends[-1]) if len(self.ends) else 0
-
-    def batches(self, shard: int) -> int:
-        return -(-int(self.texts[shard]) // self.batch_size)
-
-    def start(self, shard: int, number: int) -> int:
-        return int(self.firsts[shard]) + number * self.batch_size
-
-    def end(self, shard: int, number: int) -> int:
-        return min(self.start(shard, number + 1), int(self.ends[shard]))
-
-    def at(self, start: int) -> tuple[int, int]:
-        """The batch that begins at text ``start`` of the teacher pass."""
-        shard = int(np.searchsorted(self.ends, start, side="right"))
-        return shard, (start - int(self.firsts[shard])) // self.batch_size
+def _merge_partial(partial: list[tuple[np.ndarray, np.ndarray, np.ndarray]], dim: int) -> dict[str, np.ndarray]:
+    """The batches' partial sums as one: each entry once."""
+    entries = np.concatenate([p[0] for p in partial])
+    sums = np.concatenate([p[1] for p in partial]).astype(np.float64) if len(entries) else np.zeros((0, dim))
+    counts = np.concatenate([p[2] for p in partial])
+    order = np.argsort(entries, kind="stable")
+    found, first = np.unique(entries[order], return_index=True)
+    if not len(order):
+        return {"entries": found, "sums": np.zeros((0, dim)), "counts": np.zeros(0, np.int64)}
+    return {
+        "entries": found,
+        "sums": np.add.reduceat(sums[order], first, axis=0),
+        "counts": np.add.reduceat(counts[order], first),
+    }
 
 
-class _Parts:
-    """Results of batches, one file each, named by the batch, waiting to be appended in order."""
-
-    def __init__(self, directory: Path, key: dict):
-        self.dir = directory
-        key_file = directory / "key.json"
-        if directory.exists() and (not key_file.is_file() or read_json(key_file, "parts") != key):
-            shutil.rmtree(directory)  # left by a pass with other settings or inputs
-        directory.mkdir(parents=True, exist_ok=True)
-        write_json(key_file, key)
-
-    def path(self, shard: int, number: int) -> Path:
-        return self.dir / f"part-{shard:05d}-{number:06d}.npz"
-
-    def present(self) -> set[tuple[int, int]]:
-        """The batches whose part is here (a part that does not open is removed: it is computed again)."""
-        found = set()
-        for path in self.dir.glob("part-*.npz"):
-            try:
-                with np.load(path, allow_pickle=False) as z:  # reads the archive's directory only
-                    complete = {"head", "targets", "rows", "token_ids", "token_vectors"} <= set(z.files)
-            except (OSError, ValueError, EOFError, zipfile.BadZipFile):
-                complete = False
-            if complete:
-                found.add((int(path.stem.split("-")[1]), int(path.stem.split("-")[2])))
-            else:
-                path.unlink(missing_ok=True)
-        return found
-
-    def write(self, shard: int, number: int, data: bytes) -> None:
-        atomic_write(self.path(shard, number), lambda p: p.write_bytes(data))
-
-    def read(self, shard: int, number: int) -> BatchRows | None:
-        try:
-            return BatchRows.from_bytes(self.path(shard, number).read_bytes())
-        except (OSError, ValueError, KeyError, EOFError):
-            return None
-
-    def discard(self, shard: int, number: int) -> None:
-        self.path(shard, number).unlink(missing_ok=True)
+def _to_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
 
 
-def _append_ready(writer: PassWriter, parts: _Parts, layout: _Layout) -> int:
-    """Append every part that continues the pass, in order; returns the texts appended."""
-    appended = 0
-    while writer.texts < layout.total:
-        shard, number = layout.at(writer.texts)
-        rows = parts.read(shard, number)
-        if rows is None:
-            break
-        writer.append(rows)
-        parts.discard(shard, number)  # after it is durable: a crash in between leaves a part below the prefix
-        appended += len(rows)
-    return appended
-
-
-def _arrived(writer: PassWriter, parts: _Parts, layout: _Layout, shard: int, number: int, data: bytes) -> None:
-    """A batch's result is in: appended at once if it is the next one, else kept as a part until
-    its turn (a result that arrives twice is written twice under one name, and appended once)."""
-    if writer.texts < layout.total and layout.at(writer.texts) == (shard, number):
-        writer.append(BatchRows.from_bytes(data))
-        parts.discard(shard, number)
-    elif layout.end(shard, number) > writer.texts:
-        parts.write(shard, number, data)
-    _append_ready(writer, parts, layout)
+def _from_bytes(data: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
 
 
 def ray_teacher_pass(
     engine: RayEngine,
-    corpus: Corpus,
-    out_dir: str | Path,
-    teacher_path: str | Path,
-    key: dict,
-    settings: EmbedSettings,
-    cache: EmbeddingCache | None = None,
+    ws: Workspace,
+    job: PassJob,
     show_progress_bar: bool = True,
     worker_cls: type | None = None,
 ) -> tuple[TeacherPass, dict]:
@@ -348,126 +285,80 @@ def ray_teacher_pass(
     ray = engine.ray()
     started = time.perf_counter()
     worker_cls = worker_cls or TeacherWorker
-    writer = PassWriter(out_dir, key, embedding_dim(teacher_path), cache)
-    parts = _Parts(writer.dir / PARTS, key)
-    sources, share, batch_size = corpus.sources, settings.teacher_share, settings.batch_size
-    only = tuple(settings.teacher_sources)
-    shards = [{"shard": i, "path": str(p)} for i, p in enumerate(corpus.shard_paths)]
-    planned = ray.data.from_items(shards).map(
-        _count_teacher_texts, fn_kwargs={"sources": sources, "share": share, "only": only}
-    )
-    texts_per_shard = np.zeros(len(shards), dtype=np.int64)
-    for row in planned.iter_rows():
-        texts_per_shard[int(row["shard"])] = int(row["texts"])
-    layout = _Layout(texts_per_shard, batch_size)
-    stats = {"texts": layout.total, "batches": sum(layout.batches(s) for s in range(len(shards)))}
-    stats |= {"resumed_texts": writer.texts, "computed_batches": 0, "worker_rss_mib": 0.0, "first_batch_seconds": 0.0}
-    stats["plan_seconds"] = time.perf_counter() - started  # counting the teacher texts of every shard
-
-    for shard, number in sorted(parts.present()):
-        if shard >= len(shards) or layout.end(shard, number) <= writer.texts:
-            parts.discard(shard, number)  # appended already (the driver stopped before deleting it)
-    _append_ready(writer, parts, layout)
-    waiting = parts.present()  # computed, not yet appended: not computed again
-    todo = []
-    for shard in range(len(shards)):
-        if layout.batches(shard) == 0 or layout.end(shard, layout.batches(shard) - 1) <= writer.texts:
-            continue
-        first = 0 if writer.texts <= layout.firsts[shard] else layout.at(writer.texts)[1]
-        skip = sorted(n for s, n in waiting if s == shard)
-        if first + len([n for n in skip if n >= first]) < layout.batches(shard):
-            row = {"shard": shard, "path": str(corpus.shard_paths[shard]), "first": int(layout.firsts[shard])}
-            todo.append(row | {"from": first, "skip": skip})
-    done = writer.texts + sum(layout.end(s, n) - layout.start(s, n) for s, n in waiting)
-    if writer.texts or waiting:
-        log(f"embed: resuming the teacher pass after {writer.texts} texts ({len(waiting)} batches waiting)")
+    progress = job.progress()
+    if job.write_rows:
+        job.files().close()  # created at their final size once, before the workers open them
+    resumed = job.plan.batch_texts(np.flatnonzero(progress.done))
+    todo = _segments(job, progress.done)
+    stats = {"texts": job.plan.texts, "batches": job.plan.batches, "segments": len(todo)}
+    stats |= {"resumed_texts": resumed, "computed_batches": 0, "worker_rss_mib": 0.0, "first_batch_seconds": 0.0}
+    stats |= {"driver_bytes": 0}
+    if resumed:
+        log(f"embed: resuming the teacher pass after {resumed} texts")
     quiet = not show_progress_bar
-    bar = tqdm(total=layout.total, initial=done, desc="embed: teacher pass (ray)", unit="text", disable=quiet)
+    bar = tqdm(total=job.plan.texts, initial=resumed, desc="embed: teacher pass (ray)", unit="text", disable=quiet)
     try:
         if todo:
-            workers = engine.workers()
+            workers = min(engine.workers(), len(todo))
             gpus = engine.settings.ray_worker_gpus
             each = f"{gpus:g} GPU" if gpus else f"{engine.settings.ray_worker_cpus:g} CPU"
-            log(
-                f"embed: {stats['batches']} batches of {layout.total} texts, {len(todo)} shards to read, "
-                f"{workers} teacher workers ({each} each)"
-            )
+            log(f"embed: {len(todo)} tasks of up to {SEGMENT_TEXTS} texts, {workers} teacher workers ({each} each)")
+            # The workers' device is the one Ray gives them, at the precision the pass's key records.
+            precision = job.key.get("settings", {}).get("teacher_precision", "float32")
+            device = "cuda" if gpus else "cpu"
+            job = replace(job, settings=replace(job.settings, device=device, precision=precision))
             context = ray.data.DataContext.get_current()
-            block_size, context.target_max_block_size = context.target_max_block_size, 1  # a block per batch
+            block_size, context.target_max_block_size = context.target_max_block_size, 1  # a block per task
             try:
-                batches = ray.data.from_items(todo).flat_map(
-                    _read_batches,
-                    fn_kwargs={"sources": sources, "share": share, "only": only, "batch_size": batch_size},
-                    num_cpus=0,  # light: the teacher workers hold the CPUs
-                    compute=ray.data.TaskPoolStrategy(size=2),  # a shard is read in well under a second
-                )
-                results = batches.map_batches(
-                    worker_cls,
-                    batch_size=1,
-                    compute=ray.data.ActorPoolStrategy(size=workers),
-                    fn_constructor_kwargs={"teacher_path": str(teacher_path), "device": "cuda" if gpus else "cpu"},
-                    num_cpus=engine.settings.ray_worker_cpus,
-                    num_gpus=gpus,
-                )  # Ray Data restarts a dead worker and retries the batch it held (its actor defaults)
+                with warnings.catch_warnings():  # (Ray 2.60 names these ray_remote_args, deprecated, still honoured)
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    results = ray.data.from_items(todo).map_batches(
+                        worker_cls,
+                        batch_size=1,
+                        compute=ray.data.ActorPoolStrategy(size=workers),
+                        fn_constructor_kwargs={"job": job},
+                        num_cpus=engine.settings.ray_worker_cpus,
+                        num_gpus=gpus,
+                        # A dead worker is restarted and its task retried, a bounded number of times.
+                        max_restarts=MAX_RETRIES,
+                        max_task_retries=MAX_RETRIES,
+                    )
                 for row in results.iter_rows():
-                    if not stats["computed_batches"]:  # reading, and the workers loading the teacher, took this long
+                    if not stats["computed_batches"]:  # the workers loading the teacher took this long
                         stats["first_batch_seconds"] = time.perf_counter() - started
-                    _arrived(writer, parts, layout, int(row["shard"]), int(row["number"]), bytes(row["data"]))
-                    stats["computed_batches"] += 1
-                    stats["worker_rss_mib"] = max(stats["worker_rss_mib"], float(row["rss_mib"]))
-                    bar.update(int(row["texts"]))
+                    data = bytes(row["sums"])
+                    if _arrived(progress, np.asarray(row["ids"], dtype=np.int64), data):
+                        stats["driver_bytes"] += len(data)
+                        stats["computed_batches"] += len(row["ids"])
+                        stats["worker_rss_mib"] = max(stats["worker_rss_mib"], float(row["rss_mib"]))
+                        bar.update(int(row["texts"]))
+            except Exception as e:  # Ray wraps the worker's error; the user wants one line
+                if isinstance(e, VocabertError):
+                    raise
+                raise VocabertError(
+                    f"the Ray teacher pass stopped: a task failed {MAX_RETRIES + 1} times or raised "
+                    f"({type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}); "
+                    "rerun to resume from the batches done"
+                ) from None
             finally:
                 context.target_max_block_size = block_size
-        _append_ready(writer, parts, layout)
     finally:
+        progress.save()  # every batch marked done was synced by its worker first
         stats["seconds"] = time.perf_counter() - started
-        writer.close()
         bar.close()
-    if writer.texts != layout.total:
-        raise VocabertError(
-            f"the Ray teacher pass ended with {writer.texts} of {layout.total} texts written; rerun to resume"
-        )
-    return writer.finish(), stats
+    return job.finish(progress), stats
 
 
-def _range_sums(
-    teacher_dir: str, patterns: np.ndarray, vocab_size: int, chunks: list[tuple[int, int]]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The entry sums over some chunks of the teacher pass (read memory-mapped from the work directory)."""
-    passed = TeacherPass.open(teacher_dir)
-    index = EntryIndex(patterns, vocab_size)
-    sums = np.zeros((len(patterns), passed.token_vectors.shape[1]), dtype=np.float64)
-    counts = np.zeros(len(patterns), dtype=np.int64)
-    for start, stop in chunks:
-        entries, entry_sums, entry_counts = chunk_occurrence_sums(passed, index, patterns, slice(start, stop))
-        sums[entries] += entry_sums
-        counts[entries] += entry_counts
-    found = np.flatnonzero(counts)
-    return found, sums[found].astype(np.float32), counts[found]
-
-
-def ray_entry_sums(
-    engine: RayEngine, teacher_dir: str | Path, patterns: np.ndarray, vocab_size: int, show_progress_bar: bool = True
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Partial sums of the entry vectors (see ``embedding.entry_vectors``) from Ray tasks, each over a
-    share of the teacher pass's chunks, each result handed over once (Ray retries a lost task)."""
-    ray = engine.ray()
-    passed = TeacherPass.open(teacher_dir)
-    chunks = [(rows.start, rows.stop) for rows in passed.chunk_rows(512)]  # smaller than the local path's
-    workers = engine.workers()
-    per_task = max(1, -(-len(chunks) // (2 * workers)))  # two tasks per worker: balance, and bounded results
-    task = ray.remote(num_cpus=engine.settings.ray_worker_cpus)(_range_sums)
-    shared = ray.put(patterns)
-    pending = [
-        task.remote(str(teacher_dir), shared, vocab_size, chunks[i : i + per_task])
-        for i in range(0, len(chunks), per_task)
-    ]
-    quiet = not show_progress_bar
-    with tqdm(total=len(pending), desc="embed: entry vectors (ray)", unit="task", disable=quiet) as bar:
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            yield ray.get(ready[0])
-            bar.update()
+def _arrived(progress: PassProgress, ids: np.ndarray, sums: bytes) -> bool:
+    """A task's result is in: its batches are done and its entry sums added, once (a task that Ray ran
+    twice wrote the same rows twice in place; its second result is dropped). False: already counted."""
+    if progress.done[ids].any():
+        return False
+    found = _from_bytes(sums) if sums else None
+    progress.record(ids, (found["entries"], found["sums"], found["counts"]) if found else None)
+    if progress.due():
+        progress.save()
+    return True
 
 
 def _isolated(teacher_path: str, patterns: np.ndarray, cls_id: int, sep_id: int, mask_id: int) -> np.ndarray:

@@ -9,6 +9,7 @@ Since ``m`` is that mean, the squared error removed over ``k`` occurrences is ex
 ``k * ||m - estimate||^2``. Per occurrence that is ``||m - estimate||^2``, whose sampling bias (the
 variance of ``y`` over ``k``) is subtracted; it is weighted by the phrase's count in the mining corpus.
 Phrases seen fewer than twice in the teacher pass gain nothing (their error cannot be estimated).
+Only the texts whose token vectors the pass kept (its token sample, ``--token-sample``) are read.
 """
 
 from __future__ import annotations
@@ -33,23 +34,23 @@ def _moments(
     """Per pattern over the teacher pass (validation texts left out): occurrences, mean of ``y``, and
     the sum of ``||y||^2``."""
     index = EntryIndex(patterns, vocab_size)
-    dim = passed.token_vectors.shape[1]
-    sums = np.zeros((len(patterns), dim), dtype=np.float32)  # float32: 1.5 KB per candidate
+    sums = np.zeros((len(patterns), passed.dim), dtype=np.float32)  # float32: 1.5 KB per candidate
     squares = np.zeros(len(patterns), dtype=np.float64)
     counts = np.zeros(len(patterns), dtype=np.int64)
-    rows_list = passed.chunk_rows(TEXTS_PER_CHUNK)
-    for rows in tqdm(rows_list, desc="mine: semantic gains", unit="chunk", disable=not show_progress_bar):
-        ids, offsets = passed.chunk(rows)
+    chunks = passed.sampled_chunks(TEXTS_PER_CHUNK)  # the texts whose token vectors the pass kept
+    total = -(-len(passed.sampled) // TEXTS_PER_CHUNK)
+    for texts, ids, offsets, vectors in tqdm(
+        chunks, total=total, desc="mine: semantic gains", unit="chunk", disable=not show_progress_bar
+    ):
         matches = index.match(ids, offsets)
-        matches = matches.subset(~passed.validation[rows][matches.text])
-        lo = passed.token_offsets[rows.start]
-        vectors = np.asarray(passed.token_vectors[lo : lo + len(ids)], dtype=np.float32)
+        matches = matches.subset(~passed.validation[texts][matches.text])
         y = occurrence_means(matches, patterns, vectors, offsets)
         np.add.at(counts, matches.entry, 1)
         np.add.at(squares, matches.entry, np.einsum("ij,ij->i", y, y, dtype=np.float64))
         order = np.argsort(matches.entry, kind="stable")
         entries, first = np.unique(matches.entry[order], return_index=True)
-        sums[entries] += np.add.reduceat(y[order], first, axis=0)
+        if len(order):
+            sums[entries] += np.add.reduceat(y[order], first, axis=0)
     seen = counts > 0
     sums[seen] /= counts[seen, None]
     return counts, sums, squares

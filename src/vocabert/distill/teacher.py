@@ -22,6 +22,7 @@ from vocabert.tokenizer import tokenizer_fingerprint
 # Files whose content decides what the teacher computes. Weights are hashed in full.
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _CONFIG_FILES = ("config.json", "modules.json", "sentence_bert_config.json", "1_Pooling/config.json")
+PRECISIONS = ("float32", "float16", "bfloat16")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 _LOADED_ID = re.compile(r"""(?:SentenceTransformer|from_pretrained)\(\s*["']([^"']+)["']""")
 
@@ -167,7 +168,7 @@ class Teacher:
     Spark) can map it over many workers without a rewrite.
     """
 
-    def __init__(self, path: str | Path | None = None, device: str = "cpu"):
+    def __init__(self, path: str | Path | None = None, device: str = "cpu", precision: str = "float32"):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         try:
@@ -181,12 +182,33 @@ class Teacher:
                 "the teacher needs torch and sentence-transformers: pip install torch==2.13.0 'vocabert[train]'"
             ) from None
         self.path = resolve_teacher_path(path)
-        self.model = SentenceTransformer(str(self.path), device=device)
+        self.device, self.precision = self.resolve(device, precision)
+        self.model = SentenceTransformer(str(self.path), device=self.device)
+        if self.precision != "float32":
+            import torch
+
+            self.model.to(getattr(torch, self.precision))
         self.model.eval()
         get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(get_dim())
         self.fingerprint = teacher_fingerprint(self.path)
         self.cache_key = cache_key(self.path)  # its outputs in the embedding cache
+
+    @staticmethod
+    def resolve(device: str, precision: str) -> tuple[str, str]:
+        """``auto`` made concrete: CUDA when torch sees one, float16 there and float32 on the CPU."""
+        if device == "auto":
+            try:
+                import torch
+
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            except ImportError:
+                device = "cpu"
+        if precision == "auto":
+            precision = "float16" if device.startswith("cuda") else "float32"
+        if precision not in PRECISIONS:
+            raise VocabertError(f"unknown teacher precision {precision!r}: use auto or {', '.join(PRECISIONS)}")
+        return device, precision
 
     def encode(self, texts: list[str], batch_size: int = 64, show_progress_bar: bool = False) -> np.ndarray:
         """Sentence embeddings exactly as sentence-transformers computes them (float32)."""
@@ -197,12 +219,12 @@ class Teacher:
     def forward(self, texts: list[str], batch_size: int = 64) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
         """One teacher pass: sentence embeddings, and per text its token ids and contextual token vectors."""
         outputs = self.model.encode(list(texts), batch_size=batch_size, output_value=None, convert_to_numpy=False)
-        sentences = np.stack([o["sentence_embedding"].float().numpy() for o in outputs]).astype(np.float32)
+        sentences = np.stack([o["sentence_embedding"].float().cpu().numpy() for o in outputs]).astype(np.float32)
         ids, vectors = [], []
         for o in outputs:
             n = int(o["attention_mask"].sum())
-            ids.append(o["input_ids"][:n].numpy().astype(np.int64))
-            vectors.append(o["token_embeddings"][:n].float().numpy())
+            ids.append(o["input_ids"][:n].cpu().numpy().astype(np.int64))
+            vectors.append(o["token_embeddings"][:n].float().cpu().numpy())
         return sentences, ids, vectors
 
     def token_vectors(self, id_rows: list[list[int]], batch_size: int = 256) -> list[np.ndarray]:
@@ -220,6 +242,7 @@ class Teacher:
                 for i, r in enumerate(rows):
                     ids[i, : len(r)] = torch.tensor(r)
                     mask[i, : len(r)] = 1
-                hidden = bert(input_ids=ids, attention_mask=mask).last_hidden_state.float().numpy()
+                ids, mask = ids.to(self.model.device), mask.to(self.model.device)
+                hidden = bert(input_ids=ids, attention_mask=mask).last_hidden_state.float().cpu().numpy()
                 out.extend(hidden[i, : len(r)] for i, r in enumerate(rows))
         return out

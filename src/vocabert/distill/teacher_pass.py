@@ -1,17 +1,23 @@
 """The teacher pass as it lies in ``<workdir>/teacher``, and reading it.
 
-Every teacher-pass text went through the teacher once; its rows are flat raw little-endian files, so
-that the ``embed`` stage (:mod:`vocabert.distill.embedding`, which writes them) can append to them
-batch by batch. Mining (``--select semantics``), the entry vectors and training read them from here,
-memory-mapped::
+Every teacher-pass text went through the teacher once. Its rows are flat raw little-endian files whose
+sizes are known before the pass starts (the corpus says how many tokens each text has), so that whoever
+computes a batch (this process, or a Ray worker) writes its rows in place at their offsets, in any order.
+Mining (``--select semantics``), the entry vectors and training read them from here, memory-mapped::
 
-    targets.bin        (texts, dim) float32: the teacher's sentence embeddings (the training targets)
-    rows.bin           (texts, 3) int64: text index in the teacher-pass order, tokens, validation
+    targets.bin        (texts, dim) float32 or float16: the teacher's sentence embeddings (training targets)
+    rows.bin           (texts, 4) int64: text index in the teacher-pass order, tokens, validation,
+                       offset of the text's rows in token_vectors.bin (-1: not in the token sample)
     token_ids.bin      (tokens,) int32
-    token_vectors.bin  (tokens, dim) float16: the teacher's contextual token vectors
-    manifest.json      written last: the pass is complete (texts, tokens, dim)
-    progress.json      while the pass runs: its key and the texts and tokens made durable
-    parts/             while a Ray pass runs: batches computed out of order, waiting for their turn
+    token_vectors.bin  (sampled tokens, dim) float16: the teacher's contextual token vectors of a bounded
+                       sample of texts (``--token-sample``); what is only needed as a sum is not kept per token
+    entry_sums.npz     the mean contextual vector of every vocabulary entry over its occurrences, and their
+                       counts, accumulated while the teacher ran (for the vocabulary named inside)
+    manifest.json      written last: the pass is complete (texts, tokens, sampled tokens, dim)
+    progress.npz       while the pass runs: its key, the batches made durable, the entry sums so far
+
+Bytes kept per text: ``dim x 4`` (targets; 2 in float16) + 32 (rows); per token: 4 (ids); per sampled
+token: ``dim x 2``. The entry sums are ``entries x dim x 4`` bytes whatever the corpus size.
 """
 
 from __future__ import annotations
@@ -26,50 +32,80 @@ from vocabert.artifacts import VocabertError
 from vocabert.distill.workspace import Workspace, check_same_teacher, read_manifest
 from vocabert.matching import Matches
 
-# The flat files: name -> (dtype, values per row). Rows are texts, except for the per-token files.
-TEXT_FILES = {"targets": ("<f4", "dim"), "rows": ("<i8", 3)}  # rows: text index, tokens, validation
-TOKEN_FILES = {"token_ids": ("<i4", 1), "token_vectors": ("<f2", "dim")}
-PROGRESS = "progress.json"
-PARTS = "parts"
+ROW_FIELDS = 4  # text index, tokens, validation, offset in token_vectors.bin (-1: not sampled)
+PROGRESS = "progress.npz"
+ENTRY_SUMS = "entry_sums.npz"
+TARGET_DTYPES = {"float32": "<f4", "float16": "<f2"}
+
+
+def pass_files(texts: int, tokens: int, sampled: int, dim: int, targets_dtype: str) -> dict[str, tuple[str, tuple]]:
+    """The flat files of a pass of this size: name -> (dtype, shape)."""
+    return {
+        "targets": (TARGET_DTYPES[targets_dtype], (texts, dim)),
+        "rows": ("<i8", (texts, ROW_FIELDS)),
+        "token_ids": ("<i4", (tokens,)),
+        "token_vectors": ("<f2", (sampled, dim)),
+    }
 
 
 @dataclass
 class TeacherPass:
     """A finished teacher pass, memory-mapped: rows are texts in the order the teacher saw them."""
 
-    targets: np.ndarray  # (texts, dim) float32: the teacher's sentence embeddings
+    targets: np.ndarray  # (texts, dim) float32 or float16: the teacher's sentence embeddings
     text_index: np.ndarray  # (texts,) position of each text in the teacher-pass order (teacher_texts)
     validation: np.ndarray  # (texts,) bool
     token_offsets: np.ndarray  # (texts + 1,) rows of text i are token_offsets[i]:token_offsets[i+1]
     token_ids: np.ndarray  # (tokens,) int32
-    token_vectors: np.ndarray  # (tokens, dim) float16: the teacher's contextual token vectors
+    token_vectors: np.ndarray  # (sampled tokens, dim) float16: contextual token vectors of the sampled texts
+    vector_offsets: np.ndarray | None = None  # (texts,) start of text i in token_vectors, -1: not sampled
+
+    def __post_init__(self) -> None:
+        if self.vector_offsets is None:  # every token's vector is here
+            self.vector_offsets = np.asarray(self.token_offsets[:-1], dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.targets)
+
+    @property
+    def dim(self) -> int:
+        return int(self.targets.shape[1])
+
+    @property
+    def sampled(self) -> np.ndarray:
+        """The texts whose token vectors are kept, in the teacher-pass order."""
+        return np.flatnonzero(self.vector_offsets >= 0)
+
+    @property
+    def every_token_sampled(self) -> bool:
+        return len(self.token_vectors) == len(self.token_ids)
 
     @classmethod
     def open(cls, directory: str | Path) -> TeacherPass:
         directory = Path(directory)
         m = read_manifest(directory, "teacher pass")
         texts, tokens, dim = int(m["texts"]), int(m["tokens"]), int(m["dim"])
+        files = pass_files(texts, tokens, int(m["sampled_tokens"]), dim, m["targets_dtype"])
 
-        def mapped(name: str, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+        def mapped(name: str) -> np.ndarray:
+            dtype, shape = files[name]
             path = directory / f"{name}.bin"
             need = int(np.prod(shape)) * np.dtype(dtype).itemsize
             if not path.is_file() or path.stat().st_size != need:
                 raise VocabertError(f"teacher pass {path} is missing or has the wrong size; run `vocabert embed`")
             return np.memmap(path, dtype=dtype, mode="r", shape=shape) if need else np.zeros(shape, dtype)
 
-        rows = mapped("rows", "<i8", (texts, 3))
+        rows = np.asarray(mapped("rows"))
         offsets = np.zeros(texts + 1, dtype=np.int64)
         np.cumsum(rows[:, 1], out=offsets[1:])
         return cls(
-            targets=mapped("targets", "<f4", (texts, dim)),
-            text_index=np.asarray(rows[:, 0]),
-            validation=np.asarray(rows[:, 2]).astype(bool),
+            targets=mapped("targets"),
+            text_index=rows[:, 0].copy(),
+            validation=rows[:, 2].astype(bool),
             token_offsets=offsets,
-            token_ids=mapped("token_ids", "<i4", (tokens,)),
-            token_vectors=mapped("token_vectors", "<f2", (tokens, dim)),
+            token_ids=mapped("token_ids"),
+            token_vectors=mapped("token_vectors"),
+            vector_offsets=rows[:, 3].copy(),
         )
 
     def chunk_rows(self, texts_per_chunk: int = 2048) -> list[slice]:
@@ -85,6 +121,24 @@ class TeacherPass:
         """``(rows, token ids, offsets)`` over runs of texts; offsets are relative to the chunk."""
         for rows in self.chunk_rows(texts_per_chunk):
             yield rows, *self.chunk(rows)
+
+    def sampled_chunks(
+        self, texts_per_chunk: int = 2048
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """``(texts, token ids, offsets, token vectors as float32)`` over runs of the sampled texts (the only
+        ones whose token vectors are kept); offsets are relative to the chunk."""
+        sampled = self.sampled
+        for a in range(0, len(sampled), texts_per_chunk):
+            texts = sampled[a : a + texts_per_chunk]
+            lengths = self.token_offsets[texts + 1] - self.token_offsets[texts]
+            offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+            np.cumsum(lengths, out=offsets[1:])
+            within = np.arange(offsets[-1]) - np.repeat(offsets[:-1], lengths)
+            ids = np.asarray(self.token_ids[np.repeat(self.token_offsets[texts], lengths) + within], dtype=np.int64)
+            # The sampled texts' vectors follow each other in the teacher-pass order: one slice.
+            lo = int(self.vector_offsets[texts[0]])
+            vectors = np.asarray(self.token_vectors[lo : lo + offsets[-1]], dtype=np.float32)
+            yield texts, ids, offsets, vectors
 
 
 def open_teacher_pass(ws: Workspace) -> TeacherPass:

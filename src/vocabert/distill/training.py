@@ -9,6 +9,7 @@ validation share of the training texts picks the best epoch."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from vocabert._version import __version__
-from vocabert.artifacts import VocabertError
+from vocabert.artifacts import VocabertError, temporary_dir
 from vocabert.distill.teacher_pass import TeacherPass, open_teacher_pass
 from vocabert.distill.vocabulary import open_store
 from vocabert.distill.workspace import Workspace, digest, finish, is_current, log, read_manifest
@@ -43,20 +44,37 @@ class TrainingData:
         return len(self.targets)
 
 
-def training_data(passed: TeacherPass, store: VocabularyStore, vocab_size: int) -> TrainingData:
-    """Match every text of the teacher pass; targets stay memory-mapped in the work directory."""
+def training_data(
+    passed: TeacherPass, store: VocabularyStore, vocab_size: int, directory: Path | None = None
+) -> TrainingData:
+    """Match every text of the teacher pass. With ``directory`` the matches go to disk chunk by chunk and are
+    memory-mapped from there (``entries.bin``, ``ptr.npy``), as the targets are, so that training streams its
+    batches and its memory does not grow with the corpus; without, they are kept in memory."""
     index = EntryIndex(np.asarray(store.patterns), vocab_size)
     counts, entries = [], []
-    for rows, ids, offsets in passed.chunks():
-        matches = index.match(ids, offsets)
-        counts.append(np.bincount(matches.text, minlength=rows.stop - rows.start))
-        entries.append(matches.entry)
+    out = None if directory is None else open(directory / "entries.bin", "wb")  # noqa: SIM115 (closed below)
+    try:
+        for rows, ids, offsets in passed.chunks():
+            matches = index.match(ids, offsets)
+            counts.append(np.bincount(matches.text, minlength=rows.stop - rows.start))
+            if out is None:
+                entries.append(matches.entry.astype(np.int32))
+            else:
+                out.write(np.ascontiguousarray(matches.entry, dtype="<i4").tobytes())
+    finally:
+        if out is not None:
+            out.close()
     if not counts:
         raise VocabertError("the teacher pass holds no texts to train on")
     ptr = np.zeros(len(passed) + 1, dtype=np.int64)
     np.cumsum(np.concatenate(counts), out=ptr[1:])
+    if directory is None:
+        matched = np.concatenate(entries)
+    else:
+        np.save(directory / "ptr.npy", ptr)
+        matched = np.memmap(directory / "entries.bin", dtype="<i4", mode="r", shape=(int(ptr[-1]),))
     lengths = np.diff(passed.token_offsets)
-    return TrainingData(ptr, np.concatenate(entries), lengths, passed.targets, passed.validation)
+    return TrainingData(ptr, matched, lengths, passed.targets, passed.validation)
 
 
 ARCHS = (WeightedMean.name, ContextPool.name)
@@ -327,11 +345,15 @@ def train_student(
         starts, ends = data.ptr[idx], data.ptr[idx + 1]
         counts = ends - starts
         flat = np.arange(counts.sum()) + np.repeat(starts - np.cumsum(counts) + counts, counts)
-        entry = torch.from_numpy(data.entries[flat])
+        entry = torch.from_numpy(np.asarray(data.entries[flat], dtype=np.int64))
         segment = torch.from_numpy(np.repeat(np.arange(len(idx)), counts))
         out = torch.nn.functional.normalize(student(entry, segment, len(idx), lengths[idx]), dim=1)
         # Targets are read from the memory-mapped teacher pass a batch at a time, never all at once.
-        return out, torch.nn.functional.normalize(torch.from_numpy(np.asarray(data.targets[idx])), dim=1), entry
+        return (
+            out,
+            torch.nn.functional.normalize(torch.from_numpy(np.asarray(data.targets[idx], dtype=np.float32)), dim=1),
+            entry,
+        )
 
     def loss_of(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         cos = (out * target).sum(dim=1)
@@ -408,9 +430,14 @@ def run_training(
     vocab_manifest = read_manifest(ws.vocab_dir, "vocabulary")
     vocab_size = int(read_manifest(ws.corpus_dir, "corpus")["vocab_size"])
     started = time.perf_counter()
-    data = training_data(passed, store, vocab_size)
-    log(f"train: {len(data)} texts ({int(data.validation.sum())} for validation), {len(data.entries)} matches")
-    network, tuned, history = train_student(data, store, show_progress_bar=ws.show_progress_bar, **asdict(settings))
+    matches_dir = temporary_dir(ws.root, ".matches-")  # memory-mapped while training, then removed
+    try:
+        data = training_data(passed, store, vocab_size, matches_dir)
+        log(f"train: {len(data)} texts ({int(data.validation.sum())} for validation), {len(data.entries)} matches")
+        network, tuned, history = train_student(data, store, show_progress_bar=ws.show_progress_bar, **asdict(settings))
+        del data
+    finally:
+        shutil.rmtree(matches_dir, ignore_errors=True)
     if tuned is not None:  # the model carries its own copy of the vectors: the tuned ones, same precision
         store = VocabularyStore.from_float(
             np.asarray(store.patterns), tuned, store_manifest["key"]["settings"]["dtype"], store.metadata

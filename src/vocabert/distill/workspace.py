@@ -174,10 +174,11 @@ class Workspace:
     def max_length(self) -> int:
         return teacher_lib.max_seq_length(self.teacher_path)
 
-    def teacher(self) -> teacher_lib.Teacher:
+    def teacher(self, device: str = "cpu", precision: str = "float32") -> teacher_lib.Teacher:
+        """The teacher, loaded once (on ``device`` at ``precision``, ``auto`` allowed, the first time)."""
         if self._teacher is None:
-            log(f"loading teacher {self.teacher_path}")
-            self._teacher = teacher_lib.Teacher(self.teacher_path)
+            self._teacher = teacher_lib.Teacher(self.teacher_path, device, precision)
+            log(f"loaded teacher {self.teacher_path} ({self._teacher.device}, {self._teacher.precision})")
         return self._teacher
 
     def teacher_cache(self) -> EmbeddingCache:
