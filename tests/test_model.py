@@ -47,6 +47,10 @@ def brute_force_context(model: StudentModel, text: str) -> np.ndarray:
     """``context_pool`` by its docstring, one text, in float64 (GELU in its tanh form, as trained)."""
     ids, found = found_entries(model, text)
     t = {k: v.astype(np.float64) for k, v in model.network.tensors().items()}
+    every = np.arange(len(model.store))
+    for name in ContextPool.ENTRY_TABLES:  # as the network holds them (int8 keys and queries: times their scales)
+        if name in t:
+            t[name] = model.network.entry_rows(name, every).astype(np.float64)
     vectors = model.store.vectors(np.array(found)).astype(np.float64)
     m = []
     for h in range(t["entry_key"].shape[1]):

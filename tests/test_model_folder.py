@@ -1,5 +1,6 @@
 """The model folder on a synthetic tokenizer and store: what save writes, what load refuses (one line, never a
-traceback), and the folder in sentence-transformers."""
+traceback), and the folder in sentence-transformers; int8 keys and queries against float32 ones also on the
+session's small real model."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def test_save_load_round_trip(model, saved):
     np.testing.assert_array_equal(again.encode(TEXTS), model.encode(TEXTS))
     assert isinstance(again.store.embeddings, np.memmap)  # rows are read lazily
     config = json.loads((saved / "config.json").read_text())
-    assert config["format_version"] == 2 and config["dim"] == DIM and config["entries"] == len(model.store)
+    assert config["format_version"] == 3 and config["dim"] == DIM and config["entries"] == len(model.store)
     assert config["dtype"] == "float16" and config["provenance"] == model.config["provenance"]
 
 
@@ -51,7 +52,7 @@ def test_model_safetensors_holds_entries_and_network(saved):
     tensors, metadata = load_safetensors(saved / "model.safetensors")
     assert set(tensors) == {"patterns", "embeddings", "student.entry_weight", "student.weight", "student.bias"}
     assert tensors["embeddings"].dtype == np.float16 and tensors["patterns"].dtype == np.int32
-    assert metadata["architecture"] == "weighted_mean" and metadata["format_version"] == "2"
+    assert metadata["architecture"] == "weighted_mean" and metadata["format_version"] == "3"
 
 
 def test_int8_round_trip(tmp_path):
@@ -229,7 +230,7 @@ def test_context_pool_tensors_of_the_wrong_shape(tmp_path, name, change):
         (lambda: tiny_model("int8"), "scales"),
         (tiny_model, "student.entry_weight"),
         (tiny_model, "student.weight"),
-        (lambda: tiny_context_model(3, 5, heads=2, window=2), "student.entry_key"),
+        (lambda: tiny_context_model(3, 5, heads=2, window=2), "student.entry_key_scale"),
         (lambda: tiny_context_model(3, 5, heads=2, window=2), "student.mlp_out_bias"),
         (lambda: tiny_context_model(3, 5, heads=2, window=2), "student.entry_window"),
     ],
@@ -252,6 +253,112 @@ def test_the_largest_finite_weights_are_kept(tmp_path):
     model.store.embeddings[5, 0] = np.finfo(np.float16).smallest_subnormal
     model.network.t["bias"][0] = np.finfo(np.float32).max / 1e30
     assert np.isfinite(vocabert.load(model.save(tmp_path / "m")).encode(TEXTS)).all()
+
+
+# ---------------------------------------------------------------------- attention keys and queries
+
+
+def _as_older_folder(folder: Path, key: np.ndarray, query: np.ndarray) -> None:
+    """``folder`` as format 2 wrote it, before int8 keys: float32 ``entry_key`` and ``entry_query``, no scales."""
+
+    def older(tensors):
+        for name, table in (("entry_key", key), ("entry_query", query)):
+            tensors[f"student.{name}"] = np.asarray(table, dtype=np.float32)
+            del tensors[f"student.{name}_scale"]
+
+    _rewrite_tensors(folder, older)
+    config = json.loads((folder / "config.json").read_text())
+    write_text(folder / "config.json", json.dumps({**config, "format_version": 2}))
+
+
+def test_keys_and_queries_are_stored_in_int8_and_read_memory_mapped(tmp_path):
+    model = tiny_context_model(3, 5, heads=2)
+    folder = model.save(tmp_path / "m")
+    tensors, _ = load_safetensors(folder / "model.safetensors")
+    for name in ("entry_key", "entry_query"):
+        assert tensors[f"student.{name}"].dtype == np.int8
+        assert tensors[f"student.{name}"].shape == (len(model.store), 2, 3)
+        assert tensors[f"student.{name}_scale"].dtype == np.float32
+        assert tensors[f"student.{name}_scale"].shape == (len(model.store),)
+    again = vocabert.load(folder)
+    for name in ("entry_key", "entry_query", "entry_key_scale", "entry_query_scale"):
+        assert isinstance(again.network.t[name], np.memmap)  # a batch reads its own entries' rows only
+    assert again.network.t["entry_key"].dtype == np.int8
+    np.testing.assert_array_equal(again.encode(TEXTS), model.encode(TEXTS))  # the model holds them as it saves them
+
+
+def test_an_older_folder_with_float32_keys_loads_and_encodes_as_before(tmp_path):
+    """Keys and queries in float32 (folders written before int8): read as they are, memory-mapped, and the
+    vectors are those of the float32 network; saved again, the folder has int8 keys, a tight tolerance off."""
+    from vocabert.networks import ContextPool
+
+    model = tiny_context_model(3, 5, heads=2)
+    rng = np.random.default_rng(1)
+    key, query = rng.normal(size=(2, len(model.store), 2, 3)).astype(np.float32)
+    folder = model.save(tmp_path / "old")
+    _as_older_folder(folder, key, query)
+    old = vocabert.load(folder)
+    assert old.network.t["entry_key"].dtype == np.float32 and isinstance(old.network.t["entry_key"], np.memmap)
+    assert "entry_key_scale" not in old.network.t
+    stored = {k: v for k, v in model.network.tensors().items() if not k.endswith("_scale")}
+    as_before = ContextPool.from_tensors({**stored, "entry_key": key, "entry_query": query})
+    assert as_before.t["entry_key"] is key  # as stored: float32, no copy, no quantization
+    expected = StudentModel(model.config, model.tokenizer_text, model.store, as_before).encode(TEXTS)
+    np.testing.assert_array_equal(old.encode(TEXTS), expected)
+
+    resaved = vocabert.load(old.save(tmp_path / "new"))
+    assert resaved.network.t["entry_key"].dtype == np.int8
+    cosine = np.einsum("ij,ij->i", resaved.encode(TEXTS), expected)
+    assert cosine.min() > 0.9999 and not np.array_equal(resaved.encode(TEXTS), expected)
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda t: t.pop("student.entry_key_scale"), "an int8 entry_key needs a float32 entry_key_scale"),
+        (lambda t: t.update({"student.entry_query_scale": np.ones(3, np.float32)}), "entry_query_scale has shape"),
+        (
+            lambda t: t.update({"student.entry_key_scale": t["student.entry_key_scale"].astype(np.float16)}),
+            "entry_key_scale must be float32",
+        ),
+        (
+            lambda t: t.update({"student.entry_key": t["student.entry_key"].astype(np.int32)}),
+            "entry_key must be float32, float16 or int8",
+        ),
+    ],
+)
+def test_int8_keys_without_their_scales(tmp_path, change, match):
+    folder = tiny_context_model(3, 5, heads=2).save(tmp_path / "m")
+    _rewrite_tensors(folder, change)
+    _one_line_error(folder, match)
+
+
+def test_int8_keys_stay_within_a_tight_tolerance_of_float32_on_real_texts(workspace, tmp_path):
+    """The small real model of the session (keys and queries as trained, then quantized), its tables moved off
+    the int8 grid by up to half a step each (what a float32 table fresh from training is to the quantizer) and
+    written as an older, float32 folder; saved again by today's code, in int8: on real passages and queries the
+    vectors stay within a tight tolerance of the float32 ones."""
+    from vocabert.distill.corpus import open_corpus
+
+    trained = vocabert.load(workspace.model_dir)
+    rng = np.random.default_rng(0)
+    net, every = trained.network, np.arange(len(trained.store))
+    key, query = (
+        net.entry_rows(name, every)
+        + rng.uniform(-0.5, 0.5, size=net.t[name].shape).astype(np.float32) * net.t[f"{name}_scale"][:, None, None]
+        for name in ("entry_key", "entry_query")
+    )
+    folder = trained.save(tmp_path / "fp32")
+    _as_older_folder(folder, key, query)
+    fp32 = vocabert.load(folder)
+    int8 = vocabert.load(fp32.save(tmp_path / "int8"))
+    assert fp32.network.t["entry_key"].dtype == np.float32 and int8.network.t["entry_key"].dtype == np.int8
+    corpus = open_corpus(workspace)
+    texts = corpus.texts("heldout", "passages")[:200] + corpus.texts("heldout", "queries")[:200]
+    a, b = fp32.encode(texts), int8.encode(texts)
+    cosine = np.einsum("ij,ij->i", a, b)
+    assert cosine.min() > 0.9995 and cosine.mean() > 0.99995, (cosine.min(), cosine.mean())
+    assert np.abs(a - b).max() < 0.01
 
 
 @pytest.mark.parametrize(

@@ -32,7 +32,10 @@ from vocabert.networks import ARCHITECTURES, Network
 from vocabert.store import VocabularyStore, all_finite, load_safetensors, save_safetensors
 from vocabert.tokenizer import tokenizer_fingerprint
 
-FORMAT_VERSION = 2  # 1: embeddings.safetensors + student.safetensors; 2: one model.safetensors
+# 1: embeddings.safetensors + student.safetensors; 2: one model.safetensors; 3: context_pool's keys and queries
+# in int8 with per-entry scales (a vocabert of format 2 would read the int8 values without their scales, so it
+# must refuse the folder). Folders of format 2 load as they did.
+FORMAT_VERSION = 3
 MODEL_FILES = ("config.json", "tokenizer.json", "model.safetensors")  # what read() reads
 OLD_FORMAT_FILES = ("embeddings.safetensors", "student.safetensors")
 STUDENT_PREFIX = "student."  # the network's tensors in model.safetensors; the others are the entry store
@@ -174,10 +177,12 @@ def check_config(config: Any, where: Path) -> dict:
 
 
 def read(path: str | Path) -> ModelParts:
-    """The parts of the model folder ``path``, checked; the entry vectors stay memory-mapped.
+    """The parts of the model folder ``path``, checked; the entry vectors and the network's per-entry tables
+    stay memory-mapped (a batch reads the rows of its entries).
 
-    Every float tensor is checked for NaN and infinity: one pass over the file's pages (~10 ms for a
-    77 MB store once they are cached).
+    Every float tensor is checked for NaN and infinity: one pass over the file, read from it rather than
+    through the maps (~10 ms for a 77 MB store once it is cached), so that the check leaves none of the
+    file resident in the process.
     """
     path = Path(path)
     if path.is_file():

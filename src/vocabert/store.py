@@ -96,6 +96,16 @@ def _mapped_file(array: np.ndarray) -> tuple[str, int] | None:
     return None
 
 
+def quantize_rows(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int8 values and one float32 scale per row (``values[i] ~ q[i] * scale[i]``): the row's largest
+    magnitude maps to 127; a row of zeros (or of no values) gets scale 1."""
+    flat = values.reshape(len(values), -1)
+    scales = np.abs(flat).max(axis=1, initial=0) / 127.0
+    scales[scales == 0] = 1.0
+    q = np.clip(np.round(flat / scales[:, None]), -127, 127).astype(np.int8)
+    return q.reshape(values.shape), scales.astype(np.float32)
+
+
 def save_safetensors(path: str | Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
     """Write tensors atomically."""
     tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
@@ -180,10 +190,7 @@ class VocabularyStore:
         if dtype == "float16":
             return cls(patterns, vectors.astype(np.float16), None, metadata)
         if dtype == "int8":
-            scales = np.abs(vectors).max(axis=1) / 127.0
-            scales[scales == 0] = 1.0
-            q = np.clip(np.round(vectors / scales[:, None]), -127, 127).astype(np.int8)
-            return cls(patterns, q, scales.astype(np.float32), metadata)
+            return cls(patterns, *quantize_rows(vectors), metadata)
         raise VocabertError(f"unknown store dtype {dtype!r}: use float16 or int8")
 
     def tensors(self) -> dict[str, np.ndarray]:
