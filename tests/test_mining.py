@@ -593,7 +593,8 @@ def test_whole_words_are_their_own_kind(tmp_path, tok):
 
 def test_budget_in_megabytes():
     heads, rank = TrainSettings.attention_heads, TrainSettings.attention_rank
-    assert entry_bytes(384, 4) == 2 * 384 + 2 * heads * rank * 4 + 16  # vector, the default's keys and queries, pattern
+    # the fp16 vector, the default's int8 keys and queries with a float32 scale each, the pattern
+    assert entry_bytes(384, 4) == 2 * 384 + 2 * (heads * rank + 4) + 16
     assert budget_entries(100_000, None, 384, 4) == 100_000
     assert budget_entries(0, 104.0, 384, 4) == int(104e6 // entry_bytes(384, 4))
     with pytest.raises(VocabertError, match="budget-mb"):

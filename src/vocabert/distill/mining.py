@@ -334,10 +334,10 @@ class MineSettings:
     )
 
 
-# A model stores per entry its fp16 vector, the default student's keys and queries (fp32, one of rank r per
-# head) and its pattern (int32): what --budget-mb divides by. 4 heads of rank 16 (TrainSettings; a test
-# keeps the two in step: mining imports no later stage, training least of all).
-ATTENTION_BYTES = 2 * 4 * 16 * 4
+# A model stores per entry its fp16 vector, the default student's keys and queries (int8, one of rank r per
+# head, and a float32 scale each) and its pattern (int32): what --budget-mb divides by. 8 heads of rank 8
+# (TrainSettings; a test keeps the two in step: mining imports no later stage, training least of all).
+ATTENTION_BYTES = 2 * (8 * 8 + 4)
 
 
 def entry_bytes(dim: int, width: int) -> int:
