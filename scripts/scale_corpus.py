@@ -34,7 +34,7 @@ own id (copy 0: factor 1 is the bundled corpus itself, token for token), then N 
   else the closest. The length aimed at is the unit's, moved by up to that tolerance against the words the
   source's variants have written beyond their templates so far: a variant keeps about its template's length,
   a passage variant its template's number of sentences, and each source's words are N times the originals'
-  within a fraction of a percent (``size_ratio`` in ``scale_corpus.json``);
+  within a fraction of a percent (``size_ratio`` in ``scale_corpus.json``: all words / the originals' words);
 - every text and every passage sentence written is distinct, up to case and spacing (the corpus stage's
   ``dedup_key`` identity), from every other one and from the originals: a Bloom filter (no false negatives;
   a false positive only costs another try) holds what was written. A unit with no distinct splice (a one-word
@@ -99,7 +99,7 @@ from vocabert.distill.corpus import (  # noqa: E402
 )
 from vocabert.readers import read_texts  # noqa: E402
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 # name (as the corpus stage calls the source), path under the data folder, format
 SOURCES = [
     ("passages", "msmarco_passage/collection_subset.tsv.gz", "tsv"),
@@ -212,7 +212,8 @@ class Tally:
 
     def as_dict(self) -> dict:
         out = dict(self.__dict__)
-        out["size_ratio"] = round(self.variant_words / self.original_words, 4) if self.original_words else None
+        total = self.original_words + self.variant_words  # (the factor, ideally)
+        out["size_ratio"] = round(total / self.original_words, 4) if self.original_words else None
         return out
 
 
@@ -511,7 +512,7 @@ def _source_md(info: dict) -> str:
         "For measuring the pipeline's costs, not its quality. The texts are MS MARCO's and WordNet's: their",
         "terms apply (../shared/data/*/SOURCE.md).",
         "",
-        "| source | originals | variants | words, variants / originals |",
+        "| source | originals | variants | words, all / originals' |",
         "|---|---:|---:|---:|",
     ]
     for name, c in info["counts"].items():
