@@ -590,6 +590,22 @@ def _pass_job(
     )
 
 
+def pass_key(ws: Workspace, settings: EmbedSettings) -> dict:
+    """The teacher pass's key: the teacher, the settings that change what it holds, the corpus."""
+    pass_settings = {
+        "teacher_share": settings.teacher_share,
+        "batch_size": settings.batch_size,
+        "token_sample": settings.token_sample,
+        "targets_dtype": settings.targets_dtype,
+    }
+    if settings.teacher_sources:  # (only when given, so that passes over every source keep their key)
+        pass_settings["teacher_sources"] = sorted(settings.teacher_sources)
+    precision = Teacher.resolve(settings.device, settings.precision)[1]
+    if precision != "float32":  # another precision gives other targets (within a cosine of 1e-4)
+        pass_settings["teacher_precision"] = precision
+    return {"provenance": ws.provenance, "settings": pass_settings, "inputs": {"corpus": digest(ws.corpus_dir)}}
+
+
 def run_embedding(
     ws: Workspace, settings: EmbedSettings, engine: Engine, force: bool = False, pass_only: bool = False
 ) -> VocabularyStore | None:
@@ -608,26 +624,15 @@ def run_embedding(
         raise VocabertError(
             f"unknown teacher source(s) {', '.join(unknown)}: the corpus has {', '.join(corpus.sources)}"
         )
-    pass_settings = {
-        "teacher_share": settings.teacher_share,
-        "batch_size": settings.batch_size,
-        "token_sample": settings.token_sample,
-        "targets_dtype": settings.targets_dtype,
-    }
-    if settings.teacher_sources:  # (only when given, so that passes over every source keep their key)
-        pass_settings["teacher_sources"] = sorted(settings.teacher_sources)
-    precision = Teacher.resolve(settings.device, settings.precision)[1]
-    if precision != "float32":  # another precision gives other targets (within a cosine of 1e-4)
-        pass_settings["teacher_precision"] = precision
-    pass_key = {"provenance": ws.provenance, "settings": pass_settings, "inputs": {"corpus": digest(ws.corpus_dir)}}
+    key = pass_key(ws, settings)
     vocab = None if pass_only or settings.entry_vectors == "isolated" else open_vocabulary(ws)[0]
     if force:
         reset_progress(ws.teacher_dir)
-    if not force and is_current(ws.teacher_dir, "teacher pass", pass_key):
+    if not force and is_current(ws.teacher_dir, "teacher pass", key):
         passed = TeacherPass.open(ws.teacher_dir)
         log(f"embed: teacher pass {ws.teacher_dir} is up to date ({len(passed)} texts)")
     else:
-        passed = engine.teacher_pass(ws, _pass_job(ws, corpus, settings, pass_key, vocab))
+        passed = engine.teacher_pass(ws, _pass_job(ws, corpus, settings, key, vocab))
 
     if pass_only:
         return None
@@ -646,7 +651,7 @@ def run_embedding(
     vocab_size = int(corpus.manifest["vocab_size"])
     patterns = vocab.patterns.astype(np.int64)
     if settings.entry_vectors == "contextual":
-        vectors, counts = _contextual_vectors(ws, corpus, settings, pass_key, engine, passed, patterns, vocab_size)
+        vectors, counts = _contextual_vectors(ws, corpus, settings, key, engine, passed, patterns, vocab_size)
     else:
         vectors, counts = np.zeros((len(patterns), passed.dim), np.float32), np.zeros(len(patterns), np.int64)
     alone = np.flatnonzero(counts == 0) if settings.entry_vectors == "contextual" else np.arange(len(counts))
@@ -668,7 +673,7 @@ def _contextual_vectors(
     ws: Workspace,
     corpus: Corpus,
     settings: EmbedSettings,
-    pass_key: dict,
+    key: dict,
     engine: Engine,
     passed: TeacherPass,
     patterns: np.ndarray,
@@ -687,7 +692,7 @@ def _contextual_vectors(
             "and added up another vocabulary's entries: the teacher runs over its texts again for this one's "
             "(`--token-sample all` keeps every token's vector instead)"
         )
-        job = _pass_job(ws, corpus, settings, pass_key, open_vocabulary(ws)[0], write_rows=False)
+        job = _pass_job(ws, corpus, settings, key, open_vocabulary(ws)[0], write_rows=False)
         engine.teacher_pass(ws, job)
         found = load_entry_sums(ws.teacher_dir, vocabulary, len(patterns))
     means, counts = found

@@ -1,0 +1,156 @@
+"""The teacher pass in bounded disk and memory: a bounded token sample, entry sums added up while the teacher
+runs (and again for a new vocabulary), training that streams from the work directory, the teacher's device."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from conftest import SMALL_MINE
+
+from vocabert.artifacts import VocabertError
+from vocabert.distill.corpus import open_corpus
+from vocabert.distill.embedding import EmbedSettings, run_embedding, token_count
+from vocabert.distill.engine import LocalEngine
+from vocabert.distill.mining import run_mining
+from vocabert.distill.teacher import Teacher
+from vocabert.distill.teacher_pass import TeacherPass, open_teacher_pass
+from vocabert.distill.training import train_student, training_data
+from vocabert.distill.vocabulary import open_store
+from vocabert.distill.workspace import Workspace, read_manifest
+
+SAMPLE = 700  # tokens: a fraction of the small run's
+
+
+def _copy(workspace: Workspace, root, *stages: str) -> Workspace:
+    ws = Workspace(root, None, cache_dir=root.parent / f"cache-{root.name}", show_progress_bar=False)
+    for stage in stages:
+        shutil.copytree(workspace.root / stage, ws.root / stage)
+    return ws
+
+
+@pytest.fixture(scope="module")
+def sampled(workspace, tmp_path_factory) -> Workspace:
+    """The small run's corpus and vocabulary, with a teacher pass that keeps a bounded token sample."""
+    ws = _copy(workspace, tmp_path_factory.mktemp("sampled") / "work", "corpus", "vocab")
+    run_embedding(ws, EmbedSettings(token_sample=SAMPLE), LocalEngine())
+    return ws
+
+
+def _rows_by_text(passed: TeacherPass) -> np.ndarray:
+    return np.argsort(passed.text_index)
+
+
+def test_the_token_sample_is_bounded_and_holds_the_teachers_vectors(sampled, workspace):
+    passed, full = open_teacher_pass(sampled), open_teacher_pass(workspace)
+    assert full.every_token_sampled and not passed.every_token_sampled  # the default keeps all of a small run's
+    assert 0.5 * SAMPLE < len(passed.token_vectors) <= SAMPLE
+    assert read_manifest(sampled.teacher_dir, "teacher pass")["sampled_tokens"] == len(passed.token_vectors)
+    np.testing.assert_array_equal(passed.token_ids, full.token_ids)  # only the vectors are sampled
+    np.testing.assert_allclose(np.asarray(passed.targets), np.asarray(full.targets), atol=1e-5)
+    seen = 0
+    for texts, ids, offsets, vectors in passed.sampled_chunks(texts_per_chunk=7):
+        for i, text in enumerate(texts):
+            lo, hi = full.token_offsets[text], full.token_offsets[text + 1]
+            np.testing.assert_array_equal(ids[offsets[i] : offsets[i + 1]], full.token_ids[lo:hi])
+            np.testing.assert_allclose(vectors[offsets[i] : offsets[i + 1]], full.token_vectors[lo:hi], atol=2e-3)
+            seen += 1
+    assert seen == len(passed.sampled) > 0
+
+
+def test_entry_vectors_do_not_depend_on_the_sample(sampled, workspace):
+    """Added up while the teacher ran, the entry sums cover every token, whatever the sample keeps."""
+    found, _ = open_store(sampled)
+    expected, _ = open_store(workspace)
+    every = np.arange(len(expected))
+    np.testing.assert_allclose(found.vectors(every), expected.vectors(every), atol=2e-3)
+    np.testing.assert_array_equal(
+        np.load(sampled.store_dir / "occurrences.npy"), np.load(workspace.store_dir / "occurrences.npy")
+    )
+
+
+def test_a_new_vocabulary_gets_its_entry_sums_without_a_new_pass(sampled, workspace, tmp_path, capsys):
+    """Mined again, the vocabulary changes: with a sampled pass the teacher runs over the texts once more for
+    the new entries' sums (the pass itself stays: same manifest); with every token kept they come from disk.
+    Both give the same vectors."""
+    mine = replace(SMALL_MINE, budget=SMALL_MINE.budget // 2)
+    ws = _copy(sampled, tmp_path / "sampled", "corpus", "vocab", "teacher")
+    reference = _copy(workspace, tmp_path / "full", "corpus", "vocab", "teacher")
+    manifest = (ws.teacher_dir / "manifest.json").read_bytes()
+    for w in (ws, reference):
+        run_mining(w, mine, LocalEngine(), force=True)
+    capsys.readouterr()
+    found = run_embedding(ws, EmbedSettings(token_sample=SAMPLE), LocalEngine())
+    assert "runs over its texts again" in capsys.readouterr().out
+    assert (ws.teacher_dir / "manifest.json").read_bytes() == manifest  # the pass was not redone
+    expected = run_embedding(reference, EmbedSettings(), LocalEngine())
+    assert "token vectors (it kept every token's)" in capsys.readouterr().out
+    every = np.arange(len(expected))
+    assert len(found) == len(expected) < len(open_store(workspace)[0])
+    np.testing.assert_allclose(found.vectors(every), expected.vectors(every), atol=2e-3)
+
+
+def test_streaming_training_equals_training_in_memory(workspace, tmp_path):
+    passed = open_teacher_pass(workspace)
+    store, _ = open_store(workspace)
+    vocab_size = int(read_manifest(workspace.corpus_dir, "corpus")["vocab_size"])
+    in_memory = training_data(passed, store, vocab_size)
+    streamed = training_data(passed, store, vocab_size, tmp_path)
+    assert isinstance(streamed.entries, np.memmap) and not isinstance(in_memory.entries, np.memmap)
+    np.testing.assert_array_equal(streamed.ptr, in_memory.ptr)
+    np.testing.assert_array_equal(np.asarray(streamed.entries), in_memory.entries)
+    settings = {"epochs": 1, "batch_size": 128, "show_progress_bar": False}
+    _, _, a = train_student(in_memory, store, **settings)
+    _, _, b = train_student(streamed, store, **settings)
+    assert abs(a["best_val_cosine"] - b["best_val_cosine"]) < 1e-3
+
+
+def test_float16_targets_stay_within_a_rounding_of_float32(workspace, tmp_path):
+    ws = _copy(workspace, tmp_path / "work", "corpus", "vocab", "teacher")
+    run_embedding(ws, EmbedSettings(targets_dtype="float16"), LocalEngine(), pass_only=True)
+    half, full = open_teacher_pass(ws), open_teacher_pass(workspace)
+    assert (
+        half.targets.dtype == np.float16
+        and (ws.teacher_dir / "targets.bin").stat().st_size * 2
+        == (workspace.teacher_dir / "targets.bin").stat().st_size
+    )
+    a, b = np.asarray(half.targets, np.float32), np.asarray(full.targets)
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.min() > 0.99999
+
+
+def test_token_sample_option():
+    assert token_count("all") == -1 and token_count("2_000_000") == 2_000_000 and token_count("0") == 0
+    with pytest.raises(ValueError):
+        token_count("-5")
+
+
+def test_the_teacher_runs_on_cuda_when_there_is_one():
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        assert Teacher.resolve("auto", "auto") == ("cuda", "float16")
+    else:
+        assert Teacher.resolve("auto", "auto") == ("cpu", "float32")
+    assert Teacher.resolve("cuda:1", "auto") == ("cuda:1", "float16")
+    assert Teacher.resolve("cpu", "bfloat16") == ("cpu", "bfloat16")
+    with pytest.raises(VocabertError, match="precision"):
+        Teacher.resolve("cpu", "int4")
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not _has_cuda(), reason="no GPU here: the CUDA path runs where one is at hand")
+def test_the_teacher_on_cuda_in_float16_matches_float32_on_the_cpu(workspace):
+    texts = [t for shard in open_corpus(workspace).shards("train") for t in shard.texts][:256]
+    cpu = Teacher(None, "cpu", "float32").forward(texts)[0]
+    gpu = Teacher(None, "cuda", "float16").forward(texts)[0]
+    cosine = (cpu * gpu).sum(1) / np.linalg.norm(cpu, axis=1) / np.linalg.norm(gpu, axis=1)
+    assert cosine.min() >= 0.9999
