@@ -77,6 +77,19 @@ def training_data(
     return TrainingData(ptr, matched, lengths, passed.targets, passed.validation)
 
 
+# Pages read through a memory map stay in the process's resident memory until it is unmapped: the targets and
+# matches are mapped afresh every so many steps, so that training on a corpus of any size holds at most what
+# these steps touched (about 1 MB a step at 256 texts), not the whole files.
+REMAP_STEPS = 500
+
+
+def remapped(array: np.ndarray) -> np.ndarray:
+    """The same memory-mapped file, mapped afresh (the old mapping goes with its last reference)."""
+    if isinstance(array, np.memmap) and array.filename is not None:
+        return np.memmap(array.filename, dtype=array.dtype, mode="r", offset=array.offset, shape=array.shape)
+    return array
+
+
 ARCHS = (WeightedMean.name, ContextPool.name)
 
 
@@ -379,6 +392,7 @@ def train_student(
         for optimizer in optimizers
     ]
     bar = tqdm(total=steps, desc="train", unit="step", disable=not show_progress_bar)
+    step = 0
     for epoch in range(epochs):
         rng.shuffle(train_idx)
         losses = []
@@ -393,6 +407,9 @@ def train_student(
                 scheduler.step()
             losses.append(value.item())
             bar.update(1)
+            step += 1
+            if step % REMAP_STEPS == 0:
+                data.targets, data.entries = remapped(data.targets), remapped(data.entries)
         val = evaluate(val_idx) if n_val else float("nan")
         history["epochs"].append(
             {
