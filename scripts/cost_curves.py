@@ -709,8 +709,8 @@ def build_report(runs: dict, speed: dict | None, command: str, project: list[int
             else ""
         )
         + (
-            f"; the real teacher's pass time is projected from its measured {speed['real_tokens_per_s']:,} tokens/s "
-            "(scripts/stand_in_teacher.py)"
+            f"; the real teacher's pass time is projected from {speed['real_tokens_per_s']:,.0f} tokens/s "
+            f"({speed.get('real_rate_source', 'measured by scripts/stand_in_teacher.py')})"
             if speed and uses_stand_in
             else ""
         )
@@ -749,6 +749,9 @@ def report(args: argparse.Namespace) -> int:
     runs = load_runs(out / "runs.json")
     speed_path = out / "teacher_speed.json"
     speed = json.loads(speed_path.read_text(encoding="utf-8")) if speed_path.is_file() else None
+    if args.real_tokens_per_s:
+        source = args.real_rate_source or "given on the command line"
+        speed = {**(speed or {}), "real_tokens_per_s": args.real_tokens_per_s, "real_rate_source": source}
     command = (
         args.command or "python scripts/cost_curves.py run && python scripts/cost_curves.py report --docs cost_curves"
     )
@@ -842,6 +845,13 @@ def main(argv: list[str] | None = None) -> int:
         help="write docs/results/NAME.json, NAME_growth.json and docs/NAME.png instead of files in --out",
     )
     p.add_argument("--project", default="1,4,16,64", help="sizes to extrapolate to where not measured")
+    p.add_argument(
+        "--real-tokens-per-s",
+        type=float,
+        default=None,
+        help="the real teacher's rate for the projected pass times (default: OUT/teacher_speed.json's median)",
+    )
+    p.add_argument("--real-rate-source", default=None, help="where --real-tokens-per-s comes from (for provenance)")
     p.add_argument("--command", default=None, help="the command recorded as reproducing the table")
     p.set_defaults(func=report)
     args = parser.parse_args(argv)
