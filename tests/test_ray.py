@@ -162,7 +162,7 @@ def test_interrupted_ray_pass_resumes_from_the_batches_done(local, engine, tmp_p
     """The driver stops after two results: the rerun computes only the batches that were not done, and ends
     with the same pass and entry sums."""
     monkeypatch.setattr(embedding, "CHECKPOINT_SECONDS", 0.0)
-    monkeypatch.setattr(ray_jobs, "SEGMENT_TEXTS", EMBED.batch_size)  # a task per batch: many results
+    monkeypatch.setattr(ray_jobs, "SEGMENT_TOKENS", 1)  # a task per batch: many results
     engine = open_engine(EngineSettings(engine="ray", ray_workers=1))  # on the Ray already started: quicker to start
     ws = _copy(local, tmp_path / "ray", "corpus", "vocab")
     corpus = open_corpus(ws)

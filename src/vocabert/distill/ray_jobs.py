@@ -10,8 +10,8 @@ The jobs run the local engine's per-batch and per-shard functions (the stages');
 is only where they run, and how their results come back exactly once.
 
 **Teacher pass.** The pass is planned on the driver (:func:`~vocabert.distill.embedding.plan_pass`: every
-batch's place in the files is known before any is computed) and cut into tasks of about ``SEGMENT_TEXTS``
-texts of one shard. A pool of actors, each loading the teacher once (CPU, or GPU with ``num_gpus``), runs
+batch's place in the files is known before any is computed) and cut into tasks of about ``SEGMENT_TOKENS``
+tokens of one shard. A pool of actors, each loading the teacher once (CPU, or GPU with ``num_gpus``), runs
 each task's batches through :func:`~vocabert.distill.embedding.run_teacher_batch`, writes their rows in place
 into the pass's files itself (:class:`~vocabert.distill.embedding.PassFiles`), syncs them, and hands back
 only which batches it did and the entry sums of their texts (sparse: the entries they hold). The driver
@@ -187,21 +187,30 @@ class RayEngine:
 
 # ----------------------------------------------------------------------------------- teacher pass
 
-# Texts per Ray task of the teacher pass. A task hands back the sums of the entries its texts hold, and those
-# saturate (a vocabulary has so many entries): larger tasks send the driver fewer bytes per token.
-SEGMENT_TEXTS = 16_384
+# Tokens per Ray task of the teacher pass (whole batches of one shard). A task hands back the sums of the
+# entries its texts hold, and those saturate (a vocabulary has so many entries): the larger the task, the fewer
+# bytes the driver receives per token (measured on the bundled corpus: 130-280 bytes per token for tasks of
+# 0.15-1M tokens, float32), and the more a retried task recomputes (seconds on a GPU, minutes on one CPU).
+SEGMENT_TOKENS = 2_000_000
 MAX_RETRIES = 3  # of a task whose worker died, before the pass stops with an error
 
 
 def _segments(job: PassJob, done: np.ndarray) -> list[dict]:
-    """The batches still to do, in runs of about ``SEGMENT_TEXTS`` texts within a shard: one task each."""
-    plan, per_task = job.plan, max(1, SEGMENT_TEXTS // job.plan.batch_size)
-    out = []
+    """The batches still to do, in runs of about ``SEGMENT_TOKENS`` tokens within a shard: one task each."""
+    plan, out = job.plan, []
     for shard in range(len(plan.shard_texts)):
         first, last = int(plan.batch_first[shard]), int(plan.batch_first[shard + 1])
-        todo = np.flatnonzero(~done[first:last])
-        for i in range(0, len(todo), per_task):
-            out.append({"shard": shard, "numbers": todo[i : i + per_task].tolist()})
+        numbers, tokens = [], 0
+        for number in np.flatnonzero(~done[first:last]).tolist():
+            start = int(plan.shard_first[shard]) + number * plan.batch_size
+            stop = min(start + plan.batch_size, int(plan.shard_first[shard + 1]))
+            numbers.append(number)
+            tokens += int(plan.token_offsets[stop] - plan.token_offsets[start])
+            if tokens >= SEGMENT_TOKENS:
+                out.append({"shard": shard, "numbers": numbers})
+                numbers, tokens = [], 0
+        if numbers:
+            out.append({"shard": shard, "numbers": numbers})
     return out
 
 
@@ -257,7 +266,7 @@ def _merge_partial(partial: list[tuple[np.ndarray, np.ndarray, np.ndarray]], dim
         return {"entries": found, "sums": np.zeros((0, dim)), "counts": np.zeros(0, np.int64)}
     return {
         "entries": found,
-        "sums": np.add.reduceat(sums[order], first, axis=0),
+        "sums": np.add.reduceat(sums[order], first, axis=0).astype(np.float32),  # half the bytes to the driver
         "counts": np.add.reduceat(counts[order], first),
     }
 
@@ -302,7 +311,7 @@ def ray_teacher_pass(
             workers = min(engine.workers(), len(todo))
             gpus = engine.settings.ray_worker_gpus
             each = f"{gpus:g} GPU" if gpus else f"{engine.settings.ray_worker_cpus:g} CPU"
-            log(f"embed: {len(todo)} tasks of up to {SEGMENT_TEXTS} texts, {workers} teacher workers ({each} each)")
+            log(f"embed: {len(todo)} tasks of about {SEGMENT_TOKENS} tokens, {workers} teacher workers ({each} each)")
             # The workers' device is the one Ray gives them, at the precision the pass's key records.
             precision = job.key.get("settings", {}).get("teacher_precision", "float32")
             device = "cuda" if gpus else "cpu"
