@@ -4,7 +4,7 @@
 
     <workdir>/corpus   token shards                          (vocabert corpus)
     <workdir>/vocab    mined vocabulary                      (vocabert mine)
-    <workdir>/teacher  the teacher pass: targets, token vectors  (vocabert embed)
+    <workdir>/teacher  the teacher pass: targets, token ids, a token-vector sample, entry sums  (vocabert embed)
     <workdir>/store    entry vectors                         (vocabert embed)
     <workdir>/model    the student model folder              (vocabert train)
     <workdir>/eval     evaluation report                     (vocabert evaluate)
