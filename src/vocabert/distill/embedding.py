@@ -523,11 +523,16 @@ def occurrence_sums(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per entry found: the sum over its occurrences of the mean vector of the tokens it covers."""
     acc = occurrence_means(matches, patterns, vectors, offsets)
-    order = np.argsort(matches.entry, kind="stable")
-    entries, first = np.unique(matches.entry[order], return_index=True)
-    sums = np.add.reduceat(acc[order], first, axis=0) if len(order) else np.zeros((0, vectors.shape[1]), np.float32)
-    counts = np.diff(np.append(first, len(order)))
-    return entries, sums, counts
+    return sum_by_entry(matches.entry, acc, np.ones(len(acc), dtype=np.int64))
+
+
+def sum_by_entry(entries: np.ndarray, rows: np.ndarray, counts: np.ndarray) -> PartialSums:
+    """``rows`` and ``counts`` added up per entry: each entry found once, in order."""
+    order = np.argsort(entries, kind="stable")
+    found, first = np.unique(entries[order], return_index=True)
+    if not len(order):
+        return found, np.zeros((0, rows.shape[1]), rows.dtype), np.zeros(0, np.int64)
+    return found, np.add.reduceat(rows[order], first, axis=0), np.add.reduceat(counts[order], first)
 
 
 def isolated_vectors(teacher: Teacher, patterns: np.ndarray, cls_id: int, sep_id: int, mask_id: int) -> np.ndarray:
@@ -636,7 +641,7 @@ def run_embedding(
 
     if pass_only:
         return None
-    vocab = open_vocabulary(ws)[0]
+    vocab = vocab if vocab is not None else open_vocabulary(ws)[0]
     store_key = {
         "provenance": ws.provenance,
         # (entry_vectors only when not the default, so that existing stores keep their key)

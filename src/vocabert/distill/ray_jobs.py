@@ -63,6 +63,7 @@ from vocabert.distill.embedding import (
     run_teacher_batch,
     select_teacher_texts,
     shard_batches,
+    sum_by_entry,
 )
 from vocabert.distill.engine import EngineSettings
 from vocabert.distill.mining import PARTIAL, counter_names, merge_counts
@@ -246,7 +247,7 @@ class TeacherWorker:
             texts += len(batch)
         if self.files is not None:
             self.files.sync()  # durable before the driver hears of it
-        sums = _merge_partial(partial, job.dim) if partial else None
+        sums = _merge_partial(partial) if partial else None
         return {
             "ids": np.array([np.array([plan.batch_id(shard, n) for n in numbers], dtype=np.int64)], dtype=object),
             "texts": np.array([texts], dtype=np.int64),
@@ -255,20 +256,14 @@ class TeacherWorker:
         }
 
 
-def _merge_partial(partial: list[tuple[np.ndarray, np.ndarray, np.ndarray]], dim: int) -> dict[str, np.ndarray]:
+def _merge_partial(partial: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
     """The batches' partial sums as one: each entry once."""
-    entries = np.concatenate([p[0] for p in partial])
-    sums = np.concatenate([p[1] for p in partial]).astype(np.float64) if len(entries) else np.zeros((0, dim))
-    counts = np.concatenate([p[2] for p in partial])
-    order = np.argsort(entries, kind="stable")
-    found, first = np.unique(entries[order], return_index=True)
-    if not len(order):
-        return {"entries": found, "sums": np.zeros((0, dim)), "counts": np.zeros(0, np.int64)}
-    return {
-        "entries": found,
-        "sums": np.add.reduceat(sums[order], first, axis=0).astype(np.float32),  # half the bytes to the driver
-        "counts": np.add.reduceat(counts[order], first),
-    }
+    found, sums, counts = sum_by_entry(
+        np.concatenate([p[0] for p in partial]),
+        np.concatenate([p[1] for p in partial]).astype(np.float64),
+        np.concatenate([p[2] for p in partial]),
+    )
+    return {"entries": found, "sums": sums.astype(np.float32), "counts": counts}  # float32: half the bytes
 
 
 def _to_bytes(arrays: dict[str, np.ndarray]) -> bytes:
