@@ -141,3 +141,21 @@ def test_tuned_entry_vectors_move_toward_the_targets_and_are_exported():
     target = data.targets[val] / np.linalg.norm(data.targets[val], axis=1, keepdims=True)
     cos = np.einsum("ij,ij->i", model.encode([(TEXTS * 8)[i] for i in val]), target).mean()
     assert cos == pytest.approx(tuned[2]["best_val_cosine"], abs=2e-3)  # fp16 store
+
+
+def test_abandoned_matches_folders_are_removed(tmp_path):
+    """A training killed by SIGKILL leaves its memory-mapped matches behind; the next one removes them,
+    but never the folder of a training still running."""
+    import os
+    import subprocess
+
+    from vocabert.distill.training import remove_abandoned_matches
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (tmp_path / f".matches-{dead.pid}-abc").mkdir()
+    (tmp_path / ".matches-old_random").mkdir()  # the name older versions gave
+    (tmp_path / f".matches-{os.getpid()}-xyz").mkdir()
+    (tmp_path / "store").mkdir()
+    remove_abandoned_matches(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f".matches-{os.getpid()}-xyz", "store"])

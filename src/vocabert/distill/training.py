@@ -9,6 +9,7 @@ validation share of the training texts picks the best epoch."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -428,6 +429,26 @@ def train_student(
     return student.export(), student.entry_vectors(), history
 
 
+def remove_abandoned_matches(root: Path) -> None:
+    """Remove the matches folders of trainings that were killed (SIGKILL skips their cleanup): the pid in
+    the name is no longer running. A folder of a training still running elsewhere is left alone."""
+    for folder in Path(root).glob(".matches-*"):
+        pid = folder.name.split("-")[1]
+        if pid.isdigit() and _running(int(pid)):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def run_training(
     ws: Workspace, settings: TrainSettings, force: bool = False, model_dir: str | Path | None = None
 ) -> StudentModel:
@@ -447,7 +468,8 @@ def run_training(
     vocab_manifest = read_manifest(ws.vocab_dir, "vocabulary")
     vocab_size = int(read_manifest(ws.corpus_dir, "corpus")["vocab_size"])
     started = time.perf_counter()
-    matches_dir = temporary_dir(ws.root, ".matches-")  # memory-mapped while training, then removed
+    remove_abandoned_matches(ws.root)
+    matches_dir = temporary_dir(ws.root, f".matches-{os.getpid()}-")  # memory-mapped while training, then removed
     try:
         data = training_data(passed, store, vocab_size, matches_dir)
         log(f"train: {len(data)} texts ({int(data.validation.sum())} for validation), {len(data.entries)} matches")
