@@ -26,8 +26,9 @@ from vocabert.distill.mining import run_mining
 from vocabert.distill.pipeline import build_model
 from vocabert.distill.teacher_pass import open_teacher_pass
 from vocabert.distill.training import run_training
-from vocabert.distill.workspace import Workspace, read_manifest, special_tokens
+from vocabert.distill.workspace import Workspace, read_manifest
 from vocabert.store import VocabularyStore
+from vocabert.tokenizer import tokenizer_layout
 
 # ------------------------------------------------------------------------------------- model API
 
@@ -255,11 +256,10 @@ def test_isolated_entry_vectors(workspace, tmp_path):
     contextual = VocabularyStore.load(ws.store_dir / "embeddings.safetensors").vectors(np.arange(40))
     store = run_embedding(ws, EmbedSettings(entry_vectors="isolated"), LocalEngine())
     assert read_manifest(ws.store_dir, "store")["isolated"] == len(store)
-    special = special_tokens(ws.tokenizer_text)
+    layout = tokenizer_layout(ws.tokenizer_text)
     sample = np.arange(40)
-    expected = isolated_vectors(
-        workspace.teacher(), np.asarray(store.patterns)[sample], special["cls"], special["sep"], special["mask"]
-    )
+    patterns = np.asarray(store.patterns)[sample]
+    expected = isolated_vectors(workspace.teacher(), patterns, list(layout.prefix), list(layout.suffix), layout.filler)
     np.testing.assert_allclose(store.vectors(sample), expected, atol=2e-3)  # float16 rows
     assert not np.allclose(store.vectors(sample), contextual, atol=2e-3)
     with pytest.raises(VocabertError, match="contextual or isolated"):

@@ -23,7 +23,8 @@ from vocabert.distill.mining import MineSettings, mine_vocabulary, run_mining
 from vocabert.distill.pipeline import open_engine
 from vocabert.distill.teacher_pass import TeacherPass
 from vocabert.distill.vocabulary import Vocabulary, open_store
-from vocabert.distill.workspace import Workspace, special_tokens
+from vocabert.distill.workspace import Workspace
+from vocabert.tokenizer import tokenizer_layout
 
 pytestmark = pytest.mark.ray
 needs_ray = pytest.mark.skipif(
@@ -114,7 +115,7 @@ def test_ray_mining_gives_the_same_vocabulary(local, engine, tmp_path):
 def test_ray_mining_resumes_from_the_shards_counted(local, engine, tmp_path):
     """Stopped in its 3-gram level, a rerun takes the token and 2-gram counts from disk."""
     corpus = open_corpus(local)
-    special = special_tokens(local.tokenizer_text)["all"]
+    special = list(tokenizer_layout(local.tokenizer_text).special)
     key = {"test": "resume"}
     counting = ray_jobs.RayCounts(engine, corpus, tmp_path / "partial", key, show_progress_bar=False, partitions=3)
     frequent = counting.frequent

@@ -25,7 +25,7 @@ def synthetic_data(model, seed: int = 0) -> TrainingData:
     targets = rng.normal(size=(len(texts), model.dim)).astype(np.float32)
     validation = np.zeros(len(texts), dtype=bool)
     validation[::5] = True
-    return TrainingData(ptr, matches.entry, np.diff(offsets), targets, validation)
+    return TrainingData(ptr, matches.entry, np.diff(offsets) - model.added_per_text, targets, validation)
 
 
 @pytest.mark.parametrize(

@@ -21,9 +21,9 @@ from threadpoolctl import ThreadpoolController
 import vocabert.encoding as encoding
 import vocabert.model_folder as model_folder
 from vocabert.matching import EntryIndex
-from vocabert.networks import Batch, Network
+from vocabert.networks import ACTIVATIONS, Batch, Network
 from vocabert.store import VocabularyStore
-from vocabert.tokenizer import TextTokenizer
+from vocabert.tokenizer import TextTokenizer, added_tokens
 
 # Texts pooled as one (texts x distinct entries) matrix: larger batches are cut into these, whose matrices stay
 # small (the distinct entries grow with the texts, so the matrix grows as their square).
@@ -56,6 +56,8 @@ class StudentModel:
         self.store = store
         self.network = network
         self.index = EntryIndex(np.asarray(store.patterns), int(config["vocab_size"]))
+        self.added_per_text = sum(map(len, added_tokens(self.tokenizer)))  # [CLS] and [SEP] for BERT
+        self.activation = ACTIVATIONS[config.get("output_activation", "identity")]
         self.path: Path | None = None
         # Multi-threaded BLAS on small matrices is ~50x slower than one thread on this kind of CPU.
         self._blas = ThreadpoolController()
@@ -137,6 +139,8 @@ class StudentModel:
         if truncate_dim is not None and not (encoding.is_integer(truncate_dim) and 1 <= truncate_dim <= self.dim):
             raise ValueError(f"truncate_dim must be an integer from 1 to {self.dim}, got {truncate_dim!r}")
         batch_size = encoding.check_batch_size(batch_size)
+        if prompt is None and prompt_name is None:
+            prompt_name = self.config.get("default_prompt_name")  # as sentence-transformers does
         if prompt is not None or prompt_name is not None:
             prompt = encoding.resolve_prompt(prompt, prompt_name, self.config.get("prompts"))
         texts, single = encoding.text_list(texts)
@@ -221,9 +225,10 @@ class StudentModel:
         matches = self.index.match(ids, offsets)
         t2 = time.perf_counter()
         entries, column = np.unique(matches.entry, return_inverse=True)
-        batch = Batch(matches, entries, column.reshape(-1), self.store.vectors(entries), np.diff(offsets))
+        lengths = np.diff(offsets) - self.added_per_text
+        batch = Batch(matches, entries, column.reshape(-1), self.store.vectors(entries), lengths)
         t3 = time.perf_counter()
-        out = normalize(self.network.forward(batch))
+        out = normalize(self.activation(self.network.forward(batch)))
         t4 = time.perf_counter()
         if timings is not None:
             for step, seconds in (("match", t2 - t1), ("lookup", t3 - t2), ("network", t4 - t3)):

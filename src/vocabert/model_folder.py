@@ -105,7 +105,7 @@ def write(
         write_text(tmp / "README.md", model_card(folder_config(parts), evaluation))
         # sentence-transformers: one module, ours, at the folder's root (SentenceTransformer(path) loads it).
         write_json(tmp / "modules.json", [{"idx": 0, "name": "0", "path": "", "type": ST_MODULE}])
-        write_json(tmp / "config_sentence_transformers.json", sentence_transformers_config())
+        write_json(tmp / "config_sentence_transformers.json", sentence_transformers_config(parts.config))
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -120,13 +120,15 @@ def write(
     return path
 
 
-def sentence_transformers_config() -> dict:
-    """``config_sentence_transformers.json``: cosine similarity, and vocabert as a requirement, so that
-    sentence-transformers says what to install where vocabert is missing."""
+def sentence_transformers_config(config: dict | None = None) -> dict:
+    """``config_sentence_transformers.json``: the teacher's prompts (the model's config holds them),
+    cosine similarity, and vocabert as a requirement, so that sentence-transformers says what to install
+    where vocabert is missing."""
+    config = config or {}
     return {
         "model_type": "SentenceTransformer",
-        "prompts": {},
-        "default_prompt_name": None,
+        "prompts": config.get("prompts") or {},
+        "default_prompt_name": config.get("default_prompt_name"),
         "similarity_fn_name": "cosine",
         "requirements": {"vocabert": f">={__version__}"},
     }
@@ -154,6 +156,11 @@ CONFIG_KEYS = {
 OPTIONAL_CONFIG_KEYS = {
     "format_version": ("a positive integer", _integer(1)),
     "dtype": ("a string", lambda v: isinstance(v, str)),
+    "output_activation": (
+        "one of identity, tanh, relu, sigmoid",
+        lambda v: v in ("identity", "tanh", "relu", "sigmoid"),
+    ),
+    "default_prompt_name": ("a string or null", lambda v: v is None or isinstance(v, str)),
     "prompts": (
         "a JSON object of strings",
         lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),

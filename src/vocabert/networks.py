@@ -39,7 +39,7 @@ class Batch:
     entries: np.ndarray  # (u,) int64, sorted
     column: np.ndarray  # (matches,) int64, each match's row in entries / vectors
     vectors: np.ndarray  # (u, dim) float32
-    lengths: np.ndarray  # (texts,) tokens per text, [CLS] and [SEP] included
+    lengths: np.ndarray  # (texts,) tokens per text, not counting those the tokenizer adds ([CLS], [SEP])
 
     def weight_matrix(self, weight: np.ndarray) -> np.ndarray:
         """(texts, u) float32: the summed ``weight`` of each text's matches of each distinct entry.
@@ -103,6 +103,16 @@ def entry_rows(table: np.ndarray, rows: np.ndarray, scale: np.ndarray | None = N
 def gelu(x: np.ndarray) -> np.ndarray:
     """GELU in its tanh form (as trained)."""
     return 0.5 * x * (1 + np.tanh(0.7978845608 * (x + 0.044715 * x**3)))
+
+
+# The activation of a teacher's last Dense layer, which the student applies to its output (the model
+# config's ``output_activation``; ``identity`` for teachers without a Dense layer).
+ACTIVATIONS = {
+    "identity": lambda x: x,
+    "tanh": np.tanh,
+    "relu": lambda x: np.maximum(x, 0),
+    "sigmoid": lambda x: 1 / (1 + np.exp(-x)),
+}
 
 
 class Network(ABC):
@@ -245,8 +255,8 @@ class ContextPool(Network):
       match, no d x d work;
     - each head pools the matched vectors with its weights into ``m_h``; ``m`` is the heads' pooled
       vectors side by side (``H d``). It goes through a linear map to the teacher's space, plus a term for
-      the teacher's [CLS] and [SEP] vectors, which depend on the whole text and weigh ``2 / (n + 2)`` in
-      its mean over ``n`` tokens: ``(S m + s) / n``;
+      the teacher's [CLS] and [SEP] vectors (whatever tokens its tokenizer adds), which depend on the whole
+      text and weigh ``2 / (n + 2)`` in its mean over ``n`` tokens: ``(S m + s) / n``;
     - plus a residual MLP on ``m`` (``hidden`` units, GELU), where ``hidden > 0``;
     - plus a windowed attention over the matches, where ``window = K > 0``: the text's matches in order of
       position (then entry), each attending to the ``K`` before and after it with rank-``k`` scores
@@ -256,7 +266,7 @@ class ContextPool(Network):
       ``z_i`` goes to the teacher's space through ``V`` (d x k), once per text: O(K k) per match.
 
     ``out = W m + b + (S m + s) / n + B gelu(A m + a) + c + V mean_w(z) + v`` with ``n`` the text's tokens
-    but [CLS] and [SEP]. Everything d x d happens once per text. ``entry_key`` and ``entry_query`` are
+    but those its tokenizer adds. Everything d x d happens once per text. ``entry_key`` and ``entry_query`` are
     (entries, H, r), int8 with one scale per entry (float32 in folders written before); models of one head
     written before heads existed store them as (entries, r). A batch reads the rows of its own entries only
     (:func:`entry_rows`).
@@ -369,7 +379,7 @@ class ContextPool(Network):
             w = np.broadcast_to(w, (heads, len(w)))
         m = pool(batch, w)  # (texts, H * dim)
         lengths = batch.lengths
-        body = np.maximum(np.asarray(lengths, dtype=np.float32) - 2, 1)[:, None]
+        body = np.maximum(np.asarray(lengths, dtype=np.float32), 1)[:, None]
         maps = self.by_input
         out = m @ maps["weight"] + t["bias"] + (m @ maps["special_weight"] + t["special_bias"]) / body
         if self.hidden:

@@ -25,6 +25,7 @@ import json
 import re
 import sys
 import threading
+from dataclasses import dataclass
 from itertools import chain, repeat
 
 import numpy as np
@@ -55,6 +56,123 @@ def load_tokenizer(tokenizer_text: str, max_length: int | None) -> Tokenizer:
     else:
         tokenizer.enable_truncation(max_length=max_length)
     return tokenizer
+
+
+def added_tokens(tokenizer: Tokenizer) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer adds before and after every text: ``[CLS]`` and ``[SEP]`` for BERT, ``<s>``
+    and ``</s>`` for RoBERTa and XLM-R, an EOS after the text for many decoders, or none."""
+    probe = "vocabert probe text"
+    inner = tokenizer.encode(probe, add_special_tokens=False).ids
+    full = tokenizer.encode(probe).ids
+    for start in range(len(full) - len(inner) + 1):
+        if full[start : start + len(inner)] == inner:
+            return full[:start], full[start + len(inner) :]
+    raise ValueError("the tokenizer changes a text's own tokens when it adds its special tokens")
+
+
+@dataclass(frozen=True)
+class TokenizerLayout:
+    """What the pipeline needs to know about a tokenizer besides its ids, read from tokenizer.json.
+
+    ``prefix``/``suffix``: the ids added around every text; ``special``: every special token's id;
+    ``filler``: the id that stands for a skip-gram's wildcard when an entry is embedded on its own (the
+    mask token, else the unknown token, else padding); words: WordPiece marks a word's continuations
+    (``continuation_prefix``, ``##``), byte-level BPE and SentencePiece mark a word's start (``word_start``,
+    ``Ġ`` or ``▁``); neither is known for other tokenizers.
+    """
+
+    prefix: tuple[int, ...]
+    suffix: tuple[int, ...]
+    special: tuple[int, ...]
+    filler: int
+    continuation_prefix: str | None = None
+    word_start: str | None = None
+
+    @property
+    def per_text(self) -> int:
+        """Tokens the tokenizer adds to every text."""
+        return len(self.prefix) + len(self.suffix)
+
+    @property
+    def knows_words(self) -> bool:
+        return bool(self.continuation_prefix or self.word_start)
+
+    def continues_word(self, token: str) -> bool:
+        """Whether ``token`` continues the word of the token before it (never true of a word's first token)."""
+        if self.continuation_prefix:
+            return token.startswith(self.continuation_prefix) and len(token) > len(self.continuation_prefix)
+        if self.word_start:
+            # A piece without the start marker continues a word if it starts with a letter or digit:
+            # punctuation after a word (``,``, ``'s``) is a pre-token of its own.
+            return bool(token) and not token.startswith(self.word_start) and token[0].isalnum()
+        return False
+
+    def continuation(self, tokens: list[str]) -> np.ndarray | None:
+        """Per token id, whether it continues a word; None where the tokenizer's convention is unknown."""
+        if not self.knows_words:
+            return None
+        special = set(self.special)
+        return np.array([i not in special and self.continues_word(t) for i, t in enumerate(tokens)], dtype=bool)
+
+    def readable(self, tokens: list[str]) -> str:
+        """Tokens as text: WordPiece continuations and SentencePiece/byte-level pieces joined into words,
+        ``*`` (a wildcard) kept apart: ``play ##ing`` -> ``playing``, ``▁new ▁york`` -> ``new york``."""
+        out = ""
+        for i, token in enumerate(tokens):
+            glued = i > 0 and tokens[i - 1] != "*" and token != "*" and self.continues_word(token)
+            if self.continuation_prefix and glued:
+                token = token[len(self.continuation_prefix) :]
+            elif self.word_start and token.startswith(self.word_start) and len(token) > len(self.word_start):
+                token = token[len(self.word_start) :]
+            out += token if glued or not out else " " + token
+        return out
+
+
+def tokenizer_layout(tokenizer_text: str) -> TokenizerLayout:
+    """The :class:`TokenizerLayout` of a tokenizer.json."""
+    spec = json.loads(tokenizer_text)
+    tokenizer = load_tokenizer(tokenizer_text, None)
+    prefix, suffix = added_tokens(tokenizer)
+    added = spec.get("added_tokens") or []
+    special = sorted({t["id"] for t in added if t.get("special")} | set(prefix) | set(suffix))
+    model = spec.get("model") or {}
+
+    def find(name: str) -> int | None:
+        token = model.get(name)
+        return tokenizer.token_to_id(token) if isinstance(token, str) else None
+
+    mask = next((t["id"] for t in added if "mask" in t["content"].lower()), None)
+    unk = find("unk_token") if model.get("type") != "Unigram" else model.get("unk_id")
+    pad = next((t["id"] for t in added if "pad" in t["content"].lower()), None)
+    filler = next((i for i in (mask, unk, pad) if i is not None), special[0] if special else 0)
+    continuation_prefix = word_start = None
+    if model.get("type") == "WordPiece":
+        continuation_prefix = model.get("continuing_subword_prefix") or "##"
+    else:
+        word_start = _word_start_marker(spec.get("pre_tokenizer"), spec.get("normalizer"))
+    return TokenizerLayout(tuple(prefix), tuple(suffix), tuple(special), int(filler), continuation_prefix, word_start)
+
+
+def _word_start_marker(pre_tokenizer: dict | None, normalizer: dict | None) -> str | None:
+    """``Ġ`` for byte-level pre-tokenizers, the replacement character (``▁``) for Metaspace ones, also where
+    a normalizer puts it in place of spaces (Llama-style); None otherwise."""
+
+    def walk(node: dict | None):
+        if not isinstance(node, dict):
+            return
+        yield node
+        for child in node.get("pretokenizers") or node.get("normalizers") or []:
+            yield from walk(child)
+
+    for node in walk(pre_tokenizer):
+        if node.get("type") == "ByteLevel":
+            return "\u0120"
+        if node.get("type") == "Metaspace":
+            return node.get("replacement") or "\u2581"
+    for node in walk(normalizer):
+        if node.get("type") == "Replace" and node.get("content") in ("\u2581", "\u0120"):
+            return node["content"]
+    return None
 
 
 def _word_cache_applies(tokenizer: Tokenizer) -> tuple[int, int] | None:

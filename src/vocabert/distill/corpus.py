@@ -22,6 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from vocabert.artifacts import VocabertError, atomic_write, sha256_file, write_json
+from vocabert.distill.teacher import source_prompts
 from vocabert.distill.workspace import (
     MANIFEST,
     Workspace,
@@ -376,6 +377,7 @@ def run_corpus(
         dedup=settings.dedup,
         passage_sentences=settings.passage_sentences,
         show_progress_bar=ws.show_progress_bar,
+        prompts=source_prompts(ws.teacher_path, [*sources, PASSAGE_SENTENCES]),
     )
     for name, c in corpus.manifest["counts"].items():
         if name == PASSAGE_SENTENCES:
@@ -408,6 +410,7 @@ def build_corpus(
     passage_sentences: bool = CorpusSettings.passage_sentences,
     batch_size: int = 2_000,
     show_progress_bar: bool = True,
+    prompts: dict[str, str] | None = None,
 ) -> Corpus:
     """Tokenize every source into shards in ``out_dir``; skipped when current, resumes after the last
     finished shard otherwise.
@@ -416,7 +419,9 @@ def build_corpus(
     the others, ``heldout_fraction`` of every source is held out at random. With ``dedup``, a text
     already read (up to case and spacing, in any source) is skipped: the query files overlap. With
     ``passage_sentences``, the sentences of every training passage (:func:`split_sentences`) follow the
-    sources as texts of source ``passage_sentences`` and split CROP (deduplicated against every text)."""
+    sources as texts of source ``passage_sentences`` and split CROP (deduplicated against every text).
+    ``prompts`` (source name -> prompt) puts the teacher's prompt before the texts of a source, as
+    sentence-transformers would: the corpus, the teacher and the student all see the prompted text."""
     out_dir = Path(out_dir)
     for p in sources.values():
         if not Path(p).exists():
@@ -432,6 +437,7 @@ def build_corpus(
         "dedup": dedup,
         **({"passage_sentences": True} if passage_sentences else {}),  # (corpora without them keep their key)
         "unseen_topics": [str(unseen_topics), sha256_file(unseen_topics)] if unseen_topics else None,
+        **({"prompts": prompts} if prompts else {}),  # (corpora without prompts keep their key)
     }
     key = {"provenance": provenance, "settings": settings}
     if is_current(out_dir, "corpus", key):
@@ -493,6 +499,8 @@ def build_corpus(
         bar.update(len(buffer))
         buffer.clear()
 
+    prompt_of = [(prompts or {}).get(name, "") for name in names]
+
     def add(text_id: str, text: str, s: int, split: int) -> None:
         if dedup:
             identity = dedup_key(text)
@@ -500,7 +508,7 @@ def build_corpus(
                 counts[names[s]]["duplicates"] += 1
                 return
             seen.add(identity)
-        buffer.append((text_id, text, s, split))
+        buffer.append((text_id, prompt_of[s] + text, s, split))
         if len(buffer) >= shard_size:
             flush()
 

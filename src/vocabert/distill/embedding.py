@@ -54,11 +54,11 @@ from vocabert.distill.workspace import (
     finish,
     is_current,
     log,
-    special_tokens,
 )
 from vocabert.matching import PAD, EntryIndex, Matches
 from vocabert.options import option
 from vocabert.store import VocabularyStore
+from vocabert.tokenizer import tokenizer_layout
 
 VALIDATION_SHARE = 0.05  # of the teacher-pass texts: kept out of the entry vectors, picks the best epoch
 # Progress is made durable at most this often: a checkpoint writes the entry sums so far (entries x dim
@@ -535,13 +535,17 @@ def sum_by_entry(entries: np.ndarray, rows: np.ndarray, counts: np.ndarray) -> P
     return found, np.add.reduceat(rows[order], first, axis=0), np.add.reduceat(counts[order], first)
 
 
-def isolated_vectors(teacher: Teacher, patterns: np.ndarray, cls_id: int, sep_id: int, mask_id: int) -> np.ndarray:
-    """Each pattern alone through the teacher (wildcards as [MASK]); mean of its tokens' vectors."""
+def isolated_vectors(
+    teacher: Teacher, patterns: np.ndarray, prefix: list[int], suffix: list[int], filler: int
+) -> np.ndarray:
+    """Each pattern alone through the teacher, between the tokens its tokenizer adds around a text
+    (wildcards as ``filler``, the mask token where there is one); the mean of its tokens' vectors."""
     patterns = [p[p != PAD] for p in patterns]
-    rows = [[cls_id, *np.where(p >= 0, p, mask_id).tolist(), sep_id] for p in patterns]
-    out = np.zeros((len(patterns), teacher.dim), dtype=np.float32)
-    for i, (p, vecs) in enumerate(zip(patterns, teacher.token_vectors(rows), strict=True)):
-        out[i] = vecs[np.flatnonzero(p >= 0) + 1].mean(axis=0)  # +1 skips [CLS]
+    rows = [[*prefix, *np.where(p >= 0, p, filler).tolist(), *suffix] for p in patterns]
+    vectors = teacher.token_vectors(rows)
+    out = np.zeros((len(patterns), vectors[0].shape[1] if vectors else teacher.dim), dtype=np.float32)
+    for i, (p, vecs) in enumerate(zip(patterns, vectors, strict=True)):
+        out[i] = vecs[np.flatnonzero(p >= 0) + len(prefix)].mean(axis=0)
     return out
 
 
@@ -661,9 +665,9 @@ def run_embedding(
         vectors, counts = np.zeros((len(patterns), passed.dim), np.float32), np.zeros(len(patterns), np.int64)
     alone = np.flatnonzero(counts == 0) if settings.entry_vectors == "contextual" else np.arange(len(counts))
     if len(alone):
-        special = special_tokens(ws.tokenizer_text)
+        layout = tokenizer_layout(ws.tokenizer_text)
         patterns = vocab.patterns[alone].astype(np.int64)
-        vectors[alone] = engine.isolated_vectors(ws, patterns, special["cls"], special["sep"], special["mask"])
+        vectors[alone] = engine.isolated_vectors(ws, patterns, list(layout.prefix), list(layout.suffix), layout.filler)
     metadata = {"teacher": ws.provenance["teacher"], "dim": vectors.shape[1], "dtype": settings.dtype}
     store = VocabularyStore.from_float(vocab.patterns, vectors, settings.dtype, metadata)
     store.save(out_dir / "embeddings.safetensors")

@@ -109,10 +109,10 @@ class LocalEngine:
         return passed
 
     def isolated_vectors(
-        self, ws: Workspace, patterns: np.ndarray, cls_id: int, sep_id: int, mask_id: int
+        self, ws: Workspace, patterns: np.ndarray, prefix: list[int], suffix: list[int], filler: int
     ) -> np.ndarray:
         """Each pattern alone through the work directory's teacher, loaded here."""
-        return isolated_vectors(ws.teacher(), patterns, cls_id, sep_id, mask_id)
+        return isolated_vectors(ws.teacher(), patterns, prefix, suffix, filler)
 
     def counting(self, ws: Workspace, corpus: Corpus, key: dict, max_keys: int, force: bool) -> LocalCounts:
         """Shard after shard in this process (nothing is kept between runs, so ``key`` and ``force`` change

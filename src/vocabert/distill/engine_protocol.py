@@ -47,7 +47,7 @@ class Engine(Protocol):
         of a new vocabulary), checkpointed; resumes an interrupted one."""
 
     def isolated_vectors(
-        self, ws: Workspace, patterns: np.ndarray, cls_id: int, sep_id: int, mask_id: int
+        self, ws: Workspace, patterns: np.ndarray, prefix: list[int], suffix: list[int], filler: int
     ) -> np.ndarray:
         """``embedding.isolated_vectors`` of ``patterns``: each alone through the teacher."""
 

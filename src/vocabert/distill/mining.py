@@ -40,10 +40,10 @@ from vocabert.distill.vocabulary import (
     KIND_WORD,
     Vocabulary,
 )
-from vocabert.distill.workspace import Workspace, begin, digest, finish, is_current, log, special_tokens
+from vocabert.distill.workspace import Workspace, begin, digest, finish, is_current, log
 from vocabert.matching import PAD, WILDCARD, pattern_keys, pattern_span, window_keys
 from vocabert.options import option
-from vocabert.tokenizer import load_tokenizer
+from vocabert.tokenizer import load_tokenizer, tokenizer_layout
 
 PARTIAL = "partial"  # per-shard counts of an unfinished Ray mining job (vocab/partial/<level>/...)
 SCORES = ("npmi", "llr", "count")  # statistics a phrase can be ranked by: count*npmi, log-likelihood ratio, count
@@ -191,11 +191,14 @@ def count_phrases(
     levels: dict[int, np.ndarray],
     max_gap: int,
     continuation: np.ndarray | None = None,
+    special: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Counts of a shard's n-grams whose tokens may start phrases and whose two (n-1)-grams are frequent
     (``levels[m]``: sorted keys of the frequent m-grams, m < n); with ``n == 2``, of its skip-grams too;
-    with ``continuation`` (token ids that continue a word), of the n-grams that are one whole word.
-    Counters come as ``<name>.keys`` (distinct, sorted) and ``<name>.counts``."""
+    with ``continuation`` (token ids that continue a word), of the n-grams that are one whole word (a
+    token right after a special one, or first in its text, starts a word whatever it looks like: the
+    first word of a text carries no ``Ġ`` in byte-level BPE). Counters come as ``<name>.keys`` (distinct,
+    sorted) and ``<name>.counts``."""
     starts = _windows(shard.ids, shard.offsets, n, phrase_ok)
     if n == 2:
         keys = window_keys(shard.ids, np.arange(2), 2, base)[starts]
@@ -210,7 +213,9 @@ def count_phrases(
     out = dict(zip(("ngram.keys", "ngram.counts"), np.unique(keys, return_counts=True), strict=True))
     if continuation is not None:  # a word start, continuations only, and no continuation after it
         cont = np.append(continuation[shard.ids], False)
-        whole = ~cont[starts]
+        whole = ~cont[starts] | np.isin(starts, shard.offsets)
+        if special is not None:
+            whole |= special[shard.ids[np.maximum(starts - 1, 0)]]
         for j in range(1, n):
             whole &= cont[starts + j]
         after = starts + n
@@ -429,7 +434,7 @@ def mine_vocabulary(
         levels = {m: keys for m, (keys, _) in ngram_keys.items()}
         kwargs = {"n": n, "base": base, "phrase_ok": phrase_ok, "levels": levels, "max_gap": max_gap}
         if continuation is not None:
-            kwargs["continuation"] = continuation
+            kwargs |= {"continuation": continuation, "special": special}
         found = counting.frequent(f"{n}-grams", count_phrases, kwargs, min_count)
         ngram_keys[n] = found.get("ngram", none)
         word_keys[n] = found.get("word", none)[0]
@@ -545,9 +550,9 @@ def run_mining(ws: Workspace, settings: MineSettings, engine: Engine, force: boo
         log(f"mine: {out_dir} is up to date")
         return Vocabulary.load(out_dir)
     tokenizer = load_tokenizer(ws.tokenizer_text, ws.max_length)
+    layout = tokenizer_layout(ws.tokenizer_text)
     vocab_size = int(corpus.manifest["vocab_size"])
     tokens = [tokenizer.id_to_token(i) or f"[{i}]" for i in range(vocab_size)]
-    continuation = np.array([t.startswith("##") and len(t) > 2 for t in tokens])
     counting = engine.counting(ws, corpus, key, settings.max_keys, force)
     gains = None
     if settings.select == "semantics":
@@ -561,8 +566,8 @@ def run_mining(ws: Workspace, settings: MineSettings, engine: Engine, force: boo
     options["budget"] = budget_entries(settings.budget, options.pop("budget_mb"), embedding_dim(ws.teacher_path), width)
     vocab = mine_vocabulary(
         corpus,
-        special_ids=special_tokens(ws.tokenizer_text)["all"],
-        continuation=continuation,
+        special_ids=list(layout.special),
+        continuation=layout.continuation(tokens),
         semantic_gains=gains,
         show_progress_bar=ws.show_progress_bar,
         counting=counting,

@@ -160,10 +160,10 @@ class RayEngine:
         return passed
 
     def isolated_vectors(
-        self, ws: Workspace, patterns: np.ndarray, cls_id: int, sep_id: int, mask_id: int
+        self, ws: Workspace, patterns: np.ndarray, prefix: list[int], suffix: list[int], filler: int
     ) -> np.ndarray:
         """:func:`ray_isolated_vectors`: the driver loads no teacher."""
-        return ray_isolated_vectors(self, ws.teacher_path, patterns, cls_id, sep_id, mask_id)
+        return ray_isolated_vectors(self, ws.teacher_path, patterns, prefix, suffix, filler)
 
     def counting(self, ws: Workspace, corpus: Corpus, key: dict, max_keys: int, force: bool) -> RayCounts:
         """:class:`RayCounts` with its per-shard counts under ``vocab/partial`` (reused by a rerun with the
@@ -365,8 +365,8 @@ def _arrived(progress: PassProgress, ids: np.ndarray, sums: bytes) -> bool:
     return True
 
 
-def _isolated(teacher_path: str, patterns: np.ndarray, cls_id: int, sep_id: int, mask_id: int) -> np.ndarray:
-    return isolated_vectors(Teacher(teacher_path), patterns, cls_id, sep_id, mask_id)
+def _isolated(teacher_path: str, patterns: np.ndarray, prefix: list[int], suffix: list[int], filler: int) -> np.ndarray:
+    return isolated_vectors(Teacher(teacher_path), patterns, prefix, suffix, filler)
 
 
 def ray_isolated_vectors(engine: RayEngine, teacher_path: str | Path, patterns: np.ndarray, *ids: int) -> np.ndarray:

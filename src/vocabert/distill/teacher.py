@@ -22,6 +22,7 @@ from vocabert.tokenizer import tokenizer_fingerprint
 # Files whose content decides what the teacher computes. Weights are hashed in full.
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _CONFIG_FILES = ("config.json", "modules.json", "sentence_bert_config.json", "1_Pooling/config.json")
+# (config_sentence_transformers.json is not hashed: its prompts enter the keys of the corpus they change)
 PRECISIONS = ("float32", "float16", "bfloat16")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 _LOADED_ID = re.compile(r"""(?:SentenceTransformer|from_pretrained)\(\s*["']([^"']+)["']""")
@@ -50,7 +51,119 @@ def resolve_teacher_path(path: str | Path | None) -> Path:
             f"teacher folder {path} has no weights ({' or '.join(_WEIGHT_FILES)}); "
             "expected a local sentence-transformers or BERT folder"
         )
+    refusal = teacher_refusal(path)
+    if refusal:
+        raise VocabertError(f"teacher folder {path}: {refusal}")
     return path.resolve()
+
+
+_POOLING_MODES = ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens", "weightedmean_tokens", "lasttoken")
+
+
+def teacher_refusal(path: Path) -> str | None:
+    """Why the folder cannot be distilled (one line), or None. Read from its config files, no torch."""
+
+    def read(name: str):
+        try:
+            return json.loads((path / name).read_text(encoding="utf-8")) if (path / name).is_file() else None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return "unreadable"
+
+    config, modules = read("config.json"), read("modules.json")
+    if "unreadable" in (config, modules):
+        return "config.json or modules.json is not valid JSON"
+    architectures = (config or {}).get("architectures") or []
+    if modules is None:
+        if any(a.endswith(("ForSequenceClassification", "ForTokenClassification")) for a in architectures):
+            return (
+                f"a {architectures[0]} scores texts (a cross-encoder or classifier), it gives no sentence "
+                "embedding to distil; use a sentence-transformers bi-encoder"
+            )
+        return None  # a plain transformers folder: sentence-transformers mean-pools it, as it would load it
+    if not isinstance(modules, list):
+        return "modules.json is not a list of modules"
+    types = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules if isinstance(m, dict)]
+    if "Pooling" not in types:
+        return f"its modules ({', '.join(types) or 'none'}) have no Pooling: it gives no sentence embedding to distil"
+    pooling = next(m for m in modules if str(m.get("type", "")).endswith("Pooling"))
+    pooling_config = read(f"{pooling.get('path', '')}/config.json") or {}
+    modes = [m for m in _POOLING_MODES if pooling_config.get(f"pooling_mode_{m}")]
+    if len(modes) > 1:
+        return f"its Pooling puts several poolings side by side ({', '.join(modes)}), which vocabert does not distil"
+    if pooling_config.get("include_prompt") is False and (read("config_sentence_transformers.json") or {}).get(
+        "prompts"
+    ):
+        return "its Pooling leaves the prompt's tokens out (include_prompt false), which vocabert does not distil"
+    unknown = [t for t in types if t not in ("Transformer", "Pooling", "Normalize", "Dense")]
+    if unknown:
+        return f"its module {unknown[0]} is not one vocabert can distil (Transformer, Pooling, Dense, Normalize)"
+    dense = [m for m in modules if str(m.get("type", "")).endswith("Dense")]
+    for i, module in enumerate(dense):
+        config = read(f"{module.get('path', '')}/config.json") or {}
+        activation = _activation_name(config)
+        if config.get("use_residual") or config.get("module_input_name", "sentence_embedding") != "sentence_embedding":
+            return f"its Dense layer {module.get('path')} is not a plain layer on the sentence embedding"
+        if activation not in ACTIVATIONS:
+            return f"its Dense layer {module.get('path')} ends in {activation}, not one of {', '.join(ACTIVATIONS)}"
+        if activation != "identity" and i < len(dense) - 1:
+            return "a nonlinear Dense layer before another one: only the last Dense layer may have an activation"
+    return None
+
+
+# The activations a Dense layer may end in (ACTIVATIONS in vocabert.networks computes them in numpy).
+ACTIVATIONS = ("identity", "tanh", "relu", "sigmoid")
+
+
+def _activation_name(dense_config: dict) -> str:
+    """``torch.nn.modules.activation.Tanh`` -> ``tanh`` (sentence-transformers' default is Tanh)."""
+    name = str(dense_config.get("activation_function") or "torch.nn.modules.activation.Tanh").rsplit(".", 1)[-1]
+    return name.lower()
+
+
+def output_activation(path: str | Path) -> str:
+    """The activation of the teacher's last Dense layer (``identity`` without one): the student predicts
+    the vector before it, in the Dense layers' output space, and applies it (see :class:`Teacher`)."""
+    path = Path(path)
+    modules_file = path / "modules.json"
+    modules = json.loads(modules_file.read_text(encoding="utf-8")) if modules_file.is_file() else []
+    dense = [m for m in modules if str(m.get("type", "")).endswith("Dense")]
+    if not dense:
+        return "identity"
+    return _activation_name(json.loads((path / dense[-1]["path"] / "config.json").read_text(encoding="utf-8")))
+
+
+# The teacher's prompt names that each corpus source is distilled with, in order of preference (e5 and
+# sentence-transformers name them "query" and "passage" or "document").
+SOURCE_PROMPTS = {
+    "queries": ("query",),
+    "passages": ("passage", "document", "doc", "corpus"),
+    "passage_sentences": ("passage", "document", "doc", "corpus"),
+}
+
+
+def teacher_prompts(path: str | Path) -> tuple[dict[str, str], str | None]:
+    """The teacher's prompts (``config_sentence_transformers.json``) and its default prompt's name."""
+    file = Path(path) / "config_sentence_transformers.json"
+    try:
+        config = json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise VocabertError(f"{file} is not valid JSON") from None
+    prompts = {str(k): str(v) for k, v in (config.get("prompts") or {}).items() if v}
+    default = config.get("default_prompt_name")
+    return prompts, default if default in prompts else None
+
+
+def source_prompts(path: str | Path, sources: list[str]) -> dict[str, str]:
+    """The prompt each corpus source's texts get before the teacher sees them, as sentence-transformers
+    would apply it: queries the ``query`` prompt, passages the ``passage`` (or ``document``) one, other
+    texts the default prompt; only sources with a prompt are listed (none for teachers without prompts)."""
+    prompts, default = teacher_prompts(path)
+    out = {}
+    for source in sources:
+        name = next((n for n in SOURCE_PROMPTS.get(source, ()) if n in prompts), default)
+        if name is not None:
+            out[source] = prompts[name]
+    return out
 
 
 def max_seq_length(path: Path) -> int:
@@ -81,10 +194,21 @@ def tokenizer_json(path: Path) -> str:
     return tok.backend_tokenizer.to_str()
 
 
+def _dense_files(path: Path) -> tuple[str, ...]:
+    """The config and weights of the teacher's Dense layers, which decide its outputs as its own weights do."""
+    modules_file = path / "modules.json"
+    try:
+        modules = json.loads(modules_file.read_text(encoding="utf-8")) if modules_file.is_file() else []
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return ()
+    folders = [m.get("path", "") for m in modules if isinstance(m, dict) and str(m.get("type", "")).endswith("Dense")]
+    return tuple(f"{folder}/{name}" for folder in folders for name in ("config.json",) + _WEIGHT_FILES)
+
+
 @functools.lru_cache(maxsize=8)
 def _teacher_fingerprint(path: str, stamp: tuple) -> str:
     h = hashlib.sha256()
-    for name in _WEIGHT_FILES + _CONFIG_FILES:
+    for name in _WEIGHT_FILES + _CONFIG_FILES + _dense_files(Path(path)):
         file = Path(path) / name
         if file.is_file():
             h.update(name.encode())
@@ -189,6 +313,10 @@ class Teacher:
 
             self.model.to(getattr(torch, self.precision))
         self.model.eval()
+        # The Dense layers' linear maps, applied to every token vector: the vectors the student pools then
+        # live where the teacher's output does (for mean pooling, the mean of the mapped token vectors is
+        # exactly the mapped mean), and the student applies the last layer's activation itself.
+        self.projections = [m.linear for m in self.model if type(m).__name__ == "Dense"]
         get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(get_dim())
         self.fingerprint = teacher_fingerprint(self.path)
@@ -224,8 +352,19 @@ class Teacher:
         for o in outputs:
             n = int(o["attention_mask"].sum())
             ids.append(o["input_ids"][:n].cpu().numpy().astype(np.int64))
-            vectors.append(o["token_embeddings"][:n].float().cpu().numpy())
+            vectors.append(self._project(o["token_embeddings"][:n]).float().cpu().numpy())
         return sentences, ids, vectors
+
+    def _project(self, hidden):
+        """Token vectors through the linear maps of the teacher's Dense layers (none for most teachers)."""
+        if not self.projections:
+            return hidden
+        import torch
+
+        with torch.inference_mode():
+            for linear in self.projections:
+                hidden = linear(hidden.to(linear.weight.dtype))
+        return hidden
 
     def token_vectors(self, id_rows: list[list[int]], batch_size: int = 256) -> list[np.ndarray]:
         """Contextual vectors of given token-id sequences (special tokens included by the caller)."""
@@ -243,6 +382,6 @@ class Teacher:
                     ids[i, : len(r)] = torch.tensor(r)
                     mask[i, : len(r)] = 1
                 ids, mask = ids.to(self.model.device), mask.to(self.model.device)
-                hidden = bert(input_ids=ids, attention_mask=mask).last_hidden_state.float().cpu().numpy()
+                hidden = self._project(bert(input_ids=ids, attention_mask=mask).last_hidden_state).float().cpu().numpy()
                 out.extend(hidden[i, : len(r)] for i, r in enumerate(rows))
         return out

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from vocabert._version import __version__
 from vocabert.artifacts import VocabertError, temporary_dir
+from vocabert.distill.teacher import output_activation, teacher_prompts
 from vocabert.distill.teacher_pass import TeacherPass, open_teacher_pass
 from vocabert.distill.vocabulary import open_store
 from vocabert.distill.workspace import Workspace, digest, finish, is_current, log, read_manifest
@@ -28,6 +29,7 @@ from vocabert.model import StudentModel
 from vocabert.networks import ContextPool, WeightedMean
 from vocabert.options import option
 from vocabert.store import VocabularyStore
+from vocabert.tokenizer import tokenizer_layout
 
 
 @dataclass
@@ -46,11 +48,17 @@ class TrainingData:
 
 
 def training_data(
-    passed: TeacherPass, store: VocabularyStore, vocab_size: int, directory: Path | None = None
+    passed: TeacherPass,
+    store: VocabularyStore,
+    vocab_size: int,
+    directory: Path | None = None,
+    added_per_text: int = 2,
 ) -> TrainingData:
-    """Match every text of the teacher pass. With ``directory`` the matches go to disk chunk by chunk and are
-    memory-mapped from there (``entries.bin``, ``ptr.npy``), as the targets are, so that training streams its
-    batches and its memory does not grow with the corpus; without, they are kept in memory."""
+    """Match every text of the teacher pass; a text's length counts its tokens but the ``added_per_text``
+    its tokenizer adds ([CLS] and [SEP]: 2), as :class:`~vocabert.networks.Batch` counts them. With
+    ``directory`` the matches go to disk chunk by chunk and are memory-mapped from there (``entries.bin``,
+    ``ptr.npy``), as the targets are, so that training streams its batches and its memory does not grow
+    with the corpus; without, they are kept in memory."""
     index = EntryIndex(np.asarray(store.patterns), vocab_size)
     counts, entries = [], []
     out = None if directory is None else open(directory / "entries.bin", "wb")  # noqa: SIM115 (closed below)
@@ -74,7 +82,7 @@ def training_data(
     else:
         np.save(directory / "ptr.npy", ptr)
         matched = np.memmap(directory / "entries.bin", dtype="<i4", mode="r", shape=(int(ptr[-1]),))
-    lengths = np.diff(passed.token_offsets)
+    lengths = np.diff(passed.token_offsets) - added_per_text
     return TrainingData(ptr, matched, lengths, passed.targets, passed.validation)
 
 
@@ -225,7 +233,7 @@ def _student_module(
             )
             out = self.linear(m)
             if self.context:
-                out = out + self.special(m) / (lengths - 2).clamp_min(1)[:, None]
+                out = out + self.special(m) / lengths.clamp_min(1)[:, None]
             if self.hidden:
                 out = out + self.mlp(m)
             if self.window:
@@ -318,9 +326,11 @@ def train_student(
     weight_decay: float = TrainSettings.weight_decay,
     seed: int = TrainSettings.seed,
     show_progress_bar: bool = True,
+    output_activation: str = "identity",
 ) -> tuple[WeightedMean | ContextPool, np.ndarray | None, dict]:
     """Fit a student of architecture ``arch``; returns its numpy network, the tuned entry vectors (None
-    when frozen) and the training history."""
+    when frozen) and the training history. ``output_activation``: the teacher's last Dense layer's, applied
+    to the network's output (see :func:`vocabert.distill.teacher.output_activation`)."""
     import torch
 
     if loss not in ("cosine", "cosine+mse", "mse"):
@@ -353,6 +363,9 @@ def train_student(
     if tune_entries:
         optimizers.append(torch.optim.SparseAdam(list(student.delta.parameters()), lr=lr))
     lengths = torch.from_numpy(np.asarray(data.lengths, dtype=np.float32))
+    activation = {"identity": lambda x: x, "tanh": torch.tanh, "relu": torch.relu, "sigmoid": torch.sigmoid}[
+        output_activation
+    ]
 
     def forward(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Student and teacher vectors of texts ``idx``, and the entries matched in them."""
@@ -361,7 +374,7 @@ def train_student(
         flat = np.arange(counts.sum()) + np.repeat(starts - np.cumsum(counts) + counts, counts)
         entry = torch.from_numpy(np.asarray(data.entries[flat], dtype=np.int64))
         segment = torch.from_numpy(np.repeat(np.arange(len(idx)), counts))
-        out = torch.nn.functional.normalize(student(entry, segment, len(idx), lengths[idx]), dim=1)
+        out = torch.nn.functional.normalize(activation(student(entry, segment, len(idx), lengths[idx])), dim=1)
         # Targets are read from the memory-mapped teacher pass a batch at a time, never all at once.
         return (
             out,
@@ -471,9 +484,12 @@ def run_training(
     remove_abandoned_matches(ws.root)
     matches_dir = temporary_dir(ws.root, f".matches-{os.getpid()}-")  # memory-mapped while training, then removed
     try:
-        data = training_data(passed, store, vocab_size, matches_dir)
+        data = training_data(passed, store, vocab_size, matches_dir, tokenizer_layout(ws.tokenizer_text).per_text)
         log(f"train: {len(data)} texts ({int(data.validation.sum())} for validation), {len(data.entries)} matches")
-        network, tuned, history = train_student(data, store, show_progress_bar=ws.show_progress_bar, **asdict(settings))
+        activation = output_activation(ws.teacher_path)
+        network, tuned, history = train_student(
+            data, store, show_progress_bar=ws.show_progress_bar, output_activation=activation, **asdict(settings)
+        )
         del data
     finally:
         shutil.rmtree(matches_dir, ignore_errors=True)
@@ -498,6 +514,11 @@ def run_training(
         "vocabulary": vocab_manifest["key"]["settings"],
         "store": store_manifest["key"]["settings"],
     }
+    if activation != "identity":  # (absent for teachers without a Dense layer, whose folders stay as they were)
+        config["output_activation"] = activation
+    prompts, default_prompt = teacher_prompts(ws.teacher_path)
+    if prompts:  # encode(prompt_name=...) as with the teacher; the corpus put them before the texts it trained on
+        config |= {"prompts": prompts, "default_prompt_name": default_prompt}
     model = StudentModel(config, ws.tokenizer_text, store, network)
     listing = (ws.vocab_dir / "vocabulary.tsv").read_text(encoding="utf-8")
     model.save(model_dir, vocabulary_listing=listing)

@@ -32,7 +32,6 @@ from vocabert.artifacts import VocabertError, read_json, write_json
 from vocabert.distill import teacher as teacher_lib
 from vocabert.distill.cache import EmbeddingCache, default_cache_dir
 from vocabert.options import option
-from vocabert.tokenizer import load_tokenizer
 
 MANIFEST = "manifest.json"
 
@@ -186,17 +185,3 @@ class Workspace:
         (Opening it does not load the teacher.)"""
         dim = self._teacher.dim if self._teacher is not None else teacher_lib.embedding_dim(self.teacher_path)
         return EmbeddingCache(self.cache_dir / "embeddings", teacher_lib.cache_key(self.teacher_path), dim)
-
-
-def special_tokens(tokenizer_text: str) -> dict:
-    """Ids of the tokens the tokenizer adds around a text, of [MASK], and of every special token."""
-    tokenizer = load_tokenizer(tokenizer_text, 512)
-    wrapped = tokenizer.encode("").ids
-    spec = json.loads(tokenizer_text)
-    specials = [t["id"] for t in spec.get("added_tokens", []) if t.get("special")]
-    mask = next((t["id"] for t in spec.get("added_tokens", []) if "mask" in t["content"].lower()), None)
-    if not wrapped or mask is None:
-        raise VocabertError(
-            "the teacher's tokenizer adds no special tokens or has no mask token; vocabert needs a BERT-style tokenizer"
-        )
-    return {"cls": wrapped[0], "sep": wrapped[-1], "mask": mask, "all": sorted(set(specials))}

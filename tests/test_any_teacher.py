@@ -1,0 +1,147 @@
+"""Teachers other than MiniLM: tokenizer families, special tokens, Dense layers, and what is refused."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from fixtures import VOCAB, tokenizer_text
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+from vocabert.artifacts import VocabertError
+from vocabert.distill.teacher import output_activation, resolve_teacher_path, teacher_refusal
+from vocabert.networks import ACTIVATIONS
+from vocabert.tokenizer import tokenizer_layout
+
+BPE_VOCAB = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4, "new": 5, "Ġnew": 6, "Ġyork": 7, "Ġplay": 8,
+             "ing": 9, ",": 10, "Ġ": 11, "n": 12, "e": 13, "w": 14, "y": 15, "o": 16, "r": 17, "k": 18, "p": 19,
+             "l": 20, "a": 21, "i": 22, "g": 23, "Ġp": 24, "Ġy": 25, "Ġn": 26, "ne": 27, "in": 28, "Ġpl": 29,
+             "Ġpla": 30, "Ġyo": 31, "Ġyor": 32, "Ġne": 33}  # fmt: skip
+MERGES = [("n", "e"), ("ne", "w"), ("Ġ", "n"), ("Ġn", "e"), ("i", "n"), ("in", "g"), ("Ġ", "p"), ("Ġp", "l"),
+          ("Ġpl", "a"), ("Ġpla", "y"), ("Ġ", "y"), ("Ġy", "o"), ("Ġyo", "r"), ("Ġyor", "k")]  # fmt: skip
+
+
+def byte_level_bpe() -> str:
+    """A RoBERTa-style tokenizer: byte-level BPE, ``<s> $A </s>``."""
+    tokenizer = Tokenizer(models.BPE(BPE_VOCAB, [(a, b) for a, b in MERGES], unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
+    )
+    tokenizer.add_special_tokens(["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    return tokenizer.to_str()
+
+
+def sentencepiece_unigram(eos_only: bool = False) -> str:
+    """An XLM-R-style tokenizer (Unigram, Metaspace ``▁``), or with ``eos_only`` a decoder's: EOS after the text."""
+    pieces = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁new", -2.0), ("▁york", -2.0),
+              ("▁play", -2.0), ("ing", -2.0), ("▁", -3.0), (",", -2.0)]  # fmt: skip
+    pieces += [(c, -5.0) for c in "abcdefghijklmnopqrstuvwxyz"]
+    tokenizer = Tokenizer(models.Unigram(pieces, unk_id=3, byte_fallback=False))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    template = "$A </s>" if eos_only else "<s> $A </s>"
+    tokenizer.post_processor = processors.TemplateProcessing(single=template, special_tokens=[("<s>", 0), ("</s>", 2)])
+    tokenizer.add_special_tokens(["<s>", "<pad>", "</s>", "<unk>"])
+    return tokenizer.to_str()
+
+
+def test_layout_of_wordpiece():
+    layout = tokenizer_layout(tokenizer_text())
+    assert layout.prefix == (VOCAB["[CLS]"],) and layout.suffix == (VOCAB["[SEP]"],) and layout.per_text == 2
+    assert layout.filler == VOCAB["[MASK]"] and set(layout.special) == {VOCAB[t] for t in VOCAB if t.startswith("[")}
+    tokens = sorted(VOCAB, key=VOCAB.get)
+    continues = {t for t, c in zip(tokens, layout.continuation(tokens), strict=True) if c}
+    assert continues == {"##s", "##ing"}
+    assert layout.readable(["dog", "##s", "*", "##ing", "new", "york"]) == "dogs * ##ing new york"
+
+
+def test_layout_of_byte_level_bpe():
+    text = byte_level_bpe()
+    layout = tokenizer_layout(text)
+    assert layout.prefix == (0,) and layout.suffix == (2,) and layout.filler == 4
+    assert layout.word_start == "Ġ" and layout.continuation_prefix is None
+    assert layout.continues_word("ing") and not layout.continues_word("Ġyork") and not layout.continues_word(",")
+    assert layout.readable(["Ġnew", "Ġyork", "Ġplay", "ing", ","]) == "new york playing ,"
+    assert Tokenizer.from_str(text).encode("new york playing").tokens == ["<s>", "new", "Ġyork", "Ġplay", "ing", "</s>"]
+
+
+def test_layout_of_sentencepiece_and_of_a_decoder_that_appends_eos():
+    layout = tokenizer_layout(sentencepiece_unigram())
+    assert layout.prefix == (0,) and layout.suffix == (2,) and layout.word_start == "▁"
+    assert layout.filler == 3  # no mask token: the unknown token stands for a wildcard
+    assert layout.continues_word("ing") and not layout.continues_word("▁play")
+    decoder = tokenizer_layout(sentencepiece_unigram(eos_only=True))
+    assert decoder.prefix == () and decoder.suffix == (2,) and decoder.per_text == 1
+
+
+def _write(folder, files: dict) -> None:
+    for name, content in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(json.dumps(content))
+
+
+def test_refusals_are_one_line_each(tmp_path):
+    cases = {
+        "cross-encoder": ({"config.json": {"architectures": ["BertForSequenceClassification"]}}, "cross-encoder"),
+        "no-pooling": (
+            {"modules.json": [{"path": "", "type": "sentence_transformers.models.Transformer"}]},
+            "no Pooling",
+        ),  # fmt: skip
+        "two-poolings": (
+            {
+                "modules.json": [{"path": "", "type": "Transformer"}, {"path": "1_Pooling", "type": "Pooling"}],
+                "1_Pooling/config.json": {"pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": True},
+            },
+            "several poolings",
+        ),
+        "gelu-dense": (
+            {
+                "modules.json": [
+                    {"path": "", "type": "Transformer"},
+                    {"path": "1_Pooling", "type": "Pooling"},
+                    {"path": "2_Dense", "type": "sentence_transformers.models.Dense"},
+                ],  # fmt: skip
+                "1_Pooling/config.json": {"pooling_mode_cls_token": True},
+                "2_Dense/config.json": {"activation_function": "torch.nn.modules.activation.GELU"},
+            },
+            "ends in gelu",
+        ),
+        "unknown-module": (
+            {
+                "modules.json": [
+                    {"path": "", "type": "Transformer"},
+                    {"path": "1", "type": "Pooling"},
+                    {"path": "2", "type": "my_package.Rerank"},
+                ]
+            },  # fmt: skip
+            "Rerank is not one",
+        ),
+    }
+    for name, (files, message) in cases.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"")
+        _write(folder, files)
+        assert message in teacher_refusal(folder)
+        with pytest.raises(VocabertError, match=message) as error:
+            resolve_teacher_path(folder)
+        assert "\n" not in str(error.value)
+
+
+def test_a_dense_layer_sets_the_students_output_activation(tmp_path):
+    _write(
+        tmp_path,
+        {
+            "modules.json": [
+                {"path": "", "type": "Transformer"},
+                {"path": "1_Pooling", "type": "Pooling"},
+                {"path": "2_Dense", "type": "Dense"},
+            ],  # fmt: skip
+            "1_Pooling/config.json": {"pooling_mode_mean_tokens": True},
+            "2_Dense/config.json": {"in_features": 8, "out_features": 4},  # sentence-transformers' default: Tanh
+        },
+    )
+    assert teacher_refusal(tmp_path) is None
+    assert output_activation(tmp_path) == "tanh"
+    np.testing.assert_allclose(ACTIVATIONS["tanh"](np.array([0.5])), np.tanh(0.5))
