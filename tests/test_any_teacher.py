@@ -145,3 +145,79 @@ def test_a_dense_layer_sets_the_students_output_activation(tmp_path):
     assert teacher_refusal(tmp_path) is None
     assert output_activation(tmp_path) == "tanh"
     np.testing.assert_allclose(ACTIVATIONS["tanh"](np.array([0.5])), np.tanh(0.5))
+
+
+# --------------------------------------------------------------------------- end to end, synthetic teachers
+
+
+@pytest.fixture(scope="module")
+def bundled(data_dir):
+    from synthetic_teachers import bundled_texts
+
+    return bundled_texts(data_dir, 500)
+
+
+def _run(kind: str, bundled: list[str], small_data, tmp_path):
+    """A synthetic teacher of ``kind``, every stage on the small slices, and the student it gives."""
+    from conftest import SMALL_MINE
+    from synthetic_teachers import build_teacher
+
+    import vocabert
+    from vocabert.distill.pipeline import build_model
+    from vocabert.distill.training import TrainSettings
+    from vocabert.distill.workspace import Workspace
+
+    teacher = build_teacher(kind, tmp_path / f"teacher-{kind}", bundled)
+    ws = Workspace(tmp_path / "work", teacher, cache_dir=tmp_path / "cache", show_progress_bar=False)
+    build_model(ws, small_data, mine=SMALL_MINE, train=TrainSettings(epochs=2, batch_size=128))
+    return teacher, ws, vocabert.load(ws.model_dir)
+
+
+def _fidelity(teacher, student, texts: list[str], **kwargs) -> np.ndarray:
+    from sentence_transformers import SentenceTransformer
+
+    reference = SentenceTransformer(str(teacher), device="cpu").encode(texts, normalize_embeddings=True, **kwargs)
+    return np.einsum("ij,ij->i", student.encode(texts, **kwargs), reference)
+
+
+HELD_OUT = [
+    "how long does it take to renew a passport",
+    "The Eiffel Tower was finished in 1889 for the World's Fair in Paris.",
+    "what is the capital of australia",
+]
+
+
+@pytest.mark.parametrize("kind", ["bert-cls", "roberta-dense", "xlmr-unigram", "last-token", "prompts"])
+def test_a_synthetic_teacher_runs_end_to_end(kind, bundled, small_data, tmp_path):
+    """Every stage with a teacher of another tokenizer family, pooling, head or prompts; the model folder
+    loads with vocabert and with sentence-transformers, and the student follows its teacher."""
+    from sentence_transformers import SentenceTransformer
+
+    from vocabert.distill.corpus import open_corpus
+    from vocabert.distill.teacher import embedding_dim
+
+    teacher, ws, student = _run(kind, bundled, small_data, tmp_path)
+    layout = tokenizer_layout(ws.tokenizer_text)
+    assert student.dim == embedding_dim(teacher)
+    history = student.config["training"]["history"]
+    assert history["best_val_cosine"] > history["val_cosine_before"]  # training helped on held-out texts
+    assert _fidelity(teacher, student, HELD_OUT).mean() > 0.5
+    via_st = SentenceTransformer(str(ws.model_dir), device="cpu", trust_remote_code=True).encode(HELD_OUT)
+    np.testing.assert_allclose(via_st, student.encode(HELD_OUT), atol=1e-6)
+    vocab_size = student.config["vocab_size"]
+    if kind == "roberta-dense":
+        assert student.dim == 64 and student.config["output_activation"] == "tanh" and layout.word_start == "Ġ"
+    if kind == "xlmr-unigram":
+        assert vocab_size > 65_536 and layout.word_start == "▁"
+        shard = next(ws.corpus_dir.glob("shard-*.npz"))
+        assert np.load(shard)["ids"].dtype == np.uint32 and int(next(open_corpus(ws).shards()).ids.max()) > 65_535
+    if kind == "last-token":
+        assert layout.prefix == () and len(layout.suffix) == 1 and student.added_per_text == 1
+    if kind == "prompts":
+        assert student.config["prompts"] == {"query": "query: ", "passage": "passage: "}
+        texts = next(open_corpus(ws).shards()).texts
+        assert all(t.startswith(("query: ", "passage: ")) for t in texts)
+        np.testing.assert_allclose(
+            student.encode(HELD_OUT, prompt_name="query"), student.encode(["query: " + t for t in HELD_OUT])
+        )
+        assert _fidelity(teacher, student, HELD_OUT, prompt_name="query").mean() > 0.5

@@ -87,7 +87,9 @@ def teacher_refusal(path: Path) -> str | None:
         return f"its modules ({', '.join(types) or 'none'}) have no Pooling: it gives no sentence embedding to distil"
     pooling = next(m for m in modules if str(m.get("type", "")).endswith("Pooling"))
     pooling_config = read(f"{pooling.get('path', '')}/config.json") or {}
-    modes = [m for m in _POOLING_MODES if pooling_config.get(f"pooling_mode_{m}")]
+    modes = [m for m in _POOLING_MODES if pooling_config.get(f"pooling_mode_{m}")]  # sentence-transformers < 5
+    named = pooling_config.get("pooling_mode")  # sentence-transformers >= 5: a name or a list of names
+    modes += [named] if isinstance(named, str) else list(named or [])
     if len(modes) > 1:
         return f"its Pooling puts several poolings side by side ({', '.join(modes)}), which vocabert does not distil"
     if pooling_config.get("include_prompt") is False and (read("config_sentence_transformers.json") or {}).get(
