@@ -75,6 +75,26 @@ def test_layout_of_sentencepiece_and_of_a_decoder_that_appends_eos():
     assert decoder.prefix == () and decoder.suffix == (2,) and decoder.per_text == 1
 
 
+@pytest.mark.parametrize("family", ["wordpiece", "byte-level", "unigram", "eos-only"])
+def test_text_tokenizer_gives_the_tokenizers_own_ids(family, teacher_tokenizer_text):
+    """BERT's word cache where it applies, the tokenizer itself elsewhere: the same ids either way."""
+    from vocabert.tokenizer import TextTokenizer, load_tokenizer
+
+    text = {
+        "wordpiece": lambda: teacher_tokenizer_text,
+        "byte-level": byte_level_bpe,
+        "unigram": sentencepiece_unigram,
+        "eos-only": lambda: sentencepiece_unigram(eos_only=True),
+    }[family]()
+    texts = ["new york playing", "the cat sat on the mat", "", "new, york", "playing new york new york new"] * 3
+    tokenizer = TextTokenizer(text, 8)
+    assert tokenizer.caches_words == (family == "wordpiece")
+    ids, offsets = tokenizer.encode_ids(texts)
+    expected = [e.ids for e in load_tokenizer(text, 8).encode_batch(texts)]
+    assert [ids[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:], strict=True)] == expected
+    assert max(map(len, expected)) == 8  # one text was cut, keeping the tokens added after it
+
+
 def _write(folder, files: dict) -> None:
     for name, content in files.items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)

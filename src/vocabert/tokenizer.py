@@ -194,9 +194,15 @@ def _word_cache_applies(tokenizer: Tokenizer) -> tuple[int, int] | None:
     if len(wrapped) != 2:
         return None
     probe = "Hello, world! Ünïcödé 東京 [MASK]"
-    if tokenizer.encode(probe).ids != [wrapped[0], *tokenizer.encode(probe, add_special_tokens=False).ids, wrapped[1]]:
-        return None
-    return wrapped[0], wrapped[1]
+    truncation = tokenizer.truncation
+    tokenizer.no_truncation()  # (a short maximum length would cut the probe, not tell us anything)
+    try:
+        whole = tokenizer.encode(probe).ids
+        inner = tokenizer.encode(probe, add_special_tokens=False).ids
+    finally:
+        if truncation:
+            tokenizer.enable_truncation(**truncation)
+    return (wrapped[0], wrapped[1]) if whole == [wrapped[0], *inner, wrapped[1]] else None
 
 
 class TextTokenizer:
