@@ -23,6 +23,7 @@ import numpy as np
 
 from vocabert.artifacts import VocabertError
 from vocabert.matching import PAD, WILDCARD, pattern_span
+from vocabert.tokenizer import WORDPIECE, TokenizerLayout, tokenizer_layout
 
 if TYPE_CHECKING:
     from vocabert.model import StudentModel
@@ -48,19 +49,14 @@ def token_strings(model: StudentModel) -> list[str]:
     return tokens
 
 
-def readable(tokens: Sequence[str]) -> str:
-    """Tokens as text: ``["play", "##ing"]`` -> ``playing``, ``["how", "*", "you"]`` -> ``how * you``.
+def readable(tokens: Sequence[str], layout: TokenizerLayout | None = None) -> str:
+    """Tokens as text, joined into words by the tokenizer's convention (``layout``; WordPiece's by default):
+    ``["play", "##ing"]`` -> ``playing``, ``["how", "*", "you"]`` -> ``how * you``.
 
     A continuation joins the token before it, unless that is a wildcard or there is none: ``##s`` on its
     own and ``* ##s`` stay as they are.
     """
-    out = ""
-    for i, token in enumerate(tokens):
-        if token.startswith("##") and len(token) > 2 and i > 0 and tokens[i - 1] != "*":
-            out += token[2:]
-        else:
-            out += (" " if out else "") + token
-    return out
+    return (layout or WORDPIECE).readable(list(tokens))
 
 
 def entry_kinds(patterns: np.ndarray) -> np.ndarray:
@@ -75,7 +71,10 @@ def entry_texts(model: StudentModel, rows: Sequence[int] | np.ndarray | None = N
     """Readable text of the entries ``rows`` (default: all), from their patterns and the tokenizer."""
     tokens = token_strings(model)
     patterns = np.asarray(model.store.patterns if rows is None else model.store.patterns[np.asarray(rows)])
-    return [readable(["*" if t == WILDCARD else tokens[t] for t in row if t != PAD]) for row in patterns.tolist()]
+    layout = tokenizer_layout(model.tokenizer_text)
+    return [
+        readable(["*" if t == WILDCARD else tokens[t] for t in row if t != PAD], layout) for row in patterns.tolist()
+    ]
 
 
 def check_kind(kind: str | None) -> int | None:

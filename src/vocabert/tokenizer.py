@@ -128,6 +128,10 @@ class TokenizerLayout:
         return out
 
 
+# WordPiece's convention alone, for listings read without their tokenizer.
+WORDPIECE = TokenizerLayout((), (), (), 0, continuation_prefix="##")
+
+
 def tokenizer_layout(tokenizer_text: str) -> TokenizerLayout:
     """The :class:`TokenizerLayout` of a tokenizer.json."""
     spec = json.loads(tokenizer_text)

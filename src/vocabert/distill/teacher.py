@@ -175,6 +175,12 @@ def max_seq_length(path: Path) -> int:
         value = json.loads(st_config.read_text()).get("max_seq_length")
         if value:
             return int(value)
+    # sentence-transformers >= 5 keeps the length as the tokenizer's model_max_length (huge when unset)
+    tokenizer_config = path / "tokenizer_config.json"
+    if tokenizer_config.is_file():
+        value = json.loads(tokenizer_config.read_text()).get("model_max_length")
+        if isinstance(value, int) and 0 < value < 1_000_000:
+            return value
     config = path / "config.json"
     if config.is_file():
         return int(json.loads(config.read_text()).get("max_position_embeddings", 512))
