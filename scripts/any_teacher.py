@@ -7,7 +7,7 @@ runs ``vocabert``'s stages with each on the same real slice (MS MARCO passages a
 the student against its own teacher on the corpus's held-out split. The default teacher runs on the same
 slice as the reference row. Writes ``docs/results/any_teacher.json``::
 
-    python scripts/any_teacher.py [--passages 1000] [--queries 1000] [--train-steps 0] [--kinds all]
+    python scripts/any_teacher.py [--passages 2000] [--queries 2000] [--train-steps 0] [--budget 20000] [--kinds all]
 
 With ``--train-steps N`` each synthetic transformer is first trained N steps (masked or causal language
 modelling, see tests/synthetic_teachers.py), so that its vectors are not those of random weights.
@@ -97,15 +97,16 @@ def _family(tokenizer_text: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--passages", type=int, default=1000)
-    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--passages", type=int, default=2000)
+    parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--train-steps", type=int, default=0)
+    parser.add_argument("--budget", type=int, default=20_000, help="vocabulary entries")
     parser.add_argument("--kinds", default="all", help=f"comma-separated, of {', '.join(KINDS)}, or default")
     parser.add_argument("--data-dir", type=Path, default=default_data_dir())
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "any_teacher.json")
     args = parser.parse_args()
     kinds = ["default", *KINDS] if args.kinds == "all" else args.kinds.split(",")
-    mine = MineSettings(budget=8000, min_count=3)
+    mine = MineSettings(budget=args.budget, min_count=3)
     train = TrainSettings(epochs=3, batch_size=128)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -133,9 +134,9 @@ def main() -> None:
     table = {
         "title": "Students of teachers of other families, on the same slice",
         "command": f"python scripts/any_teacher.py --passages {args.passages} --queries {args.queries} "
-        f"--train-steps {args.train_steps}",
+        f"--train-steps {args.train_steps} --budget {args.budget}",
         "provenance": f"measured {time.strftime('%Y-%m-%d')} on this machine's CPU: {args.passages} MS MARCO "
-        f"passages and {args.queries} queries, vocabulary budget 8,000, 3 epochs{trained}; fidelity on the "
+        f"passages and {args.queries} queries, vocabulary budget {args.budget:,}, 3 epochs{trained}; fidelity on the "
         "corpus's held-out split (never mined or trained on)",
         "labels": {
             "teacher": "teacher",

@@ -246,3 +246,21 @@ def test_a_synthetic_teacher_runs_end_to_end(kind, bundled, small_data, tmp_path
             student.encode(HELD_OUT, prompt_name="query"), student.encode(["query: " + t for t in HELD_OUT])
         )
         assert _fidelity(teacher, student, HELD_OUT, prompt_name="query").mean() > 0.5
+
+
+def test_bench_puts_the_teachers_prompts_before_queries_and_passages(tmp_path):
+    """A teacher's prompts reach the bench: queries get the query prompt, passages the passage one."""
+    from vocabert.bench.benchmark import prompted
+    from vocabert.distill.teacher import source_prompts
+
+    _write(tmp_path, {"config_sentence_transformers.json": {"prompts": {"query": "query: ", "document": "doc: "}}})
+    prompts = source_prompts(tmp_path, ["queries", "passages", "glosses"])
+    assert prompts == {"queries": "query: ", "passages": "doc: "}  # glosses: no prompt and no default
+    seen = []
+    prompted(seen.extend, prompts["queries"])(["a", "b"])
+    assert seen == ["query: a", "query: b"]
+    assert prompted(len, "") is len
+    _write(
+        tmp_path, {"config_sentence_transformers.json": {"prompts": {"q": "q: ", "": ""}, "default_prompt_name": "q"}}
+    )
+    assert source_prompts(tmp_path, ["passages"]) == {"passages": "q: "}

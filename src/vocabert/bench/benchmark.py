@@ -15,7 +15,7 @@ speed is always measured on the raw encoders. ``vocabert evaluate`` is this same
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ from vocabert.bench.report import UNSEEN_PASSAGES, markdown_table, update_model_
 from vocabert.bench.settings import SpeedPlan
 from vocabert.bench.speed import measure_latency, measure_memory, measure_throughput
 from vocabert.distill.corpus import open_corpus
+from vocabert.distill.teacher import source_prompts
 from vocabert.distill.workspace import Workspace, check_same_teacher, log
 
 
@@ -166,6 +167,10 @@ def run_bench(
         check_same_teacher(ws.provenance, student.model.config.get("provenance", {}), f"model {model_dir}")
     bm25 = try_peer("bm25", "bm25", BM25Retriever) if peers else None
 
+    # A teacher with prompts is scored as its users would run it: queries (and STS sentences) with its query
+    # prompt, passages with its passage prompt, for every model alike. (The fidelity sets come from the
+    # corpus, which holds them prompted already.)
+    prompts = source_prompts(ws.teacher_path, ["queries", "passages"])
     results: dict = {"meta": {}, "models": {}}
     quality = {m.name: cached(m, ws.cache_dir) for m in models if m.available}
     teacher_vectors = {s: quality[teacher.name].encode(t) for s, t in heldout.items()}
@@ -175,7 +180,16 @@ def run_bench(
             continue
         log(f"bench: {model.name}")
         results["models"][model.name] = measure_model(
-            model, quality[model.name], teacher, teacher_vectors, heldout, tasks, sts_sets, speed, quality[teacher.name]
+            model,
+            quality[model.name],
+            teacher,
+            teacher_vectors,
+            heldout,
+            tasks,
+            sts_sets,
+            speed,
+            quality[teacher.name],
+            prompts,
         )
     if bm25 is not None:
         results["models"]["bm25"] = measure_bm25(bm25, tasks)
@@ -222,6 +236,7 @@ def measure_model(
     sts_sets: dict[str, StsData],
     plan: SpeedPlan,
     teacher_quality: Encoder | None = None,
+    prompts: dict[str, str] | None = None,
 ) -> dict:
     """Every figure of one model; ``quality`` is its cached twin (quality only), ``model`` is timed.
 
@@ -240,17 +255,19 @@ def measure_model(
         for source, texts in heldout.items():
             vectors = quality.encode(texts)
             entry["fidelity"][source] = fidelity(vectors, teacher_vectors[source], per_text=True)
+    prompts = prompts or {}
+    query, passage = prompts.get("queries", ""), prompts.get("passages", "")
     entry["sts"] = {
-        name: evaluate_sts(quality.encode, data.sentences1, data.sentences2, data.scores)
+        name: evaluate_sts(prompted(quality.encode, query), data.sentences1, data.sentences2, data.scores)
         for name, data in sts_sets.items()
     }
     entry["sts"] = next(iter(entry["sts"].values())) | {"sets": entry["sts"]}
     entry["retrieval"] = {}
     for task in tasks:
-        r = evaluate_retrieval(task, quality.encode, quality.encode)
+        r = evaluate_retrieval(task, prompted(quality.encode, passage), prompted(quality.encode, query))
         entry["retrieval"][task.name] = {k: v for k, v in r.items() if not k.startswith("per_query")}
         if teacher_quality is not None and model.kind != "teacher" and model.dim == teacher.dim:
-            r = evaluate_retrieval(task, teacher_quality.encode, quality.encode)
+            r = evaluate_retrieval(task, prompted(teacher_quality.encode, passage), prompted(quality.encode, query))
             entry["retrieval"][task.name]["asymmetric"] = {k: v for k, v in r.items() if not k.startswith("per_query")}
 
     fast = model.kind != "teacher"
@@ -274,6 +291,13 @@ def measure_model(
     memory_texts = sample[: plan.memory_texts if fast else 64]
     entry["memory"] = measure_memory(model.spec(), memory_texts)
     return entry
+
+
+def prompted(encode: Callable[[list[str]], np.ndarray], prompt: str) -> Callable[[list[str]], np.ndarray]:
+    """``encode`` with ``prompt`` put before every text (itself when there is no prompt)."""
+    if not prompt:
+        return encode
+    return lambda texts, *args, **kwargs: encode([prompt + t for t in texts], *args, **kwargs)
 
 
 def network_cost(student, texts: list[str], batch_size: int = 64, n: int = 1024) -> dict:
