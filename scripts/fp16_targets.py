@@ -84,6 +84,7 @@ def main() -> None:
                     )
                 ),  # fmt: skip
                 "val_cos": float(cos.mean()),
+                "training_best_val_cos": history["best_val_cosine"],  # against the targets it trained on
                 "val_cos_p5": float(np.percentile(cos, 5)),
                 "train_seconds": round(time.perf_counter() - started, 1),
             }
