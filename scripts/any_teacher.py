@@ -56,13 +56,7 @@ def measure(kind: str, teacher: Path | None, sources: dict[str, Path], root: Pat
     build_model(ws, sources, mine=mine, train=train)
     seconds = time.perf_counter() - started
     student = vocabert.load(ws.model_dir)
-    heldout = {"queries": [], "passages": []}
-    corpus = open_corpus(ws)
-    for shard in corpus.shards():
-        for text, source, split in zip(shard.texts, shard.source, shard.split, strict=True):
-            name = corpus.manifest["sources"][source]
-            if split == HELDOUT and name in heldout:
-                heldout[name].append(text)  # as the corpus holds it: with the teacher's prompt, if any
+    heldout = heldout_texts(ws)
     reference = Teacher(ws.teacher_path)
     layout = tokenizer_layout(ws.tokenizer_text)
     history = student.config["training"]["history"]
@@ -76,12 +70,32 @@ def measure(kind: str, teacher: Path | None, sources: dict[str, Path], root: Pat
         "val_before": history["val_cosine_before"],
         "val_after": history["best_val_cosine"],
         "seconds": round(seconds, 1),
+        "constant_cos": constant_cos(reference, heldout),
     }
     for name, texts in heldout.items():
         cos = np.einsum("ij,ij->i", student.encode(texts), _unit(reference.encode(texts)))
         row[f"{name}_cos"], row[f"{name}_texts"] = float(cos.mean()), len(texts)
     print(json.dumps(row), flush=True)
     return row
+
+
+def heldout_texts(ws: Workspace) -> dict[str, list[str]]:
+    """The corpus's held-out queries and passages, as the corpus holds them (with the teacher's prompt, if any)."""
+    heldout = {"queries": [], "passages": []}
+    corpus = open_corpus(ws)
+    for shard in corpus.shards():
+        for text, source, split in zip(shard.texts, shard.source, shard.split, strict=True):
+            name = corpus.manifest["sources"][source]
+            if split == HELDOUT and name in heldout:
+                heldout[name].append(text)
+    return heldout
+
+
+def constant_cos(reference: Teacher, heldout: dict[str, list[str]]) -> float:
+    """What a student that ignores the text would score: the mean cosine of the teacher's vectors of the
+    held-out texts to their own mean direction (near 1 for a teacher whose outputs barely vary)."""
+    vectors = _unit(reference.encode([t for texts in heldout.values() for t in texts]))
+    return float((vectors @ _unit(vectors.mean(axis=0, keepdims=True))[0]).mean())
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -95,6 +109,31 @@ def _family(tokenizer_text: str) -> str:
     return spec["model"]["type"] + marker
 
 
+def add_constant_cos(args, kinds: list[str]) -> None:
+    """``constant_cos`` for the rows of ``args.out`` (the corpus stage alone gives the same held-out texts)."""
+    from vocabert.distill.corpus import CorpusSettings, run_corpus
+
+    table = json.loads(args.out.read_text(encoding="utf-8"))
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        sources = _sources(args.data_dir, root, args.passages, args.queries)
+        texts = bundled_texts(args.data_dir, 500)
+        for row, kind in zip(table["rows"], kinds, strict=True):
+            teacher = None if kind == "default" else build_teacher(kind, root / f"teacher-{kind}", texts)
+            ws = Workspace(root / kind, teacher, cache_dir=root / "cache", show_progress_bar=False)
+            run_corpus(ws, sources, CorpusSettings())
+            row["constant_cos"] = constant_cos(Teacher(ws.teacher_path), heldout_texts(ws))
+            print(kind, row["constant_cos"], flush=True)
+    args.out.write_text(json.dumps(table, indent=1) + "\n", encoding="utf-8")
+
+
+def _sources(data_dir: Path, root: Path, passages: int, queries: int) -> dict[str, Path]:
+    return {
+        "passages": head(data_dir / "msmarco_passage" / "collection_subset.tsv.gz", root / "passages.tsv", passages),
+        "queries": head(data_dir / "msmarco_queries_extra" / "queries.extra.tsv.gz", root / "queries.tsv", queries),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--passages", type=int, default=2000)
@@ -104,21 +143,18 @@ def main() -> None:
     parser.add_argument("--kinds", default="all", help=f"comma-separated, of {', '.join(KINDS)}, or default")
     parser.add_argument("--data-dir", type=Path, default=default_data_dir())
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "any_teacher.json")
+    parser.add_argument("--constant-only", action="store_true", help="only add constant_cos to the rows in --out")
     args = parser.parse_args()
     kinds = ["default", *KINDS] if args.kinds == "all" else args.kinds.split(",")
+    if args.constant_only:
+        add_constant_cos(args, kinds)
+        return
     mine = MineSettings(budget=args.budget, min_count=3)
     train = TrainSettings(epochs=3, batch_size=128)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        sources = {
-            "passages": head(
-                args.data_dir / "msmarco_passage" / "collection_subset.tsv.gz", root / "passages.tsv", args.passages
-            ),  # fmt: skip
-            "queries": head(
-                args.data_dir / "msmarco_queries_extra" / "queries.extra.tsv.gz", root / "queries.tsv", args.queries
-            ),  # fmt: skip
-        }
+        sources = _sources(args.data_dir, root, args.passages, args.queries)
         texts = bundled_texts(args.data_dir, 500)
         for kind in kinds:
             teacher = None
@@ -146,11 +182,13 @@ def main() -> None:
             "dim": "dim",
             "val_before": "val cos, plain mean",
             "val_after": "val cos, trained",
+            "constant_cos": "cos of a constant vector",
             "queries_cos": "held-out queries cos",
             "passages_cos": "held-out passages cos",
             "seconds": "all stages s",
         },
         "formats": {
+            "constant_cos": ".3f",
             "val_before": ".3f",
             "val_after": ".3f",
             "queries_cos": ".3f",
