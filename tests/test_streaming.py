@@ -233,7 +233,10 @@ def test_an_encode_in_progress_is_not_disturbed(saved, tmp_path, capsys):
 
 # Every batch takes 20 ms: long enough to signal the run while it writes.
 SLOW_ENCODE = (
-    "import sys, time\n"
+    "import signal, sys, time\n"
+    # A test run started in the background (`nohup pytest &`) hands its children SIGINT ignored; Ctrl-C's
+    # handling is what is tested here, so the child restores Python's own.
+    "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
     "from vocabert.model import StudentModel\n"
     "fast = StudentModel.encode\n"
     "def slow(self, *args, **kwargs):\n"
