@@ -16,7 +16,6 @@ modelling, see tests/synthetic_teachers.py), so that its vectors are not those o
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
+from conftest import data_slice  # noqa: E402
 from synthetic_teachers import KINDS, build_teacher, bundled_texts  # noqa: E402
 
 import vocabert  # noqa: E402
@@ -38,15 +38,6 @@ from vocabert.distill.teacher import Teacher, teacher_name  # noqa: E402
 from vocabert.distill.training import TrainSettings  # noqa: E402
 from vocabert.distill.workspace import Workspace  # noqa: E402
 from vocabert.tokenizer import tokenizer_layout  # noqa: E402
-
-
-def head(src: Path, dst: Path, n: int) -> Path:
-    with gzip.open(src, "rt", encoding="utf-8") as f, open(dst, "w", encoding="utf-8") as out:
-        for i, line in enumerate(f):
-            if i >= n:
-                break
-            out.write(line)
-    return dst
 
 
 def measure(kind: str, teacher: Path | None, sources: dict[str, Path], root: Path, mine: MineSettings,
@@ -129,8 +120,12 @@ def add_constant_cos(args, kinds: list[str]) -> None:
 
 def _sources(data_dir: Path, root: Path, passages: int, queries: int) -> dict[str, Path]:
     return {
-        "passages": head(data_dir / "msmarco_passage" / "collection_subset.tsv.gz", root / "passages.tsv", passages),
-        "queries": head(data_dir / "msmarco_queries_extra" / "queries.extra.tsv.gz", root / "queries.tsv", queries),
+        "passages": data_slice(
+            data_dir / "msmarco_passage" / "collection_subset.tsv.gz", root / "passages.tsv", passages
+        ),
+        "queries": data_slice(
+            data_dir / "msmarco_queries_extra" / "queries.extra.tsv.gz", root / "queries.tsv", queries
+        ),
     }
 
 

@@ -25,7 +25,8 @@ def data_dir() -> Path:
     return found
 
 
-def _head(src: Path, dst: Path, n: int) -> Path:
+def data_slice(src: Path, dst: Path, n: int) -> Path:
+    """The first ``n`` lines of a gzipped data file, written to ``dst`` (also used by scripts/any_teacher.py)."""
     with gzip.open(src, "rt", encoding="utf-8") as f, open(dst, "w", encoding="utf-8") as out:
         for i, line in enumerate(f):
             if i >= n:
@@ -39,8 +40,8 @@ def small_data(data_dir: Path, tmp_path_factory) -> dict[str, Path]:
     """Real slices: 400 passages and 300 queries."""
     root = tmp_path_factory.mktemp("data")
     return {
-        "passages": _head(data_dir / "msmarco_passage" / "collection_subset.tsv.gz", root / "passages.tsv", 400),
-        "queries": _head(data_dir / "msmarco_queries_extra" / "queries.extra.tsv.gz", root / "queries.tsv", 300),
+        "passages": data_slice(data_dir / "msmarco_passage" / "collection_subset.tsv.gz", root / "passages.tsv", 400),
+        "queries": data_slice(data_dir / "msmarco_queries_extra" / "queries.extra.tsv.gz", root / "queries.tsv", 300),
     }
 
 

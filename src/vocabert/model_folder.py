@@ -28,7 +28,7 @@ from vocabert._version import __version__
 from vocabert.artifacts import VocabertError, read_json, temporary_dir, write_json, write_text
 from vocabert.card import model_card, read_evaluation
 from vocabert.matching import WILDCARD
-from vocabert.networks import ARCHITECTURES, Network
+from vocabert.networks import ACTIVATIONS, ARCHITECTURES, Network
 from vocabert.store import VocabularyStore, all_finite, load_safetensors, save_safetensors
 from vocabert.tokenizer import tokenizer_fingerprint
 
@@ -156,10 +156,7 @@ CONFIG_KEYS = {
 OPTIONAL_CONFIG_KEYS = {
     "format_version": ("a positive integer", _integer(1)),
     "dtype": ("a string", lambda v: isinstance(v, str)),
-    "output_activation": (
-        "one of identity, tanh, relu, sigmoid",
-        lambda v: v in ("identity", "tanh", "relu", "sigmoid"),
-    ),
+    "output_activation": (f"one of {', '.join(ACTIVATIONS)}", lambda v: isinstance(v, str) and v in ACTIVATIONS),
     "default_prompt_name": ("a string or null", lambda v: v is None or isinstance(v, str)),
     "prompts": (
         "a JSON object of strings",

@@ -369,12 +369,14 @@ def _isolated(teacher_path: str, patterns: np.ndarray, prefix: list[int], suffix
     return isolated_vectors(Teacher(teacher_path), patterns, prefix, suffix, filler)
 
 
-def ray_isolated_vectors(engine: RayEngine, teacher_path: str | Path, patterns: np.ndarray, *ids: int) -> np.ndarray:
+def ray_isolated_vectors(
+    engine: RayEngine, teacher_path: str | Path, patterns: np.ndarray, prefix: list[int], suffix: list[int], filler: int
+) -> np.ndarray:
     """:func:`~vocabert.distill.embedding.isolated_vectors` in a Ray task (the driver loads no teacher)."""
     ray = engine.ray()
     gpus = engine.settings.ray_worker_gpus
     task = ray.remote(num_cpus=engine.settings.ray_worker_cpus, num_gpus=gpus)(_isolated)
-    return ray.get(task.remote(str(teacher_path), patterns, *ids))
+    return ray.get(task.remote(str(teacher_path), patterns, prefix, suffix, filler))
 
 
 # ------------------------------------------------------------------------------------------ mining

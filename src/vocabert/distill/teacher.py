@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from vocabert.artifacts import VocabertError, sha256_file
+from vocabert.networks import ACTIVATIONS as STUDENT_ACTIVATIONS
 from vocabert.tokenizer import tokenizer_fingerprint
 
 # Files whose content decides what the teacher computes. Weights are hashed in full.
@@ -57,6 +58,19 @@ def resolve_teacher_path(path: str | Path | None) -> Path:
     return path.resolve()
 
 
+def _config(path: Path, name: str):
+    """A JSON file of the teacher's folder, None when absent (ValueError when it is not JSON)."""
+    file = path / name
+    return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
+
+
+def _dense_modules(modules) -> list[dict]:
+    """The Dense modules of a parsed modules.json, in order (none for most teachers)."""
+    if not isinstance(modules, list):
+        return []
+    return [m for m in modules if isinstance(m, dict) and str(m.get("type", "")).endswith("Dense")]
+
+
 _POOLING_MODES = ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens", "weightedmean_tokens", "lasttoken")
 
 
@@ -65,8 +79,8 @@ def teacher_refusal(path: Path) -> str | None:
 
     def read(name: str):
         try:
-            return json.loads((path / name).read_text(encoding="utf-8")) if (path / name).is_file() else None
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _config(path, name)
+        except ValueError:  # (JSON and Unicode decoding errors both are)
             return "unreadable"
 
     config, modules = read("config.json"), read("modules.json")
@@ -99,7 +113,7 @@ def teacher_refusal(path: Path) -> str | None:
     unknown = [t for t in types if t not in ("Transformer", "Pooling", "Normalize", "Dense")]
     if unknown:
         return f"its module {unknown[0]} is not one vocabert can distil (Transformer, Pooling, Dense, Normalize)"
-    dense = [m for m in modules if str(m.get("type", "")).endswith("Dense")]
+    dense = _dense_modules(modules)
     for i, module in enumerate(dense):
         config = read(f"{module.get('path', '')}/config.json") or {}
         activation = _activation_name(config)
@@ -112,8 +126,8 @@ def teacher_refusal(path: Path) -> str | None:
     return None
 
 
-# The activations a Dense layer may end in (ACTIVATIONS in vocabert.networks computes them in numpy).
-ACTIVATIONS = ("identity", "tanh", "relu", "sigmoid")
+# The activations a Dense layer may end in: those the student can apply (numpy, in vocabert.networks).
+ACTIVATIONS = tuple(STUDENT_ACTIVATIONS)
 
 
 def _activation_name(dense_config: dict) -> str:
@@ -126,12 +140,8 @@ def output_activation(path: str | Path) -> str:
     """The activation of the teacher's last Dense layer (``identity`` without one): the student predicts
     the vector before it, in the Dense layers' output space, and applies it (see :class:`Teacher`)."""
     path = Path(path)
-    modules_file = path / "modules.json"
-    modules = json.loads(modules_file.read_text(encoding="utf-8")) if modules_file.is_file() else []
-    dense = [m for m in modules if str(m.get("type", "")).endswith("Dense")]
-    if not dense:
-        return "identity"
-    return _activation_name(json.loads((path / dense[-1]["path"] / "config.json").read_text(encoding="utf-8")))
+    dense = _dense_modules(_config(path, "modules.json"))
+    return _activation_name(_config(path, f"{dense[-1]['path']}/config.json") or {}) if dense else "identity"
 
 
 # The teacher's prompt names that each corpus source is distilled with, in order of preference (e5 and
@@ -204,13 +214,11 @@ def tokenizer_json(path: Path) -> str:
 
 def _dense_files(path: Path) -> tuple[str, ...]:
     """The config and weights of the teacher's Dense layers, which decide its outputs as its own weights do."""
-    modules_file = path / "modules.json"
     try:
-        modules = json.loads(modules_file.read_text(encoding="utf-8")) if modules_file.is_file() else []
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        dense = _dense_modules(_config(path, "modules.json"))
+    except ValueError:
         return ()
-    folders = [m.get("path", "") for m in modules if isinstance(m, dict) and str(m.get("type", "")).endswith("Dense")]
-    return tuple(f"{folder}/{name}" for folder in folders for name in ("config.json",) + _WEIGHT_FILES)
+    return tuple(f"{m.get('path', '')}/{name}" for m in dense for name in ("config.json",) + _WEIGHT_FILES)
 
 
 @functools.lru_cache(maxsize=8)
@@ -266,16 +274,11 @@ def embedding_dim(path: str | Path) -> int:
     """The dimension of the teacher's sentence embeddings, read from its folder (no torch): the last
     Dense module's output, else the pooling's input, else the transformer's hidden size."""
     path = Path(path)
-
-    def read(name: str) -> dict:
-        file = path / name
-        return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
-
-    modules = read("modules.json")
-    for module in reversed(modules if isinstance(modules, list) else []):
-        if module.get("type", "").endswith("Dense"):
-            return int(read(f"{module['path']}/config.json")["out_features"])
-    dim = read("1_Pooling/config.json").get("word_embedding_dimension") or read("config.json").get("hidden_size")
+    dense = _dense_modules(_config(path, "modules.json"))
+    if dense:
+        return int(_config(path, f"{dense[-1]['path']}/config.json")["out_features"])
+    pooling, config = _config(path, "1_Pooling/config.json") or {}, _config(path, "config.json") or {}
+    dim = pooling.get("word_embedding_dimension") or config.get("hidden_size")
     if not dim:
         raise VocabertError(f"teacher folder {path}: cannot tell the embedding dimension from its config files")
     return int(dim)
