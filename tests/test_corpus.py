@@ -586,3 +586,19 @@ def test_sentences_of_training_passages_are_teacher_texts_only(tmp_path, tok):
         show_progress_bar=False,
     )
     assert plain.sources == ["passages"] and "passage_sentences" not in plain.manifest["key"]["settings"]
+
+
+def test_seen_keys_is_a_set_of_64_bit_keys():
+    from vocabert.distill.corpus import SeenKeys
+
+    rng = np.random.default_rng(0)
+    keys = [int(k) for k in rng.integers(0, 2**64, 20_000, dtype=np.uint64)]
+    # Keys that share their low bits collide in every table size; 0 and 2**64 - 1 are the edges.
+    keys += keys[:5_000] + [0, 0, 5, 2**64 - 1, 2**64 - 1] + [k << 40 for k in range(300)] * 2
+    seen, reference = SeenKeys(capacity=4), set()
+    for key in keys:
+        assert seen.add(key) == (key not in reference)
+        reference.add(key)
+    assert len(seen) == len(reference)
+    assert 2 * seen.size <= len(seen.table)  # grew, and stays at most half full
+    assert seen.table.nbytes <= 32 * len(reference)

@@ -153,6 +153,57 @@ def dedup_key(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(normal.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
 
 
+class SeenKeys:
+    """A set of 64-bit keys in one numpy array (open addressing, linear probing, at most half full).
+
+    8 to 16 bytes a key where a Python set of ints takes about 100 (an int object and a slot): the
+    full MS MARCO collection's ~50M passages and sentences fit in ~0.8 GB instead of ~5 GB.
+    """
+
+    def __init__(self, capacity: int = 1 << 16):
+        self.table = np.zeros(1 << max(capacity - 1, 1).bit_length(), dtype=np.uint64)  # 0 marks a free slot
+        self.size = 0
+        self.has_zero = False  # the key 0 cannot live in the table
+
+    def __len__(self) -> int:
+        return self.size + self.has_zero
+
+    def add(self, key: int) -> bool:
+        """Add ``key`` (0 <= key < 2**64); False if it was there already."""
+        if key == 0:
+            new, self.has_zero = not self.has_zero, True
+            return new
+        table, mask = self.table, len(self.table) - 1
+        i = key & mask
+        while True:
+            found = int(table[i])
+            if found == key:
+                return False
+            if found == 0:
+                break
+            i = (i + 1) & mask
+        table[i] = key
+        self.size += 1
+        if 2 * self.size > len(table):
+            self._grow()
+        return True
+
+    def _grow(self) -> None:
+        keys = self.table[self.table != 0]
+        table = np.zeros(2 * len(self.table), dtype=np.uint64)
+        mask = np.uint64(len(table) - 1)
+        slots = keys & mask
+        while len(keys):  # all keys at once: each round places, per free slot, the first key that wants it
+            free = table[slots] == 0
+            _, first = np.unique(slots[free], return_index=True)
+            placed = np.flatnonzero(free)[first]
+            table[slots[placed]] = keys[placed]
+            left = np.ones(len(keys), dtype=bool)
+            left[placed] = False
+            keys, slots = keys[left], (slots[left] + np.uint64(1)) & mask
+        self.table = table
+
+
 # --------------------------------------------------------------------------------------------- shards
 
 
@@ -457,7 +508,7 @@ def build_corpus(
     shard_names: list[str] = []
     counts = {name: {"texts": 0, "heldout": 0, "unseen": 0, "duplicates": 0, "tokens": 0} for name in names}
     unseen_ids = read_id_list(unseen_topics) if unseen_topics else set()
-    seen: set[int] = set()  # 8-byte keys: ~60 bytes a text in a Python set, fine for 10^7 texts
+    seen = SeenKeys()
     # What the shards hold: the corpus's identity for the stages that read it (see workspace.digest).
     content = hashlib.sha256(json.dumps([names, vocab_size]).encode())
     buffer: list[tuple[str, str, int, int]] = []  # id, text, source, split
@@ -503,11 +554,9 @@ def build_corpus(
 
     def add(text_id: str, text: str, s: int, split: int) -> None:
         if dedup:
-            identity = dedup_key(text)
-            if identity in seen:
+            if not seen.add(dedup_key(text)):
                 counts[names[s]]["duplicates"] += 1
                 return
-            seen.add(identity)
         buffer.append((text_id, prompt_of[s] + text, s, split))
         if len(buffer) >= shard_size:
             flush()
