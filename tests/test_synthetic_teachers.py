@@ -211,7 +211,7 @@ def test_training_changes_the_weights_deterministically(texts, tmp_path):
     name = "embeddings.word_embeddings.weight"
     assert not np.array_equal(trained[name], random[name])
     np.testing.assert_array_equal(trained["pooler.dense.weight"], random["pooler.dense.weight"])
-    assert "masked-language training, 5 steps" in (a / "README.md").read_text()
+    assert "contrastive training, 5 steps" in (a / "README.md").read_text()
 
 
 def test_refuses_unknown_kinds_and_full_folders(texts, tmp_path):
@@ -226,7 +226,9 @@ def test_refuses_unknown_kinds_and_full_folders(texts, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_training_lowers_the_loss(texts, tmp_path, kind):
-    path = build_teacher(kind, tmp_path / kind, texts, train_steps=60)
+    # The CLS teacher learns slowest: its first position hardly depends on the text at first (loss 3.50 -> 3.48
+    # in 60 steps, 2.6 after 300; the others are below 1.2 after 60).
+    path = build_teacher(kind, tmp_path / kind, texts, train_steps=300 if kind == "bert-cls" else 60)
     readme = (path / "README.md").read_text()
     first, last = (float(x.split(" ")[0]) for x in readme.split("loss ")[1].split(" -> "))
     assert last < first - 0.5
