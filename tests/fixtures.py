@@ -124,3 +124,11 @@ def tiny_context_model(
             "window_bias": rng.normal(size=DIM),
         }
     return StudentModel({**config(text), "architecture": ContextPool.name}, text, store, ContextPool(t))
+
+
+def assert_store_vectors_close(found: np.ndarray, expected: np.ndarray, atol: float = 2e-3) -> None:
+    """Entry vectors of two stores built by different paths from nearly equal means: within ``atol`` (fp16
+    rounding), or one int8 step of the row's scale (the default store: a float rounding can flip a step)."""
+    step = np.abs(expected).max(axis=1, keepdims=True) / 127
+    bad = np.abs(found - expected) > np.maximum(step, atol) + 1e-6
+    assert not bad.any(), f"{int(bad.sum())} values apart, rows {np.flatnonzero(bad.any(axis=1))[:10].tolist()}"

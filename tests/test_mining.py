@@ -15,6 +15,7 @@ import pytest
 from vocabert.artifacts import VocabertError
 from vocabert.distill import teacher
 from vocabert.distill.corpus import Corpus, build_corpus
+from vocabert.distill.embedding import EmbedSettings
 from vocabert.distill.engine import LocalEngine
 from vocabert.distill.mining import (
     KeyCounter,
@@ -593,8 +594,10 @@ def test_whole_words_are_their_own_kind(tmp_path, tok):
 
 def test_budget_in_megabytes():
     heads, rank = TrainSettings.attention_heads, TrainSettings.attention_rank
-    # the fp16 vector, the default's int8 keys and queries with a float32 scale each, the pattern
-    assert entry_bytes(384, 4) == 2 * 384 + 2 * (heads * rank + 4) + 16
+    # the default store's int8 vector and the default student's int8 keys and queries, a float32 scale each,
+    # and the pattern
+    assert EmbedSettings.dtype == "int8"
+    assert entry_bytes(384, 4) == 384 + 4 + 2 * (heads * rank + 4) + 16
     assert budget_entries(100_000, None, 384, 4) == 100_000
     assert budget_entries(0, 104.0, 384, 4) == int(104e6 // entry_bytes(384, 4))
     with pytest.raises(VocabertError, match="budget-mb"):

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import SMALL_MINE, SMALL_TRAIN
+from fixtures import assert_store_vectors_close
 
 import vocabert
 from vocabert.artifacts import VocabertError
@@ -260,7 +261,7 @@ def test_isolated_entry_vectors(workspace, tmp_path):
     sample = np.arange(40)
     patterns = np.asarray(store.patterns)[sample]
     expected = isolated_vectors(workspace.teacher(), patterns, list(layout.prefix), list(layout.suffix), layout.filler)
-    np.testing.assert_allclose(store.vectors(sample), expected, atol=2e-3)  # float16 rows
+    assert_store_vectors_close(store.vectors(sample), expected)
     assert not np.allclose(store.vectors(sample), contextual, atol=2e-3)
     with pytest.raises(VocabertError, match="contextual or isolated"):
         run_embedding(ws, EmbedSettings(entry_vectors="alone"), LocalEngine())
@@ -391,9 +392,7 @@ def test_killed_teacher_pass_loses_at_most_one_checkpoint(workspace, small_data,
     same = VocabularyStore.load(ws.store_dir / "embeddings.safetensors")  # the entry sums counted each batch once
     expected = VocabularyStore.load(workspace.store_dir / "embeddings.safetensors")
     if len(same) == len(expected) and np.array_equal(np.asarray(same.patterns), np.asarray(expected.patterns)):
-        np.testing.assert_allclose(
-            same.vectors(np.arange(len(same))), expected.vectors(np.arange(len(same))), atol=2e-3
-        )
+        assert_store_vectors_close(same.vectors(np.arange(len(same))), expected.vectors(np.arange(len(same))))
 
 
 # ------------------------------------------------------------------------------------------- CLI

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures import assert_store_vectors_close
 
 from vocabert.artifacts import VocabertError
 from vocabert.cli import main
@@ -155,7 +156,7 @@ def test_ray_embed_with_a_killed_worker_equals_the_local_path(local, engine, tmp
     np.testing.assert_allclose(found_sums["means"], expected_sums["means"], atol=1e-4)
     expected_store, _ = open_store(local)
     every = np.arange(len(store))
-    np.testing.assert_allclose(store.vectors(every), expected_store.vectors(every), atol=1e-3)  # fp16; isolated too
+    assert_store_vectors_close(store.vectors(every), expected_store.vectors(every), atol=1e-3)  # isolated too
 
 
 @needs_ray

@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from conftest import SMALL_MINE
+from fixtures import assert_store_vectors_close
 
 from vocabert.artifacts import VocabertError
 from vocabert.distill import training
@@ -66,7 +67,7 @@ def test_entry_vectors_do_not_depend_on_the_sample(sampled, workspace):
     found, _ = open_store(sampled)
     expected, _ = open_store(workspace)
     every = np.arange(len(expected))
-    np.testing.assert_allclose(found.vectors(every), expected.vectors(every), atol=2e-3)
+    assert_store_vectors_close(found.vectors(every), expected.vectors(every))
     np.testing.assert_array_equal(
         np.load(sampled.store_dir / "occurrences.npy"), np.load(workspace.store_dir / "occurrences.npy")
     )
@@ -90,7 +91,7 @@ def test_a_new_vocabulary_gets_its_entry_sums_without_a_new_pass(sampled, worksp
     assert "token vectors (it kept every token's)" in capsys.readouterr().out
     every = np.arange(len(expected))
     assert len(found) == len(expected) < len(open_store(workspace)[0])
-    np.testing.assert_allclose(found.vectors(every), expected.vectors(every), atol=2e-3)
+    assert_store_vectors_close(found.vectors(every), expected.vectors(every))
 
 
 def test_streaming_training_equals_training_in_memory(workspace, tmp_path, monkeypatch):

@@ -308,8 +308,8 @@ class MineSettings:
     budget: int = option(100_000, "maximum vocabulary entries")  # tokens included
     budget_mb: float | None = option(
         None,
-        "the budget in megabytes of model instead of entries (fp16 vector, the default student's attention key "
-        "and query, and the pattern of each entry)",  # see entry_bytes
+        "the budget in megabytes of model instead of entries (the default int8 vector, the default student's "
+        "attention key and query, and the pattern of each entry)",  # see entry_bytes
         type=float,
         metavar="MB",
     )
@@ -339,15 +339,17 @@ class MineSettings:
     )
 
 
-# A model stores per entry its fp16 vector, the default student's keys and queries (int8, one of rank r per
-# head, and a float32 scale each) and its pattern (int32): what --budget-mb divides by. 8 heads of rank 8
-# (TrainSettings; a test keeps the two in step: mining imports no later stage, training least of all).
+# A model stores per entry its vector (the default store's int8 with a float32 scale), the default student's
+# keys and queries (int8, one of rank r per head, and a float32 scale each) and its pattern (int32): what
+# --budget-mb divides by. 8 heads of rank 8 (EmbedSettings and TrainSettings; a test keeps them in step:
+# mining imports no later stage).
+VECTOR_EXTRA_BYTES = 4
 ATTENTION_BYTES = 2 * (8 * 8 + 4)
 
 
 def entry_bytes(dim: int, width: int) -> int:
-    """Bytes one vocabulary entry adds to a model folder (fp16 vector, attention key and query, pattern)."""
-    return 2 * dim + ATTENTION_BYTES + 4 * width
+    """Bytes one vocabulary entry adds to a model folder (int8 vector, attention key and query, pattern)."""
+    return dim + VECTOR_EXTRA_BYTES + ATTENTION_BYTES + 4 * width
 
 
 def budget_entries(budget: int, budget_mb: float | None, dim: int, width: int) -> int:
