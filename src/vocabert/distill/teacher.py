@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from vocabert.artifacts import VocabertError, sha256_file
-from vocabert.networks import ACTIVATIONS as STUDENT_ACTIVATIONS
+from vocabert.networks import ACTIVATIONS  # a Dense layer may end in those the student can apply
 from vocabert.tokenizer import tokenizer_fingerprint
 
 # Files whose content decides what the teacher computes. Weights are hashed in full.
@@ -124,10 +124,6 @@ def teacher_refusal(path: Path) -> str | None:
         if activation != "identity" and i < len(dense) - 1:
             return "a nonlinear Dense layer before another one: only the last Dense layer may have an activation"
     return None
-
-
-# The activations a Dense layer may end in: those the student can apply (numpy, in vocabert.networks).
-ACTIVATIONS = tuple(STUDENT_ACTIVATIONS)
 
 
 def _activation_name(dense_config: dict) -> str:
