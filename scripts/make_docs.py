@@ -38,7 +38,8 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 DASH = "—"
 
 # key: (header, format). Formats: "text", ".3f" and other format specs, "count" (1.2M, 340k), "rate" (a speed
-# with its ratio to the teacher from the key + "_x": 7,465 (×128)).
+# with its ratio to the teacher from the key + "_x": 7,465 (×128)), "interval" (a value with its interval from the
+# keys key + "_lo" and key + "_hi": 0.936 [0.925, 0.945]).
 KEYS: dict[str, tuple[str, str]] = {
     "model": ("model", "text"),
     "kind": ("kind", "text"),
@@ -200,6 +201,10 @@ def _cell(row: dict, key: str, fmt: str) -> str:
         ratio = row.get(f"{key}_x")
         return text + (f" (×{ratio:.0f})" if isinstance(ratio, int | float) and ratio >= 10 else
                        f" (×{ratio:.1f})" if isinstance(ratio, int | float) else "")  # fmt: skip
+    if fmt == "interval":
+        lo, hi = row.get(f"{key}_lo"), row.get(f"{key}_hi")
+        bounds = isinstance(lo, int | float) and isinstance(hi, int | float)
+        return f"{value:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if bounds else "")
     if fmt == ",d":
         return f"{int(value):,}"
     return format(value, fmt)
