@@ -92,10 +92,16 @@ def tiny_model(dtype: str = "float16", max_length: int = 16, seed: int = 0) -> S
 
 
 def tiny_context_model(
-    rank: int = 3, hidden: int = 5, seed: int = 0, heads: int = 1, window: int = 0, window_rank: int = 4
+    rank: int = 3,
+    hidden: int = 5,
+    seed: int = 0,
+    heads: int = 1,
+    window: int = 0,
+    window_rank: int = 4,
+    context: int = 0,
 ) -> StudentModel:
     """An untrained ``context_pool`` student (``heads`` attention heads of rank ``rank``, MLP of ``hidden``
-    units, windowed attention over ``window`` matches each side)."""
+    units, windowed attention over ``window`` matches each side, context features of rank ``context``)."""
     rng = np.random.default_rng(seed)
     text = tokenizer_text()
     p = patterns()
@@ -122,6 +128,14 @@ def tiny_context_model(
             "window_offset_bias": rng.normal(size=2 * window),
             "window_weight": rng.normal(size=(DIM, window_rank)),
             "window_bias": rng.normal(size=DIM),
+        }
+    if context:
+        t |= {
+            "entry_context": rng.normal(size=(len(p), context)),
+            "context_in": 0.5 * rng.normal(size=(context, heads * DIM)),
+            "context_in_bias": rng.normal(size=context),
+            "context_out": rng.normal(size=(DIM, context)),
+            "context_out_bias": rng.normal(size=DIM),
         }
     return StudentModel({**config(text), "architecture": ContextPool.name}, text, store, ContextPool(t))
 

@@ -79,21 +79,29 @@ def brute_force_context(model: StudentModel, text: str) -> np.ndarray:
             h = g + mixed
             z += t["entry_weight"][e] * 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h**3)))
         out += t["window_weight"] @ (z / t["entry_weight"][found].sum()) + t["window_bias"]
+    if "entry_context" in t:
+        f = np.zeros(t["entry_context"].shape[1])
+        for e in found:
+            h = t["entry_context"][e] + t["context_in"] @ m + t["context_in_bias"]
+            f += t["entry_weight"][e] * 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h**3)))
+        out += t["context_out"] @ (f / t["entry_weight"][found].sum()) + t["context_out_bias"]
     return out / np.linalg.norm(out)
 
 
 @pytest.mark.parametrize(
-    "rank, hidden, heads, window", [(3, 5, 1, 0), (0, 0, 1, 0), (2, 0, 1, 0), (2, 4, 3, 0), (2, 0, 2, 2), (0, 0, 1, 1)]
+    "rank, hidden, heads, window, context",
+    [(3, 5, 1, 0, 0), (0, 0, 1, 0, 0), (2, 0, 1, 0, 0), (2, 4, 3, 0, 0), (2, 0, 2, 2, 0), (0, 0, 1, 1, 0)]
+    + [(2, 0, 2, 0, 3), (0, 0, 1, 0, 2), (2, 3, 2, 1, 4)],
 )
-def test_context_pool_matches_its_definition(rank, hidden, heads, window, tmp_path):
-    model = tiny_context_model(rank, hidden, heads=heads, window=window)
+def test_context_pool_matches_its_definition(rank, hidden, heads, window, context, tmp_path):
+    model = tiny_context_model(rank, hidden, heads=heads, window=window, context=context)
     out = model.encode(TEXTS)
     for text, row in zip(TEXTS, out, strict=True):
         np.testing.assert_allclose(row, brute_force_context(model, text), atol=1e-5)
     again = vocabert.load(model.save(tmp_path / "m"))
     np.testing.assert_allclose(again.encode(TEXTS), out, atol=1e-6)
     assert again.config["architecture"] == "context_pool" and again.network.heads == heads
-    assert again.network.window == window
+    assert again.network.window == window and again.network.context == context
 
 
 def test_pool_is_each_texts_weighted_mean_and_zero_without_matches():

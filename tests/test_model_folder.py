@@ -214,10 +214,13 @@ def test_network_that_does_not_fit_the_store(saved):
         ("mlp_in", lambda v: np.float32(1.0)),
         ("window_offset_bias", lambda v: v[:-1]),  # an odd length: no window of K on each side
         ("entry_window", lambda v: v[:, :3]),
+        ("entry_context", lambda v: v[:-1]),
+        ("context_in", lambda v: v[:, :-1]),  # does not read the heads' pooled vectors
+        ("context_out", lambda v: v[:, :-1]),  # a rank the entries do not have
     ],
 )
 def test_context_pool_tensors_of_the_wrong_shape(tmp_path, name, change):
-    folder = tiny_context_model(3, 5, heads=2, window=2).save(tmp_path / "m")
+    folder = tiny_context_model(3, 5, heads=2, window=2, context=3).save(tmp_path / "m")
     _rewrite_tensors(folder, lambda t: t.update({f"student.{name}": np.asarray(change(t[f"student.{name}"]))}))
     assert name in _one_line_error(folder, "do not fit")
 
@@ -233,6 +236,7 @@ def test_context_pool_tensors_of_the_wrong_shape(tmp_path, name, change):
         (lambda: tiny_context_model(3, 5, heads=2, window=2), "student.entry_key_scale"),
         (lambda: tiny_context_model(3, 5, heads=2, window=2), "student.mlp_out_bias"),
         (lambda: tiny_context_model(3, 5, heads=2, window=2), "student.entry_window"),
+        (lambda: tiny_context_model(3, 5, heads=2, context=3), "student.entry_context_scale"),
     ],
 )
 def test_nan_or_infinite_weights_are_refused(tmp_path, make, name, value):

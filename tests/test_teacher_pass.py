@@ -163,3 +163,43 @@ def test_the_teacher_on_cuda_in_float16_matches_float32_on_the_cpu(workspace):
     gpu = Teacher(None, "cuda", "float16").forward(texts)[0]
     cosine = (cpu * gpu).sum(1) / np.linalg.norm(cpu, axis=1) / np.linalg.norm(gpu, axis=1)
     assert cosine.min() >= 0.9999
+
+
+def test_token_level_targets_are_each_occurrences_teacher_vectors(sampled, tmp_path):
+    """The token-level loss's target of a match is the mean of the teacher's vectors of the tokens its entry
+    covers (as the entry sums count them), in the sampled texts only; training with it learns, streamed."""
+    passed = open_teacher_pass(sampled)
+    store, _ = open_store(sampled)
+    vocab_size = int(read_manifest(sampled.corpus_dir, "corpus")["vocab_size"])
+    data = training_data(passed, store, vocab_size, tmp_path, with_starts=True)
+    assert data.has_token_vectors and isinstance(data.starts, np.memmap)
+    patterns = np.asarray(store.patterns)
+    texts = np.arange(len(data))
+    flat = np.arange(int(data.ptr[-1]))
+    sampled_matches, found = data.occurrence_targets(texts, flat, patterns)
+    text_of = np.repeat(texts, np.diff(data.ptr))
+    assert set(np.unique(text_of[sampled_matches])) == set(passed.sampled.tolist())
+    rng = np.random.default_rng(0)
+    for k in rng.choice(len(sampled_matches), size=min(50, len(sampled_matches)), replace=False):
+        i = sampled_matches[k]
+        t, entry, start = text_of[i], data.entries[i], int(data.starts[i])
+        ids = passed.token_ids[passed.token_offsets[t] : passed.token_offsets[t + 1]]
+        fixed = np.flatnonzero(patterns[entry] >= 0)  # the positions that are tokens, not wildcards
+        covered = start + fixed
+        assert (ids[covered] == patterns[entry][fixed]).all()
+        expected = np.mean([passed.token_vectors[passed.vector_offsets[t] + c] for c in covered], axis=0)
+        np.testing.assert_allclose(found[k], expected, atol=1e-3)
+    settings = {"epochs": 3, "batch_size": 64, "show_progress_bar": False, "context": 8, "lr": 0.01}
+    _, _, plain = train_student(data, store, **settings)
+    network, _, tokens = train_student(data, store, token_loss=0.5, **settings)
+    assert network.context == 8 and "train_token_loss" not in plain["epochs"][0]
+    first, last = tokens["epochs"][0]["train_token_loss"], tokens["epochs"][-1]["train_token_loss"]
+    assert 0 < last < first  # each match's vector as read in its text moves toward the teacher's
+
+
+def test_token_level_loss_needs_token_vectors(workspace):
+    passed = open_teacher_pass(workspace)
+    store, _ = open_store(workspace)
+    vocab_size = int(read_manifest(workspace.corpus_dir, "corpus")["vocab_size"])
+    with pytest.raises(VocabertError, match="kept token vectors"):
+        train_student(training_data(passed, store, vocab_size), store, token_loss=1.0, show_progress_bar=False)

@@ -29,17 +29,18 @@ def synthetic_data(model, seed: int = 0) -> TrainingData:
 
 
 @pytest.mark.parametrize(
-    "arch, rank, hidden, heads, window",
+    "arch, rank, hidden, heads, window, context",
     [
-        ("weighted_mean", 0, 0, 1, 0),
-        ("context_pool", 0, 0, 1, 0),
-        ("context_pool", 3, 0, 1, 0),
-        ("context_pool", 3, 6, 1, 0),
-        ("context_pool", 2, 5, 3, 0),
-        ("context_pool", 2, 0, 2, 2),
+        ("weighted_mean", 0, 0, 1, 0, 0),
+        ("context_pool", 0, 0, 1, 0, 0),
+        ("context_pool", 3, 0, 1, 0, 0),
+        ("context_pool", 3, 6, 1, 0, 0),
+        ("context_pool", 2, 5, 3, 0, 0),
+        ("context_pool", 2, 0, 2, 2, 0),
+        ("context_pool", 2, 0, 2, 0, 5),
     ],
 )
-def test_exported_network_computes_what_was_trained(arch, rank, hidden, heads, window):
+def test_exported_network_computes_what_was_trained(arch, rank, hidden, heads, window, context):
     model = tiny_model()
     data = synthetic_data(model)
     network, _, history = train_student(
@@ -51,6 +52,7 @@ def test_exported_network_computes_what_was_trained(arch, rank, hidden, heads, w
         mlp_hidden=hidden,
         window=window,
         window_rank=3,
+        context=context,
         tune_entries=0.0,
         epochs=3,
         batch_size=8,

@@ -265,21 +265,28 @@ class ContextPool(Network):
       alpha_ij c_j)`` sees its neighbours, which no pooling weight can. The ``w``-weighted mean of the
       ``z_i`` goes to the teacher's space through ``V`` (d x k), once per text: O(K k) per match.
 
-    ``out = W m + b + (S m + s) / n + B gelu(A m + a) + c + V mean_w(z) + v`` with ``n`` the text's tokens
-    but those its tokenizer adds. Everything d x d happens once per text. ``entry_key`` and ``entry_query`` are
-    (entries, H, r), int8 with one scale per entry (float32 in folders written before); models of one head
-    written before heads existed store them as (entries, r). A batch reads the rows of its own entries only
-    (:func:`entry_rows`).
+    - plus context features, where ``context = R > 0``: each match's entry, read in the light of the whole
+      text, ``f_i = gelu(x_e + C m + c)`` (``x_e``: a per-entry rank-``R`` projection, ``entry_context``;
+      ``C m``: the text's pooled vectors, once per text). Their ``w``-weighted mean goes to the teacher's
+      space through ``U`` (d x R), once per text: a nonlinear function of (entry, text) pairs at O(R) per
+      match, which no map of the pooled vector can express.
+
+    ``out = W m + b + (S m + s) / n + B gelu(A m + a) + c + V mean_w(z) + v + U mean_w(f) + u`` with ``n`` the
+    text's tokens but those its tokenizer adds. Everything d x d happens once per text. ``entry_key`` and
+    ``entry_query`` are (entries, H, r), int8 with one scale per entry (float32 in folders written before);
+    models of one head written before heads existed store them as (entries, r). A batch reads the rows of its
+    own entries only (:func:`entry_rows`).
     """
 
     name = "context_pool"
     KEYS = ("entry_weight", "entry_key", "entry_query", "weight", "bias", "special_weight", "special_bias")
     MLP_KEYS = ("mlp_in", "mlp_in_bias", "mlp_out", "mlp_out_bias")
     WINDOW_KEYS = ("entry_window", "window_offset_bias", "window_weight", "window_bias")
-    MAPS = ("weight", "special_weight", "mlp_in", "mlp_out", "window_weight")
-    ENTRY_TABLES = ("entry_key", "entry_query", "entry_window")
+    CONTEXT_KEYS = ("entry_context", "context_in", "context_in_bias", "context_out", "context_out_bias")
+    MAPS = ("weight", "special_weight", "mlp_in", "mlp_out", "window_weight", "context_in", "context_out")
+    ENTRY_TABLES = ("entry_key", "entry_query", "entry_window", "entry_context")
     # int8 (per-entry scales) moved no held-out mean cosine of the default model by more than 1e-5.
-    INT8 = ("entry_key", "entry_query")
+    INT8 = ("entry_key", "entry_query", "entry_context")
 
     def __init__(self, tensors: dict[str, np.ndarray], as_stored: bool = False):
         super().__init__(tensors, as_stored)
@@ -293,6 +300,7 @@ class ContextPool(Network):
             cls.KEYS
             + (cls.MLP_KEYS if "mlp_in" in tensors else ())
             + (cls.WINDOW_KEYS if "entry_window" in tensors else ())
+            + (cls.CONTEXT_KEYS if "entry_context" in tensors else ())
         )
         keys += tuple(k + SCALE for k in cls.INT8 if k + SCALE in tensors)
         return cls({k: tensors[k] for k in keys}, as_stored=True)
@@ -317,6 +325,11 @@ class ContextPool(Network):
     @property
     def window_rank(self) -> int:
         return self.t["entry_window"].shape[2] if "entry_window" in self.t else 0
+
+    @property
+    def context(self) -> int:
+        """Rank of the context features (0: none)."""
+        return self.t["entry_context"].shape[1] if "entry_context" in self.t else 0
 
     def shapes(self, n_entries: int, dim: int) -> dict[str, tuple[int, ...]]:
         # The sizes come from the tensors themselves: read them so that a tensor of too few axes gets a
@@ -348,6 +361,15 @@ class ContextPool(Network):
                 "window_weight": (dim, k),
                 "window_bias": (dim,),
             }
+        if "entry_context" in t:
+            rank = _size(t["entry_context"], 1)
+            expected |= {
+                "entry_context": (n_entries, rank),
+                "context_in": (rank, heads * dim),
+                "context_in_bias": (rank,),
+                "context_out": (dim, rank),
+                "context_out_bias": (dim,),
+            }
         return expected
 
     def flops(self, matches: float, dim: int) -> float:
@@ -359,6 +381,8 @@ class ContextPool(Network):
             + 2 * heads * dim * self.hidden
             + matches * (4 * self.window + 2) * self.window_rank
             + dim * self.window_rank
+            + 2 * matches * self.context
+            + (heads + 1) * dim * self.context
         )
 
     def forward(self, batch: Batch) -> np.ndarray:
@@ -388,6 +412,13 @@ class ContextPool(Network):
             z = per_text_sum(self._window_features(batch) * base[:, None], matches.text, matches.n_texts)
             z /= np.maximum(per_text_sum(base, matches.text, matches.n_texts), 1e-12)[:, None]
             out += z @ maps["window_weight"] + t["window_bias"]
+        if self.context:
+            text = matches.text
+            f = self.entry_rows("entry_context", batch.entries)[batch.column]  # (matches, R)
+            f += (m @ maps["context_in"] + t["context_in_bias"])[text]
+            f = per_text_sum(gelu(f) * base[:, None], text, matches.n_texts)
+            f /= np.maximum(per_text_sum(base, text, matches.n_texts), 1e-12)[:, None]
+            out += f @ maps["context_out"] + t["context_out_bias"]
         return out
 
     def _window_features(self, batch: Batch) -> np.ndarray:

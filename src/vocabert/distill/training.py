@@ -35,16 +35,40 @@ from vocabert.tokenizer import tokenizer_layout
 @dataclass
 class TrainingData:
     """Matched entries of every training text (CSR: ``entries[ptr[i]:ptr[i+1]]``), its token count, its
-    target, and whether it is a validation text."""
+    target, and whether it is a validation text; for the token-level loss, also where each match starts
+    (``starts``, aligned with ``entries``) and the teacher's token vectors of the sampled texts."""
 
     ptr: np.ndarray
     entries: np.ndarray
     lengths: np.ndarray
     targets: np.ndarray
     validation: np.ndarray
+    starts: np.ndarray | None = None  # (matches,) int32: each match's first position (0 is [CLS])
+    token_vectors: np.ndarray | None = None  # (sampled tokens, dim) float16, see TeacherPass
+    vector_offsets: np.ndarray | None = None  # (texts,) text i's first row in token_vectors, -1: not sampled
 
     def __len__(self) -> int:
         return len(self.targets)
+
+    @property
+    def has_token_vectors(self) -> bool:
+        return self.starts is not None and self.token_vectors is not None and bool((self.vector_offsets >= 0).any())
+
+    def occurrence_targets(self, idx: np.ndarray, flat: np.ndarray, patterns: np.ndarray):
+        """For the matches ``flat`` of texts ``idx`` (one text per row of ``segment``, see :func:`train_student`):
+        which of them lie in a sampled text, and for those the mean of the teacher's vectors of the tokens
+        the entry covers (its contextual vector at that occurrence, wildcards left out), float32."""
+        counts = self.ptr[idx + 1] - self.ptr[idx]
+        first = np.repeat(self.vector_offsets[idx], counts)
+        sampled = np.flatnonzero(first >= 0)
+        entry = np.asarray(self.entries[flat[sampled]], dtype=np.int64)
+        base = first[sampled] + np.asarray(self.starts[flat[sampled]], dtype=np.int64)
+        fixed = patterns[entry] >= 0  # (matches, width)
+        acc = np.zeros((len(sampled), self.token_vectors.shape[1]), dtype=np.float32)
+        for j in range(patterns.shape[1]):
+            rows = np.flatnonzero(fixed[:, j])
+            acc[rows] += self.token_vectors[base[rows] + j]
+        return sampled, acc / np.maximum(fixed.sum(axis=1, keepdims=True), 1)
 
 
 def training_data(
@@ -53,37 +77,49 @@ def training_data(
     vocab_size: int,
     directory: Path | None = None,
     added_per_text: int = 2,
+    with_starts: bool = False,
 ) -> TrainingData:
     """Match every text of the teacher pass; a text's length counts its tokens but the ``added_per_text``
     its tokenizer adds ([CLS] and [SEP]: 2), as :class:`~vocabert.networks.Batch` counts them. With
     ``directory`` the matches go to disk chunk by chunk and are memory-mapped from there (``entries.bin``,
     ``ptr.npy``), as the targets are, so that training streams its batches and its memory does not grow
-    with the corpus; without, they are kept in memory."""
+    with the corpus; without, they are kept in memory. ``with_starts`` keeps each match's start too, and
+    the pass's token vectors (for the token-level loss)."""
     index = EntryIndex(np.asarray(store.patterns), vocab_size)
-    counts, entries = [], []
-    out = None if directory is None else open(directory / "entries.bin", "wb")  # noqa: SIM115 (closed below)
+    counts, columns = [], {"entries": [], "starts": []} if with_starts else {"entries": []}
+    files = {name: None if directory is None else open(directory / f"{name}.bin", "wb") for name in columns}  # noqa: SIM115
     try:
         for rows, ids, offsets in passed.chunks():
             matches = index.match(ids, offsets)
             counts.append(np.bincount(matches.text, minlength=rows.stop - rows.start))
-            if out is None:
-                entries.append(matches.entry.astype(np.int32))
-            else:
-                out.write(np.ascontiguousarray(matches.entry, dtype="<i4").tobytes())
+            for name, values in (("entries", matches.entry), ("starts", matches.start)):
+                if name not in columns:
+                    continue
+                if directory is None:
+                    columns[name].append(values.astype(np.int32))
+                else:
+                    files[name].write(np.ascontiguousarray(values, dtype="<i4").tobytes())
     finally:
-        if out is not None:
-            out.close()
+        for f in files.values():
+            if f is not None:
+                f.close()
     if not counts:
         raise VocabertError("the teacher pass holds no texts to train on")
     ptr = np.zeros(len(passed) + 1, dtype=np.int64)
     np.cumsum(np.concatenate(counts), out=ptr[1:])
     if directory is None:
-        matched = np.concatenate(entries)
+        mapped = {name: np.concatenate(parts) for name, parts in columns.items()}
     else:
         np.save(directory / "ptr.npy", ptr)
-        matched = np.memmap(directory / "entries.bin", dtype="<i4", mode="r", shape=(int(ptr[-1]),))
+        mapped = {
+            name: np.memmap(directory / f"{name}.bin", dtype="<i4", mode="r", shape=(int(ptr[-1]),)) for name in columns
+        }
     lengths = np.diff(passed.token_offsets) - added_per_text
-    return TrainingData(ptr, matched, lengths, passed.targets, passed.validation)
+    data = TrainingData(ptr, mapped["entries"], lengths, passed.targets, passed.validation)
+    if with_starts:
+        data.starts, data.token_vectors = mapped["starts"], passed.token_vectors
+        data.vector_offsets = passed.vector_offsets
+    return data
 
 
 # Pages read through a memory map stay in the process's resident memory until it is unmapped: the targets and
@@ -130,6 +166,11 @@ class TrainSettings:
         "matches in order), 0 for none",
     )
     window_rank: int = option(32, "context_pool: rank of the windowed attention's per-entry projections")
+    context: int = option(
+        0,
+        "context_pool: rank of the context features (each match's entry read in the light of the whole text, "
+        "gelu(x_e + C m), pooled and mapped to the teacher's space), 0 for none",
+    )
     # 0.001 beat 0.01 on every held-out fidelity set, unseen topics included (+0.005-0.007); 0.0003 gained at most
     # 0.001 more.
     tune_entries: float = option(
@@ -150,12 +191,26 @@ class TrainSettings:
         "their sum",
         choices=("cosine", "mse", "cosine+mse"),
     )
+    token_loss: float = option(
+        0.0,
+        "weight of the token-level loss beside the sentence loss: each match's vector as read in its text "
+        "(its entry's, plus the context features' share) against the mean of the teacher's contextual vectors "
+        "of the tokens it covers, on the texts whose token vectors the teacher pass kept; 0 for none",
+    )
     weight_decay: float = option(1e-5, "on the log entry weights")
     seed: int = option(0, "seed of the initialization and of the order of the texts")
 
 
 def _student_module(
-    table, arch: str, rank: int, hidden: int, tune: float, heads: int = 1, window: int = 0, window_rank: int = 32
+    table,
+    arch: str,
+    rank: int,
+    hidden: int,
+    tune: float,
+    heads: int = 1,
+    window: int = 0,
+    window_rank: int = 32,
+    context: int = 0,
 ):
     """The student in torch, mirroring the numpy network of :mod:`vocabert.model` it exports to."""
     import torch
@@ -195,6 +250,15 @@ def _student_module(
                     self.window_out = nn.Linear(window_rank, dim)
                     nn.init.zeros_(self.window_out.weight)
                     nn.init.zeros_(self.window_out.bias)
+                if context:
+                    # x_e, C m + c and U of the context features (see ContextPool); U starts at zero: no change.
+                    self.context_entry = nn.Linear(dim, context, bias=False)
+                    nn.init.normal_(self.context_entry.weight, std=dim**-0.5)
+                    self.context_text = nn.Linear(pooled_dim, context)
+                    self.context_out = nn.Linear(context, dim)
+                    nn.init.zeros_(self.context_out.weight)
+                    nn.init.zeros_(self.context_out.bias)
+            self.context_rank = context if self.context else 0
             self.hidden = hidden if self.context else 0
             self.window = window if self.context else 0
             self.tune = tune
@@ -210,7 +274,10 @@ def _student_module(
             """The pull of the tuned vectors toward the teacher's: mean squared change of the batch's entries."""
             return self.tune * (self.delta(torch.unique(entry)) ** 2).sum(dim=1).mean() if self.tune else 0.0
 
-        def forward(self, entry, segment, n: int, lengths):
+        def forward(self, entry, segment, n: int, lengths, predict=None):
+            """(n, dim) sentence vectors; with ``predict`` (indices of matches), also those matches' vectors
+            as read in their text: the entry's vector plus its context features' share (what the token-level
+            loss compares with the teacher's contextual vectors)."""
             distinct, inverse = torch.unique(entry, return_inverse=True)
             vectors = self.vectors(distinct)
             base = self.log_weight[entry].exp()
@@ -239,7 +306,17 @@ def _student_module(
             if self.window:
                 z = self.window_features(self.window_in(vectors)[inverse], segment) * base[:, None]
                 out = out + self.window_out(torch.zeros(n, z.shape[1]).index_add_(0, segment, z) / total[:, None])
-            return out
+            if self.context_rank:
+                f = self.context_entry(vectors)[inverse] + self.context_text(m)[segment]
+                f = torch.nn.functional.gelu(f, approximate="tanh")
+                pooled = torch.zeros(n, f.shape[1]).index_add_(0, segment, f * base[:, None]) / total[:, None]
+                out = out + self.context_out(pooled)
+            if predict is None:
+                return out
+            read = per_match[predict]
+            if self.context_rank:
+                read = read + self.context_out(f[predict])
+            return out, read
 
         def window_features(self, projected, segment):
             """z_i of every match (matches in order of position, then entry, as matching returns them)."""
@@ -296,6 +373,14 @@ def _student_module(
                     "window_weight": np_(self.window_out.weight),
                     "window_bias": np_(self.window_out.bias),
                 }
+            if self.context_rank:
+                t |= {
+                    "entry_context": every_entry(self.context_entry),
+                    "context_in": np_(self.context_text.weight),
+                    "context_in_bias": np_(self.context_text.bias),
+                    "context_out": np_(self.context_out.weight),
+                    "context_out_bias": np_(self.context_out.bias),
+                }
             if self.hidden:
                 t |= {
                     "mlp_in": np_(self.mlp[0].weight),
@@ -317,12 +402,14 @@ def train_student(
     mlp_hidden: int = TrainSettings.mlp_hidden,
     window: int = TrainSettings.window,
     window_rank: int = TrainSettings.window_rank,
+    context: int = TrainSettings.context,
     tune_entries: float = TrainSettings.tune_entries,
     epochs: int = TrainSettings.epochs,
     batch_size: int = TrainSettings.batch_size,
     lr: float = TrainSettings.lr,
     lr_schedule: str = TrainSettings.lr_schedule,
     loss: str = TrainSettings.loss,
+    token_loss: float = TrainSettings.token_loss,
     weight_decay: float = TrainSettings.weight_decay,
     seed: int = TrainSettings.seed,
     show_progress_bar: bool = True,
@@ -345,6 +432,12 @@ def train_student(
         raise VocabertError(f"window={window}, window_rank={window_rank}: the window needs >= 0 and a rank >= 1")
     if window and arch != ContextPool.name:
         raise VocabertError(f"the windowed attention is part of {ContextPool.name}, not {arch}")
+    if context < 0 or (context and arch != ContextPool.name):
+        raise VocabertError(f"context={context}: the context features are part of {ContextPool.name}, rank >= 0")
+    if token_loss < 0 or (token_loss and not data.has_token_vectors):
+        raise VocabertError(
+            f"token_loss={token_loss}: needs a weight >= 0 and a teacher pass that kept token vectors (--token-sample)"
+        )
     if arch != ContextPool.name or attention_rank == 0:
         attention_heads = 1  # without attention every head would pool alike
     torch.manual_seed(seed)
@@ -356,7 +449,7 @@ def train_student(
 
     table = torch.from_numpy(store.vectors(np.arange(len(store))))
     student = _student_module(
-        table, arch, attention_rank, mlp_hidden, tune_entries, attention_heads, window, window_rank
+        table, arch, attention_rank, mlp_hidden, tune_entries, attention_heads, window, window_rank, context
     )
     dense = [p for name, p in student.named_parameters() if not name.startswith("delta.")]
     optimizers = [torch.optim.Adam(dense, lr=lr)]
@@ -367,20 +460,28 @@ def train_student(
         output_activation
     ]
 
-    def forward(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Student and teacher vectors of texts ``idx``, and the entries matched in them."""
+    patterns = np.asarray(store.patterns)
+
+    def forward(idx: np.ndarray, tokens: bool = False):
+        """Student and teacher vectors of texts ``idx``, and the entries matched in them; with ``tokens``,
+        also the token-level loss over the batch's matches in sampled texts (a 0-d tensor)."""
         starts, ends = data.ptr[idx], data.ptr[idx + 1]
         counts = ends - starts
         flat = np.arange(counts.sum()) + np.repeat(starts - np.cumsum(counts) + counts, counts)
         entry = torch.from_numpy(np.asarray(data.entries[flat], dtype=np.int64))
         segment = torch.from_numpy(np.repeat(np.arange(len(idx)), counts))
-        out = torch.nn.functional.normalize(activation(student(entry, segment, len(idx), lengths[idx])), dim=1)
         # Targets are read from the memory-mapped teacher pass a batch at a time, never all at once.
-        return (
-            out,
-            torch.nn.functional.normalize(torch.from_numpy(np.asarray(data.targets[idx], dtype=np.float32)), dim=1),
-            entry,
-        )
+        target = torch.nn.functional.normalize(torch.from_numpy(np.asarray(data.targets[idx], dtype=np.float32)), dim=1)
+        if not tokens:
+            out = student(entry, segment, len(idx), lengths[idx])
+            return torch.nn.functional.normalize(activation(out), dim=1), target, entry
+        sampled, occurrence = data.occurrence_targets(idx, flat, patterns)
+        out, read = student(entry, segment, len(idx), lengths[idx], predict=torch.from_numpy(sampled))
+        out = torch.nn.functional.normalize(activation(out), dim=1)
+        if not len(sampled):
+            return out, target, entry, torch.zeros(())
+        per_match = 1 - torch.nn.functional.cosine_similarity(read, torch.from_numpy(occurrence), dim=1)
+        return out, target, entry, per_match.mean()
 
     def loss_of(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         cos = (out * target).sum(dim=1)
@@ -409,10 +510,14 @@ def train_student(
     step = 0
     for epoch in range(epochs):
         rng.shuffle(train_idx)
-        losses = []
+        losses, token_losses = [], []
         for start in range(0, len(train_idx), batch_size):
-            out, target, entry = forward(train_idx[start : start + batch_size])
+            batch = forward(train_idx[start : start + batch_size], tokens=bool(token_loss))
+            out, target, entry = batch[:3]
             value = loss_of(out, target) + weight_decay * (student.log_weight**2).sum() + student.penalty(entry)
+            if token_loss:
+                value = value + token_loss * batch[3]
+                token_losses.append(batch[3].item())
             for optimizer in optimizers:
                 optimizer.zero_grad()
             value.backward()
@@ -424,6 +529,8 @@ def train_student(
             step += 1
             if step % REMAP_STEPS == 0:
                 data.targets, data.entries = remapped(data.targets), remapped(data.entries)
+                if data.starts is not None:
+                    data.starts, data.token_vectors = remapped(data.starts), remapped(data.token_vectors)
         val = evaluate(val_idx) if n_val else float("nan")
         history["epochs"].append(
             {
@@ -432,6 +539,7 @@ def train_student(
                 "val_cosine": val,
                 "last_lr": schedulers[0].get_last_lr()[0],
             }
+            | ({"train_token_loss": float(np.mean(token_losses))} if token_losses else {})
         )
         bar.set_postfix(loss=f"{np.mean(losses):.4f}", val_cos=f"{val:.4f}")
         if not n_val or val > best_val:
@@ -484,7 +592,14 @@ def run_training(
     remove_abandoned_matches(ws.root)
     matches_dir = temporary_dir(ws.root, f".matches-{os.getpid()}-")  # memory-mapped while training, then removed
     try:
-        data = training_data(passed, store, vocab_size, matches_dir, tokenizer_layout(ws.tokenizer_text).per_text)
+        data = training_data(
+            passed,
+            store,
+            vocab_size,
+            matches_dir,
+            tokenizer_layout(ws.tokenizer_text).per_text,
+            with_starts=settings.token_loss > 0,
+        )
         log(f"train: {len(data)} texts ({int(data.validation.sum())} for validation), {len(data.entries)} matches")
         activation = output_activation(ws.teacher_path)
         network, tuned, history = train_student(
