@@ -4,6 +4,8 @@
     python scripts/make_docs.py --check          # exit 1 naming every table that differs from its JSON
     python scripts/make_docs.py import-bench RUN/bench.json NAME [--label MODEL=LABEL ...] [--command CMD]
                                                  # a `vocabert bench` run -> docs/results/NAME.json (+ its plots)
+    python scripts/make_docs.py import-training NAME LABEL=MODEL_DIR ... [--command CMD]
+                                                 # model folders' training histories -> validation cos per epoch
 
 A table lives in a markdown file between two markers::
 
@@ -144,6 +146,33 @@ def import_bench(bench_path: Path, name: str, labels: dict[str, str], command: s
         if model in bench["models"]:
             bench["models"][label] = bench["models"].pop(model)
     plot_pareto(bench, ROOT / "docs" / f"{name}_pareto.png")  # (bench.json keeps no per-text cosines to histogram)
+    return out
+
+
+def import_training(name: str, models: dict[str, Path], command: str) -> Path:
+    """Write docs/results/NAME.json from model folders' config.json: one row per model, its validation cosine
+    after each epoch (``epoch1``, ...), its best and its training time."""
+    rows, epochs = [], 0
+    for label, folder in models.items():
+        training = json.loads((folder / "config.json").read_text(encoding="utf-8"))["training"]
+        history = training["history"]
+        row = {"model": label, "val": history["best_val_cosine"], "train_s": training["seconds"]}
+        for e in history["epochs"]:
+            row[f"epoch{e['epoch']}"] = e["val_cosine"]
+        epochs = max(epochs, len(history["epochs"]))
+        rows.append(row)
+    keys = [f"epoch{i}" for i in range(1, epochs + 1)]
+    doc = {
+        "title": name,
+        "command": command,
+        "provenance": "the training histories in the config.json of " + ", ".join(str(f) for f in models.values()),
+        "rows": rows,
+        "columns": ["model", *keys, "val", "train_s"],
+        "labels": {k: f"validation cos, epoch {k[5:]}" for k in keys},
+        "formats": dict.fromkeys(keys, ".4f"),
+    }
+    out = RESULTS / f"{name}.json"
+    _write_json(out, doc)
     return out
 
 
@@ -290,7 +319,15 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument("name")
     imp.add_argument("--label", action="append", default=[], metavar="MODEL=LABEL")
     imp.add_argument("--command", default="", help="the command that reproduces the run")
+    train = sub.add_parser("import-training", help="model folders' training histories -> docs/results/NAME.json")
+    train.add_argument("name")
+    train.add_argument("models", nargs="+", metavar="LABEL=MODEL_DIR")
+    train.add_argument("--command", default="", help="the commands that trained the models")
     args = parser.parse_args(argv)
+    if args.action == "import-training":
+        models = {label: Path(folder) for label, folder in (x.rsplit("=", 1) for x in args.models)}
+        print(import_training(args.name, models, args.command))
+        return 0
     if args.action == "import-bench":
         labels = dict(x.split("=", 1) for x in args.label)
         print(import_bench(args.bench, args.name, labels, args.command))
