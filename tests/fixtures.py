@@ -99,6 +99,7 @@ def tiny_context_model(
     window: int = 0,
     window_rank: int = 4,
     context: int = 0,
+    special_hidden: int = 0,
 ) -> StudentModel:
     """An untrained ``context_pool`` student (``heads`` attention heads of rank ``rank``, MLP of ``hidden``
     units, windowed attention over ``window`` matches each side, context features of rank ``context``)."""
@@ -128,6 +129,13 @@ def tiny_context_model(
             "window_offset_bias": rng.normal(size=2 * window),
             "window_weight": rng.normal(size=(DIM, window_rank)),
             "window_bias": rng.normal(size=DIM),
+        }
+    if special_hidden:
+        t |= {
+            "special_in": rng.normal(size=(special_hidden, heads * DIM)),
+            "special_in_bias": rng.normal(size=special_hidden),
+            "special_out": rng.normal(size=(DIM, special_hidden)),
+            "special_out_bias": rng.normal(size=DIM),
         }
     if context:
         t |= {

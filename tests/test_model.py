@@ -59,7 +59,12 @@ def brute_force_context(model: StudentModel, text: str) -> np.ndarray:
         w = w * np.exp(t["entry_key"][found, h] @ q)
         m.append(w @ vectors / w.sum())
     m = np.concatenate(m)
-    out = t["weight"] @ m + t["bias"] + (t["special_weight"] @ m + t["special_bias"]) / max(len(ids) - 2, 1)
+    special = t["special_weight"] @ m + t["special_bias"]
+    if "special_in" in t:
+        h = t["special_in"] @ m + t["special_in_bias"]
+        special += t["special_out"] @ (0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h**3))))
+        special += t["special_out_bias"]
+    out = t["weight"] @ m + t["bias"] + special / max(len(ids) - 2, 1)
     if "mlp_in" in t:
         h = t["mlp_in"] @ m + t["mlp_in_bias"]
         h = 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h**3)))
@@ -89,12 +94,13 @@ def brute_force_context(model: StudentModel, text: str) -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    "rank, hidden, heads, window, context",
-    [(3, 5, 1, 0, 0), (0, 0, 1, 0, 0), (2, 0, 1, 0, 0), (2, 4, 3, 0, 0), (2, 0, 2, 2, 0), (0, 0, 1, 1, 0)]
-    + [(2, 0, 2, 0, 3), (0, 0, 1, 0, 2), (2, 3, 2, 1, 4)],
+    "rank, hidden, heads, window, context, special",
+    [(3, 5, 1, 0, 0, 0), (0, 0, 1, 0, 0, 0), (2, 0, 1, 0, 0, 0), (2, 4, 3, 0, 0, 0), (2, 0, 2, 2, 0, 0)]
+    + [(0, 0, 1, 1, 0, 0), (2, 0, 2, 0, 3, 0), (0, 0, 1, 0, 2, 0), (2, 3, 2, 1, 4, 0), (2, 0, 2, 0, 0, 3)]
+    + [(2, 0, 2, 0, 3, 2)],
 )
-def test_context_pool_matches_its_definition(rank, hidden, heads, window, context, tmp_path):
-    model = tiny_context_model(rank, hidden, heads=heads, window=window, context=context)
+def test_context_pool_matches_its_definition(rank, hidden, heads, window, context, special, tmp_path):
+    model = tiny_context_model(rank, hidden, heads=heads, window=window, context=context, special_hidden=special)
     out = model.encode(TEXTS)
     for text, row in zip(TEXTS, out, strict=True):
         np.testing.assert_allclose(row, brute_force_context(model, text), atol=1e-5)
@@ -102,6 +108,7 @@ def test_context_pool_matches_its_definition(rank, hidden, heads, window, contex
     np.testing.assert_allclose(again.encode(TEXTS), out, atol=1e-6)
     assert again.config["architecture"] == "context_pool" and again.network.heads == heads
     assert again.network.window == window and again.network.context == context
+    assert again.network.special_hidden == special
 
 
 def test_pool_is_each_texts_weighted_mean_and_zero_without_matches():

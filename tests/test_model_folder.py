@@ -217,10 +217,11 @@ def test_network_that_does_not_fit_the_store(saved):
         ("entry_context", lambda v: v[:-1]),
         ("context_in", lambda v: v[:, :-1]),  # does not read the heads' pooled vectors
         ("context_out", lambda v: v[:, :-1]),  # a rank the entries do not have
+        ("special_out", lambda v: v[:, :-1]),
     ],
 )
 def test_context_pool_tensors_of_the_wrong_shape(tmp_path, name, change):
-    folder = tiny_context_model(3, 5, heads=2, window=2, context=3).save(tmp_path / "m")
+    folder = tiny_context_model(3, 5, heads=2, window=2, context=3, special_hidden=4).save(tmp_path / "m")
     _rewrite_tensors(folder, lambda t: t.update({f"student.{name}": np.asarray(change(t[f"student.{name}"]))}))
     assert name in _one_line_error(folder, "do not fit")
 

@@ -29,18 +29,18 @@ def synthetic_data(model, seed: int = 0) -> TrainingData:
 
 
 @pytest.mark.parametrize(
-    "arch, rank, hidden, heads, window, context",
+    "arch, rank, hidden, heads, window, context, special",
     [
-        ("weighted_mean", 0, 0, 1, 0, 0),
-        ("context_pool", 0, 0, 1, 0, 0),
-        ("context_pool", 3, 0, 1, 0, 0),
-        ("context_pool", 3, 6, 1, 0, 0),
-        ("context_pool", 2, 5, 3, 0, 0),
-        ("context_pool", 2, 0, 2, 2, 0),
-        ("context_pool", 2, 0, 2, 0, 5),
+        ("weighted_mean", 0, 0, 1, 0, 0, 0),
+        ("context_pool", 0, 0, 1, 0, 0, 0),
+        ("context_pool", 3, 0, 1, 0, 0, 0),
+        ("context_pool", 3, 6, 1, 0, 0, 0),
+        ("context_pool", 2, 5, 3, 0, 0, 0),
+        ("context_pool", 2, 0, 2, 2, 0, 0),
+        ("context_pool", 2, 0, 2, 0, 5, 4),
     ],
 )
-def test_exported_network_computes_what_was_trained(arch, rank, hidden, heads, window, context):
+def test_exported_network_computes_what_was_trained(arch, rank, hidden, heads, window, context, special):
     model = tiny_model()
     data = synthetic_data(model)
     network, _, history = train_student(
@@ -53,6 +53,7 @@ def test_exported_network_computes_what_was_trained(arch, rank, hidden, heads, w
         window=window,
         window_rank=3,
         context=context,
+        special_hidden=special,
         tune_entries=0.0,
         epochs=3,
         batch_size=8,

@@ -275,6 +275,8 @@ class ContextPool(Network):
       alpha_ij c_j)`` sees its neighbours, which no pooling weight can. The ``w``-weighted mean of the
       ``z_i`` goes to the teacher's space through ``V`` (d x k), once per text: O(K k) per match.
 
+    - the [CLS]/[SEP] term gains a nonlinear part where ``special_hidden > 0``:
+      ``(S m + s + S' gelu(A' m + a') + s') / n``;
     - plus context features, where ``context = R > 0``: each match's entry, read in the light of the whole
       text, ``f_i = gelu(x_e + C m + c)`` (``x_e``: a per-entry rank-``R`` projection, ``entry_context``;
       ``C m``: the text's pooled vectors, once per text). Their ``w``-weighted mean goes to the teacher's
@@ -293,7 +295,18 @@ class ContextPool(Network):
     MLP_KEYS = ("mlp_in", "mlp_in_bias", "mlp_out", "mlp_out_bias")
     WINDOW_KEYS = ("entry_window", "window_offset_bias", "window_weight", "window_bias")
     CONTEXT_KEYS = ("entry_context", "context_in", "context_in_bias", "context_out", "context_out_bias")
-    MAPS = ("weight", "special_weight", "mlp_in", "mlp_out", "window_weight", "context_in", "context_out")
+    SPECIAL_KEYS = ("special_in", "special_in_bias", "special_out", "special_out_bias")
+    MAPS = (
+        "weight",
+        "special_weight",
+        "mlp_in",
+        "mlp_out",
+        "window_weight",
+        "context_in",
+        "context_out",
+        "special_in",
+        "special_out",
+    )
     ENTRY_TABLES = ("entry_key", "entry_query", "entry_window", "entry_context")
     # int8 (per-entry scales) moved no held-out mean cosine of the default model by more than 1e-5.
     INT8 = ("entry_key", "entry_query", "entry_context")
@@ -311,6 +324,7 @@ class ContextPool(Network):
             + (cls.MLP_KEYS if "mlp_in" in tensors else ())
             + (cls.WINDOW_KEYS if "entry_window" in tensors else ())
             + (cls.CONTEXT_KEYS if "entry_context" in tensors else ())
+            + (cls.SPECIAL_KEYS if "special_in" in tensors else ())
         )
         keys += tuple(k + SCALE for k in cls.INT8 if k + SCALE in tensors)
         return cls({k: tensors[k] for k in keys}, as_stored=True)
@@ -326,6 +340,11 @@ class ContextPool(Network):
     @property
     def hidden(self) -> int:
         return self.t["mlp_in"].shape[0] if "mlp_in" in self.t else 0
+
+    @property
+    def special_hidden(self) -> int:
+        """Units of the nonlinear part of the [CLS]/[SEP] term (0: none)."""
+        return self.t["special_in"].shape[0] if "special_in" in self.t else 0
 
     @property
     def window(self) -> int:
@@ -371,6 +390,14 @@ class ContextPool(Network):
                 "window_weight": (dim, k),
                 "window_bias": (dim,),
             }
+        if "special_in" in t:
+            units = _size(t["special_in"], 0)
+            expected |= {
+                "special_in": (units, heads * dim),
+                "special_in_bias": (units,),
+                "special_out": (dim, units),
+                "special_out_bias": (dim,),
+            }
         if "entry_context" in t:
             rank = _size(t["entry_context"], 1)
             expected |= {
@@ -393,6 +420,7 @@ class ContextPool(Network):
             + dim * self.window_rank
             + 2 * matches * self.context
             + (heads + 1) * dim * self.context
+            + (heads + 1) * dim * self.special_hidden
         )
 
     def forward(self, batch: Batch) -> np.ndarray:
@@ -415,7 +443,10 @@ class ContextPool(Network):
         lengths = batch.lengths
         body = np.maximum(np.asarray(lengths, dtype=np.float32), 1)[:, None]
         maps = self.by_input
-        out = m @ maps["weight"] + t["bias"] + (m @ maps["special_weight"] + t["special_bias"]) / body
+        special = m @ maps["special_weight"] + t["special_bias"]
+        if self.special_hidden:
+            special += gelu(m @ maps["special_in"] + t["special_in_bias"]) @ maps["special_out"] + t["special_out_bias"]
+        out = m @ maps["weight"] + t["bias"] + special / body
         if self.hidden:
             out += gelu(m @ maps["mlp_in"] + t["mlp_in_bias"]) @ maps["mlp_out"] + t["mlp_out_bias"]
         if self.window:

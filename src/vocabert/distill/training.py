@@ -191,6 +191,11 @@ class TrainSettings:
         "their sum",
         choices=("cosine", "mse", "cosine+mse"),
     )
+    special_hidden: int = option(
+        0,
+        "context_pool: units of a nonlinear part of the [CLS]/[SEP] term (an MLP on the pooled vectors, divided "
+        "by the text's tokens as the linear term is), 0 for none",
+    )
     token_loss: float = option(
         0.0,
         "weight of the token-level loss beside the sentence loss: each match's vector as read in its text "
@@ -211,6 +216,8 @@ def _student_module(
     window: int = 0,
     window_rank: int = 32,
     context: int = 0,
+    special_hidden: int = 0,
+    token_head: bool = False,
 ):
     """The student in torch, mirroring the numpy network of :mod:`vocabert.model` it exports to."""
     import torch
@@ -258,6 +265,23 @@ def _student_module(
                     self.context_out = nn.Linear(context, dim)
                     nn.init.zeros_(self.context_out.weight)
                     nn.init.zeros_(self.context_out.bias)
+                    # The token-level loss reads the features through a map of its own, used only in training:
+                    # through context_out itself it pulled the sentence map toward per-occurrence corrections
+                    # (validation -0.003 at every epoch, docs/architectures.md).
+                    if token_head:
+                        self.token_read = nn.Linear(context, dim)
+                        nn.init.zeros_(self.token_read.weight)
+                        nn.init.zeros_(self.token_read.bias)
+                if special_hidden:
+                    # (d): the [CLS]/[SEP] term gains a nonlinear part; its output map starts at zero.
+                    self.special_mlp = nn.Sequential(
+                        nn.Linear(pooled_dim, special_hidden),
+                        nn.GELU(approximate="tanh"),
+                        nn.Linear(special_hidden, dim),
+                    )
+                    nn.init.zeros_(self.special_mlp[2].weight)
+                    nn.init.zeros_(self.special_mlp[2].bias)
+            self.special_hidden = special_hidden if self.context else 0
             self.context_rank = context if self.context else 0
             self.hidden = hidden if self.context else 0
             self.window = window if self.context else 0
@@ -300,7 +324,8 @@ def _student_module(
             )
             out = self.linear(m)
             if self.context:
-                out = out + self.special(m) / lengths.clamp_min(1)[:, None]
+                special = self.special(m) + (self.special_mlp(m) if self.special_hidden else 0)
+                out = out + special / lengths.clamp_min(1)[:, None]
             if self.hidden:
                 out = out + self.mlp(m)
             if self.window:
@@ -315,7 +340,7 @@ def _student_module(
                 return out
             read = per_match[predict]
             if self.context_rank:
-                read = read + self.context_out(f[predict])
+                read = read + self.token_read(f[predict])
             return out, read
 
         def window_features(self, projected, segment):
@@ -373,6 +398,13 @@ def _student_module(
                     "window_weight": np_(self.window_out.weight),
                     "window_bias": np_(self.window_out.bias),
                 }
+            if self.special_hidden:
+                t |= {
+                    "special_in": np_(self.special_mlp[0].weight),
+                    "special_in_bias": np_(self.special_mlp[0].bias),
+                    "special_out": np_(self.special_mlp[2].weight),
+                    "special_out_bias": np_(self.special_mlp[2].bias),
+                }
             if self.context_rank:
                 t |= {
                     "entry_context": every_entry(self.context_entry),
@@ -403,6 +435,7 @@ def train_student(
     window: int = TrainSettings.window,
     window_rank: int = TrainSettings.window_rank,
     context: int = TrainSettings.context,
+    special_hidden: int = TrainSettings.special_hidden,
     tune_entries: float = TrainSettings.tune_entries,
     epochs: int = TrainSettings.epochs,
     batch_size: int = TrainSettings.batch_size,
@@ -432,6 +465,8 @@ def train_student(
         raise VocabertError(f"window={window}, window_rank={window_rank}: the window needs >= 0 and a rank >= 1")
     if window and arch != ContextPool.name:
         raise VocabertError(f"the windowed attention is part of {ContextPool.name}, not {arch}")
+    if special_hidden < 0 or (special_hidden and arch != ContextPool.name):
+        raise VocabertError(f"special_hidden={special_hidden}: part of {ContextPool.name}, units >= 0")
     if context < 0 or (context and arch != ContextPool.name):
         raise VocabertError(f"context={context}: the context features are part of {ContextPool.name}, rank >= 0")
     if token_loss < 0 or (token_loss and not data.has_token_vectors):
@@ -449,7 +484,17 @@ def train_student(
 
     table = torch.from_numpy(store.vectors(np.arange(len(store))))
     student = _student_module(
-        table, arch, attention_rank, mlp_hidden, tune_entries, attention_heads, window, window_rank, context
+        table,
+        arch,
+        attention_rank,
+        mlp_hidden,
+        tune_entries,
+        attention_heads,
+        window,
+        window_rank,
+        context,
+        special_hidden,
+        token_head=token_loss > 0,
     )
     dense = [p for name, p in student.named_parameters() if not name.startswith("delta.")]
     optimizers = [torch.optim.Adam(dense, lr=lr)]
@@ -542,6 +587,8 @@ def train_student(
             | ({"train_token_loss": float(np.mean(token_losses))} if token_losses else {})
         )
         bar.set_postfix(loss=f"{np.mean(losses):.4f}", val_cos=f"{val:.4f}")
+        if not show_progress_bar:  # the bar's figures, one line an epoch
+            log(f"train: epoch {epoch + 1}/{epochs}: loss {np.mean(losses):.4f}, validation cosine {val:.4f}")
         if not n_val or val > best_val:
             best_val, best_state = val, {k: v.detach().clone() for k, v in student.state_dict().items()}
     bar.close()
