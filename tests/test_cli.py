@@ -131,7 +131,7 @@ def test_presets_apply_and_flags_win(capsys):
     args = cli.parse_args(["train", "--preset", "fast"])  # train reads the preset's training settings too
     assert (args.attention_heads, args.attention_rank) == (1, 32)
     quality = settings_from_args(TrainSettings, cli.parse_args(["run", "--preset", "quality"]))
-    assert quality == TrainSettings(context=cli.PRESETS["quality"]["context"])
+    assert quality == TrainSettings(context=128, special_hidden=256)
     with pytest.raises(SystemExit):  # the help shows the preset's defaults
         cli.parse_args(["mine", "--preset", "fast", "--help"])
     assert f"(default: {fast['budget']})" in capsys.readouterr().out

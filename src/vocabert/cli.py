@@ -19,12 +19,13 @@ from vocabert.options import add_options, option, settings_from_args
 # Named sets of stage settings (MineSettings and TrainSettings fields); a flag given on the command line still
 # wins. `fast`: a vocabulary of the 25,000 most frequent tokens and no phrases, and the one-head student of
 # rank 32 (with the entry pull it was measured with). `quality`: the default student plus context features of
-# rank 128 (each match read in the light of the whole text). The presets are measured side by side in
-# docs/results.md.
+# rank 128 (each match read in the light of the whole text) and a nonlinear [CLS]/[SEP] term of 256 units, the
+# most faithful student measured that encodes passages at least 30x faster than the teacher
+# (docs/architectures.md). The presets are measured side by side in docs/results.md.
 PRESETS: dict[str, dict] = {
     "default": {},
     "fast": {"budget": 25_000, "attention_heads": 1, "attention_rank": 32, "tune_entries": 0.01},
-    "quality": {"context": 128},
+    "quality": {"context": 128, "special_hidden": 256},
 }
 
 
@@ -35,8 +36,9 @@ class Preset:
     preset: str = option(
         "default",
         "named settings: fast = a 25k tokens-only vocabulary and a one-head student, ~2.5x the default's speed "
-        "for less fidelity; quality = the default plus context features (--context 128), more faithful and "
-        "slower (see docs/results.md); flags given beside it win",
+        "for less fidelity; quality = the default plus context features and a nonlinear [CLS]/[SEP] term "
+        "(--context 128 --special-hidden 256), more faithful and slower (see docs/results.md); flags given "
+        "beside it win",
         choices=tuple(PRESETS),
     )
 
