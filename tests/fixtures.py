@@ -5,6 +5,10 @@ No teacher and no data: everything is built in memory in milliseconds.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import numpy as np
 from tokenizers import Tokenizer
 from tokenizers.models import WordPiece
@@ -14,7 +18,7 @@ from tokenizers.processors import TemplateProcessing
 
 from vocabert.matching import PAD, WILDCARD
 from vocabert.model import StudentModel
-from vocabert.networks import ContextPool, WeightedMean
+from vocabert.networks import ContextPool, WeightedMean, mlp_keys
 from vocabert.store import VocabularyStore
 from vocabert.tokenizer import tokenizer_fingerprint
 
@@ -116,26 +120,16 @@ def tiny_context_model(
         "special_weight": 0.5 * rng.normal(size=(DIM, heads * DIM)),
         "special_bias": 0.5 * rng.normal(size=DIM),
     }
-    if hidden:
-        t |= {
-            "mlp_in": rng.normal(size=(hidden, heads * DIM)),
-            "mlp_in_bias": rng.normal(size=hidden),
-            "mlp_out": rng.normal(size=(DIM, hidden)),
-            "mlp_out_bias": rng.normal(size=DIM),
-        }
+    for name, units in (("mlp", hidden), ("special", special_hidden)):
+        if units:
+            shapes = ((units, heads * DIM), units, (DIM, units), DIM)
+            t |= {key: rng.normal(size=shape) for key, shape in zip(mlp_keys(name), shapes, strict=True)}
     if window:
         t |= {
             "entry_window": rng.normal(size=(len(p), 4, window_rank)),
             "window_offset_bias": rng.normal(size=2 * window),
             "window_weight": rng.normal(size=(DIM, window_rank)),
             "window_bias": rng.normal(size=DIM),
-        }
-    if special_hidden:
-        t |= {
-            "special_in": rng.normal(size=(special_hidden, heads * DIM)),
-            "special_in_bias": rng.normal(size=special_hidden),
-            "special_out": rng.normal(size=(DIM, special_hidden)),
-            "special_out_bias": rng.normal(size=DIM),
         }
     if context:
         t |= {
@@ -154,3 +148,12 @@ def assert_store_vectors_close(found: np.ndarray, expected: np.ndarray, atol: fl
     step = np.abs(expected).max(axis=1, keepdims=True) / 127
     bad = np.abs(found - expected) > np.maximum(step, atol) + 1e-6
     assert not bad.any(), f"{int(bad.sum())} values apart, rows {np.flatnonzero(bad.any(axis=1))[:10].tolist()}"
+
+
+def load_script(name: str):
+    """``scripts/<name>.py`` imported as a module (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

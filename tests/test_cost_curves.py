@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import math
 import sys
 from pathlib import Path
 
 import pytest
+from fixtures import load_script
 
 from vocabert.distill.corpus import read_id_list
 from vocabert.readers import read_texts
@@ -17,17 +17,9 @@ from vocabert.readers import read_texts
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-scale_corpus = _script("scale_corpus")
-stand_in_teacher = _script("stand_in_teacher")
-cost_curves = _script("cost_curves")
+scale_corpus = load_script("scale_corpus")
+stand_in_teacher = load_script("stand_in_teacher")
+cost_curves = load_script("cost_curves")
 
 SLICE = 200
 
@@ -187,7 +179,7 @@ def test_report_tables_render_with_make_docs(tmp_path, monkeypatch):
     assert by_stage["mine"]["rss_slope"] == pytest.approx(0.5) and by_stage["mine"]["rss_growth"] == "sublinear"
     projected = {p["stage"]: p for p in growth["projections"]["rows"]}
     assert projected["corpus"]["wall_s"] == pytest.approx(20.0 * 64) and projected["corpus"]["size"] == "64x"
-    make_docs = _script("make_docs")
+    make_docs = load_script("make_docs")
     monkeypatch.setattr(make_docs, "RESULTS", tmp_path)
     for name, doc in (("cost", table), ("cost_growth", growth)):
         cost_curves.write_json(tmp_path / f"{name}.json", doc)

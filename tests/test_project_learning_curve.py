@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-project = _script("project_learning_curve")
+project = load_script("project_learning_curve")
 X = np.array([0.1, 0.25, 0.5, 1.0])
 
 
@@ -61,7 +52,7 @@ def test_the_docs_file_is_what_the_script_writes_and_renders():
     doc = json.loads(json.dumps(project.build()))
     on_disk = json.loads(project.OUT.read_text(encoding="utf-8"))
     assert doc == on_disk, "docs/results/learning_curve_projection.json is stale: run " + project.COMMAND
-    make_docs = _script("make_docs")
+    make_docs = load_script("make_docs")
     table = make_docs.render("learning_curve_projection")
     assert table.count("\n") == len(doc["rows"]) + 2 == 3 * len(project.SETS) + 2
     assert re.search(r"\| 0\.\d{3} \[0\.\d{3}, 0\.\d{3}\] \|", table)  # a projection and its interval

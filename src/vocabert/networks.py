@@ -225,6 +225,11 @@ def _entry_table(name: str, table: np.ndarray, int8: bool) -> dict[str, np.ndarr
     return {name: table if table.dtype in (np.float16, np.float32) else np.asarray(table, dtype=np.float32)}
 
 
+def mlp_keys(name: str) -> tuple[str, str, str, str]:
+    """The tensors of a two-layer GELU MLP called ``name`` (``mlp``, ``special``): in, in bias, out, out bias."""
+    return f"{name}_in", f"{name}_in_bias", f"{name}_out", f"{name}_out_bias"
+
+
 def _size(tensor: np.ndarray, axis: int) -> int:
     """``tensor.shape[axis]``, or -1 where it has no such axis (a shape :meth:`Network.check` then refuses)."""
     return tensor.shape[axis] if tensor.ndim > axis else -1
@@ -292,10 +297,10 @@ class ContextPool(Network):
 
     name = "context_pool"
     KEYS = ("entry_weight", "entry_key", "entry_query", "weight", "bias", "special_weight", "special_bias")
-    MLP_KEYS = ("mlp_in", "mlp_in_bias", "mlp_out", "mlp_out_bias")
+    MLP_KEYS = mlp_keys("mlp")
     WINDOW_KEYS = ("entry_window", "window_offset_bias", "window_weight", "window_bias")
     CONTEXT_KEYS = ("entry_context", "context_in", "context_in_bias", "context_out", "context_out_bias")
-    SPECIAL_KEYS = ("special_in", "special_in_bias", "special_out", "special_out_bias")
+    SPECIAL_KEYS = mlp_keys("special")
     MAPS = (
         "weight",
         "special_weight",
@@ -365,7 +370,6 @@ class ContextPool(Network):
         # shape that does not fit (and a message), not an IndexError.
         t = self.t
         heads, r = _size(t["entry_key"], 1), _size(t["entry_key"], 2)
-        h = _size(t["mlp_in"], 0) if "mlp_in" in t else 0
         expected = {
             "entry_weight": (n_entries,),
             "entry_key": (n_entries, heads, r),
@@ -375,13 +379,11 @@ class ContextPool(Network):
             "special_weight": (dim, heads * dim),
             "special_bias": (dim,),
         }
-        if h:
-            expected |= {
-                "mlp_in": (h, heads * dim),
-                "mlp_in_bias": (h,),
-                "mlp_out": (dim, h),
-                "mlp_out_bias": (dim,),
-            }
+        for name in ("mlp", "special"):  # each MLP reads the heads' pooled vectors
+            if f"{name}_in" in t:
+                units = _size(t[f"{name}_in"], 0)
+                shapes = ((units, heads * dim), (units,), (dim, units), (dim,))
+                expected |= dict(zip(mlp_keys(name), shapes, strict=True))
         if "entry_window" in t:
             k, window = _size(t["entry_window"], 2), _size(t["window_offset_bias"], 0) // 2
             expected |= {
@@ -389,14 +391,6 @@ class ContextPool(Network):
                 "window_offset_bias": (2 * window,),
                 "window_weight": (dim, k),
                 "window_bias": (dim,),
-            }
-        if "special_in" in t:
-            units = _size(t["special_in"], 0)
-            expected |= {
-                "special_in": (units, heads * dim),
-                "special_in_bias": (units,),
-                "special_out": (dim, units),
-                "special_out_bias": (dim,),
             }
         if "entry_context" in t:
             rank = _size(t["entry_context"], 1)
@@ -445,10 +439,10 @@ class ContextPool(Network):
         maps = self.by_input
         special = m @ maps["special_weight"] + t["special_bias"]
         if self.special_hidden:
-            special += gelu(m @ maps["special_in"] + t["special_in_bias"]) @ maps["special_out"] + t["special_out_bias"]
+            special += self._mlp("special", m)
         out = m @ maps["weight"] + t["bias"] + special / body
         if self.hidden:
-            out += gelu(m @ maps["mlp_in"] + t["mlp_in_bias"]) @ maps["mlp_out"] + t["mlp_out_bias"]
+            out += self._mlp("mlp", m)
         if self.window:
             z = per_text_sum(self._window_features(batch) * base[:, None], matches.text, matches.n_texts)
             z /= np.maximum(per_text_sum(base, matches.text, matches.n_texts), 1e-12)[:, None]
@@ -461,6 +455,11 @@ class ContextPool(Network):
             f /= np.maximum(per_text_sum(base, text, matches.n_texts), 1e-12)[:, None]
             out += f @ maps["context_out"] + t["context_out_bias"]
         return out
+
+    def _mlp(self, name: str, m: np.ndarray) -> np.ndarray:
+        """The two-layer GELU MLP ``name`` on the pooled vectors ``m``."""
+        w_in, b_in, w_out, b_out = mlp_keys(name)
+        return gelu(m @ self.by_input[w_in] + self.t[b_in]) @ self.by_input[w_out] + self.t[b_out]
 
     def _window_features(self, batch: Batch) -> np.ndarray:
         """(matches, k): ``z_i``, each match after attending to the ``K`` matches before and after it in its text."""

@@ -21,12 +21,12 @@ from tqdm.auto import tqdm
 from vocabert._version import __version__
 from vocabert.artifacts import VocabertError, temporary_dir
 from vocabert.distill.teacher import output_activation, teacher_prompts
-from vocabert.distill.teacher_pass import TeacherPass, open_teacher_pass
+from vocabert.distill.teacher_pass import TeacherPass, occurrence_means, open_teacher_pass
 from vocabert.distill.vocabulary import open_store
 from vocabert.distill.workspace import Workspace, digest, finish, is_current, log, read_manifest
-from vocabert.matching import EntryIndex
+from vocabert.matching import EntryIndex, Matches
 from vocabert.model import StudentModel
-from vocabert.networks import ContextPool, WeightedMean
+from vocabert.networks import ContextPool, WeightedMean, mlp_keys
 from vocabert.options import option
 from vocabert.store import VocabularyStore
 from vocabert.tokenizer import tokenizer_layout
@@ -61,14 +61,14 @@ class TrainingData:
         counts = self.ptr[idx + 1] - self.ptr[idx]
         first = np.repeat(self.vector_offsets[idx], counts)
         sampled = np.flatnonzero(first >= 0)
-        entry = np.asarray(self.entries[flat[sampled]], dtype=np.int64)
-        base = first[sampled] + np.asarray(self.starts[flat[sampled]], dtype=np.int64)
-        fixed = patterns[entry] >= 0  # (matches, width)
-        acc = np.zeros((len(sampled), self.token_vectors.shape[1]), dtype=np.float32)
-        for j in range(patterns.shape[1]):
-            rows = np.flatnonzero(fixed[:, j])
-            acc[rows] += self.token_vectors[base[rows] + j]
-        return sampled, acc / np.maximum(fixed.sum(axis=1, keepdims=True), 1)
+        # One "text" per match, whose rows start at the match's text's first row in token_vectors.
+        each = Matches(
+            text=np.arange(len(sampled)),
+            entry=np.asarray(self.entries[flat[sampled]], dtype=np.int64),
+            start=np.asarray(self.starts[flat[sampled]], dtype=np.int64),
+            n_texts=len(sampled),
+        )
+        return sampled, occurrence_means(each, patterns, self.token_vectors, first[sampled])
 
 
 def training_data(
@@ -206,6 +206,17 @@ class TrainSettings:
     seed: int = option(0, "seed of the initialization and of the order of the texts")
 
 
+def _pooled_mlp(pooled_dim: int, hidden: int, dim: int):
+    """A two-layer GELU MLP on the pooled vectors (exported as :func:`vocabert.networks.mlp_keys`); its output
+    map starts at zero, so that it adds nothing until trained."""
+    from torch import nn
+
+    mlp = nn.Sequential(nn.Linear(pooled_dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+    nn.init.zeros_(mlp[2].weight)
+    nn.init.zeros_(mlp[2].bias)
+    return mlp
+
+
 def _student_module(
     table,
     arch: str,
@@ -244,11 +255,7 @@ def _student_module(
                     self.key = nn.Linear(dim, heads * self.rank, bias=False)
                     self.query = nn.Linear(dim, heads * self.rank, bias=False)
                 if hidden:
-                    self.mlp = nn.Sequential(
-                        nn.Linear(pooled_dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim)
-                    )
-                    nn.init.zeros_(self.mlp[2].weight)  # starts as the identity residual
-                    nn.init.zeros_(self.mlp[2].bias)
+                    self.mlp = _pooled_mlp(pooled_dim, hidden, dim)
                 if window:
                     # a, b, c, g of every entry (see ContextPool); the output map starts at zero: no change.
                     self.window_in = nn.Linear(dim, 4 * window_rank, bias=False)
@@ -273,14 +280,7 @@ def _student_module(
                         nn.init.zeros_(self.token_read.weight)
                         nn.init.zeros_(self.token_read.bias)
                 if special_hidden:
-                    # (d): the [CLS]/[SEP] term gains a nonlinear part; its output map starts at zero.
-                    self.special_mlp = nn.Sequential(
-                        nn.Linear(pooled_dim, special_hidden),
-                        nn.GELU(approximate="tanh"),
-                        nn.Linear(special_hidden, dim),
-                    )
-                    nn.init.zeros_(self.special_mlp[2].weight)
-                    nn.init.zeros_(self.special_mlp[2].bias)
+                    self.special_mlp = _pooled_mlp(pooled_dim, special_hidden, dim)  # the [CLS]/[SEP] term's
             self.special_hidden = special_hidden if self.context else 0
             self.context_rank = context if self.context else 0
             self.hidden = hidden if self.context else 0
@@ -398,13 +398,10 @@ def _student_module(
                     "window_weight": np_(self.window_out.weight),
                     "window_bias": np_(self.window_out.bias),
                 }
-            if self.special_hidden:
-                t |= {
-                    "special_in": np_(self.special_mlp[0].weight),
-                    "special_in_bias": np_(self.special_mlp[0].bias),
-                    "special_out": np_(self.special_mlp[2].weight),
-                    "special_out_bias": np_(self.special_mlp[2].bias),
-                }
+            for name, mlp in (("special", getattr(self, "special_mlp", None)), ("mlp", getattr(self, "mlp", None))):
+                if mlp is not None:
+                    layers = (mlp[0].weight, mlp[0].bias, mlp[2].weight, mlp[2].bias)
+                    t |= {key: np_(x) for key, x in zip(mlp_keys(name), layers, strict=True)}
             if self.context_rank:
                 t |= {
                     "entry_context": every_entry(self.context_entry),
@@ -412,13 +409,6 @@ def _student_module(
                     "context_in_bias": np_(self.context_text.bias),
                     "context_out": np_(self.context_out.weight),
                     "context_out_bias": np_(self.context_out.bias),
-                }
-            if self.hidden:
-                t |= {
-                    "mlp_in": np_(self.mlp[0].weight),
-                    "mlp_in_bias": np_(self.mlp[0].bias),
-                    "mlp_out": np_(self.mlp[2].weight),
-                    "mlp_out_bias": np_(self.mlp[2].bias),
                 }
             return ContextPool(t)
 
