@@ -14,7 +14,8 @@ for the stages that do not need the teacher; ``--max-factor`` caps both), it bui
 
 - ``--teacher real``: the real teacher (the project's default, all-MiniLM-L6-v2) at every factor;
 - ``--teacher stand-in``: a stand-in teacher (``scripts/stand_in_teacher.py``: the real tokenizer and output
-  shape, one random layer) at every factor, for sizes where the real teacher's CPU time is out of reach;
+  shape, one random layer; ``--stand-in-layers 0``: the embeddings only, so that the stage's time is the data
+  path's, not a network's) at every factor, for sizes where the real teacher's CPU time is out of reach;
 - ``--teacher auto`` (the default): the real teacher up to ``--real-teacher-max-factor`` (default 1), the
   stand-in above it. Every row and plot line names the teacher it ran with; the stand-in is labelled as such.
 
@@ -24,7 +25,8 @@ from /proc, the peak of the summed RSS of the process and all its descendants (t
 "peak RSS"); the disk of the work directory and of each of its subfolders after the stage (apparent size and
 allocated blocks, like ``du --apparent-size`` and ``du``, hard links once), and of the embedding cache; the
 corpus's texts and tokens (from its manifest; the split counts, which the manifest does not hold, from the
-shards' split arrays). Every run is appended to ``OUT/runs.json``; a rerun skips the stages already measured
+shards' split arrays). Every run is added to ``OUT/runs.json`` (under a lock: two ``run`` commands over one
+``--out``, say 16x beside 1x and 4x, keep each other's records); a rerun skips the stages already measured
 for that size and teacher (``--force`` measures them again). ``--stage-args mine="--max-keys 1000000"`` adds
 options to a stage (they become part of what identifies a measurement).
 
@@ -69,7 +71,6 @@ TEACHER_STAGES = {
     "train",
 }  # the stages that run the teacher's outputs; corpus and mine only read its tokenizer
 STAND_IN, REAL = "stand-in", "real"
-STAND_IN_LABEL = "stand-in teacher (1 random layer, seed 0)"
 REAL_LABEL = "real teacher (all-MiniLM-L6-v2)"
 SAMPLE_SECONDS = 0.2
 MIB = 1024 * 1024
@@ -254,14 +255,40 @@ def parse_factors(text: str) -> list[int]:
     return sorted({int(x) for x in text.split(",") if x.strip()})
 
 
-def teacher_for(factor: int, choice: str, real_max: int) -> str:
+def stand_in_kind(layers: int) -> str:
+    """The kind a stand-in of ``layers`` layers is recorded under: "stand-in" for the first one (1 layer),
+    "stand-in-L<n>" for the others, so that their measurements and work directories never mix."""
+    return STAND_IN if layers == 1 else f"{STAND_IN}-L{layers}"
+
+
+def stand_in_layers(kind: str) -> int | None:
+    if kind == STAND_IN:
+        return 1
+    if kind.startswith(STAND_IN + "-L"):
+        return int(kind.removeprefix(STAND_IN + "-L"))
+    return None
+
+
+def is_stand_in_kind(kind: str) -> bool:
+    return stand_in_layers(kind) is not None
+
+
+def teacher_for(factor: int, choice: str, real_max: int, layers: int = 1) -> str:
     if choice == "auto":
-        return REAL if factor <= real_max else STAND_IN
-    return choice
+        choice = REAL if factor <= real_max else STAND_IN
+    return stand_in_kind(layers) if choice == STAND_IN else choice
 
 
 def teacher_label(kind: str) -> str:
-    return STAND_IN_LABEL if kind == STAND_IN else REAL_LABEL
+    layers = stand_in_layers(kind)
+    if layers is None:
+        return REAL_LABEL
+    if layers == 0:
+        return "stand-in teacher (embeddings only, no layer, seed 0)"
+    return f"stand-in teacher ({layers} random layer{'s' if layers != 1 else ''}, seed 0)"
+
+
+STAND_IN_LABEL = teacher_label(STAND_IN)
 
 
 def env() -> dict:
@@ -270,8 +297,8 @@ def env() -> dict:
     return {**os.environ, "PYTHONPATH": src + (os.pathsep + path if path else ""), "HF_HUB_OFFLINE": "1"}
 
 
-def stand_in_path(out: Path) -> Path:
-    return out / "stand-in-teacher-L1-seed0"
+def stand_in_path(out: Path, layers: int = 1) -> Path:
+    return out / f"stand-in-teacher-L{layers}-seed0"
 
 
 def real_teacher_path() -> Path:
@@ -315,7 +342,8 @@ def plan(args: argparse.Namespace) -> list[tuple[int, str, list[str]]]:
             continue
         wanted = [s for s in stages if factor in every or s not in TEACHER_STAGES]
         if wanted:
-            out.append((factor, teacher_for(factor, args.teacher, args.real_teacher_max_factor), wanted))
+            kind = teacher_for(factor, args.teacher, args.real_teacher_max_factor, args.stand_in_layers)
+            out.append((factor, kind, wanted))
     return out
 
 
@@ -330,9 +358,34 @@ def load_runs(path: Path) -> dict:
 
 def save_runs(path: Path, runs: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
+    tmp = path.with_suffix(f".json.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(runs, indent=1) + "\n", encoding="utf-8")
     tmp.replace(path)
+
+
+def _same_run(record: dict, other: dict) -> bool:
+    key = ("factor", "teacher", "stage")
+    return [record[k] for k in key] + [record.get("stage_args", [])] == [other[k] for k in key] + [
+        other.get("stage_args", [])
+    ]
+
+
+def save_measurement(path: Path, record: dict | None = None, generated: tuple[str, dict] | None = None) -> dict:
+    """Add one measurement to runs.json as it is on disk now (under a lock), replacing the one it measures
+    again, and return the file's content: two ``run`` commands over one --out (say 16x beside 1x) keep
+    each other's records."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".json.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        runs = load_runs(path)
+        if record is not None:
+            runs["runs"] = [r for r in runs["runs"] if not _same_run(r, record)] + [record]
+        if generated is not None:
+            runs["generated"][generated[0]] = generated[1]
+        save_runs(path, runs)
+    return runs
 
 
 def find_run(runs: dict, factor: int, teacher: str, stage: str, extra: list[str]) -> dict | None:
@@ -362,7 +415,6 @@ def now() -> str:
 def run(args: argparse.Namespace) -> int:
     out = args.out.resolve()
     runs_path = out / "runs.json"
-    runs = load_runs(runs_path)
     extras = {}
     for item in args.stage_args:
         stage, _, options = item.partition("=")
@@ -373,13 +425,15 @@ def run(args: argparse.Namespace) -> int:
         print("cost_curves: nothing to run (see --factors, --max-factor, --stages)")
         return 0
     print(f"# every command runs in {REPO} with PYTHONPATH={REPO / 'src'} HF_HUB_OFFLINE=1", flush=True)
-    needs_stand_in = any(kind == STAND_IN for _, kind, _ in steps)
-    stand_in = stand_in_path(out)
+    needs_stand_in = any(is_stand_in_kind(kind) for _, kind, _ in steps)
+    stand_in = stand_in_path(out, args.stand_in_layers)
     if needs_stand_in and not (stand_in / "stand_in_teacher.json").is_file():
         command = [
             sys.executable,
             str(SCRIPTS / "stand_in_teacher.py"),
             str(stand_in),
+            "--layers",
+            str(args.stand_in_layers),
             "--speed-texts",
             str(args.speed_texts),
             "--speed-json",
@@ -411,20 +465,20 @@ def run(args: argparse.Namespace) -> int:
                 print(f"cost_curves: generating x{factor} failed: see {log}")
                 return 1
             info = json.loads((data / "scale_corpus.json").read_text(encoding="utf-8"))
-            runs["generated"][f"x{factor}"] = {
+            generated = {
                 **measured,
                 "disk": disk_usage(data),
                 "counts": info["counts"],
                 "seed": args.seed,
                 "measured": now(),
             }
-            save_runs(runs_path, runs)
+            save_measurement(runs_path, generated=(f"x{factor}", generated))
         workdir = out / "work" / f"x{factor}-{kind}"
         cache = out / "cache" / f"x{factor}-{kind}"
-        teacher = stand_in if kind == STAND_IN else real
+        teacher = stand_in if is_stand_in_kind(kind) else real
         for stage in stages:
             extra = extras.get(stage, [])
-            done = find_run(runs, factor, kind, stage, extra)
+            done = find_run(load_runs(runs_path), factor, kind, stage, extra)
             if done and not args.force:
                 print(
                     f"cost_curves: x{factor} {stage} ({teacher_label(kind)}) already measured: "
@@ -464,12 +518,7 @@ def run(args: argparse.Namespace) -> int:
             if measured["returncode"] != 0:
                 tail = Path(record["log"]).read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
                 record["log_tail"] = tail
-            runs["runs"] = [
-                r
-                for r in runs["runs"]
-                if (r["factor"], r["teacher"], r["stage"], r.get("stage_args", [])) != (factor, kind, stage, extra)
-            ] + [record]
-            save_runs(runs_path, runs)
+            save_measurement(runs_path, record)
             rss = measured["peak_rss_mib"]
             disk = record["disk"].get("total", {}).get("allocated_bytes", 0) / MIB
             print(
@@ -589,7 +638,7 @@ def report_rows(runs: dict, speed: dict | None) -> list[dict]:
             "stage_mib": None if stage_bytes is None else stage_bytes / MIB,
             "workdir_mib": r.get("disk", {}).get("total", {}).get("allocated_bytes", 0) / MIB,
         }
-        if r["stage"] == "embed" and r["teacher"] == STAND_IN and speed:
+        if r["stage"] == "embed" and is_stand_in_kind(r["teacher"]) and speed:
             row["real_pass_s"] = r["corpus"]["teacher_tokens"] / speed["real_tokens_per_s"]
         rows.append(row)
     rows.sort(key=lambda row: (STAGES.index(row["stage"]), row["teacher_kind"], row["factor"]))
@@ -663,7 +712,7 @@ def plot_curves(rows: list[dict], path: Path, title: str) -> None:
         groups.setdefault((row["stage"], row["teacher_kind"]), []).append(row)
     for (stage, kind), members in groups.items():
         members.sort(key=lambda r: r["tokens"])
-        style = "--" if kind == STAND_IN and stage in TEACHER_STAGES else "-"
+        style = "--" if is_stand_in_kind(kind) and stage in TEACHER_STAGES else "-"
         label = stage + (f", {teacher_label(kind)}" if stage in TEACHER_STAGES else "")
         xs = [m["tokens"] for m in members]
         for ax, key in zip(axes, ("wall_s", "rss_mib"), strict=True):
@@ -698,12 +747,16 @@ def build_report(runs: dict, speed: dict | None, command: str, project: list[int
         raise ValueError("no successful measurement to report")
     growth = growth_rows(rows)
     dates = sorted(r["measured"] for r in runs["runs"] if r.get("returncode") == 0)
-    uses_stand_in = any(r["teacher_kind"] == STAND_IN and r["stage"] in TEACHER_STAGES for r in rows)
+    stand_in_labels = sorted(
+        {r["teacher"] for r in rows if is_stand_in_kind(r["teacher_kind"]) and r["stage"] in TEACHER_STAGES}
+    )
+    uses_stand_in = bool(stand_in_labels)
     provenance = (
         f"scripts/cost_curves.py runs of {dates[0][:10]} to {dates[-1][:10]} on a {os.cpu_count()}-CPU machine "
         "(runs.json, one `vocabert` command per stage and size); corpora from scripts/scale_corpus.py"
         + (
-            f"; rows marked '{STAND_IN_LABEL}' ran with a stand-in teacher (scripts/stand_in_teacher.py), not the "
+            f"; rows marked {' or '.join(repr(x) for x in stand_in_labels)} ran with a stand-in teacher "
+            "(scripts/stand_in_teacher.py), not the "
             "real one: their embed/train times are the data path's, not the real teacher's"
             if uses_stand_in
             else ""
@@ -824,6 +877,13 @@ def main(argv: list[str] | None = None) -> int:
         "to --real-teacher-max-factor, the stand-in above (default: %(default)s)",
     )
     p.add_argument("--real-teacher-max-factor", type=int, default=1)
+    p.add_argument(
+        "--stand-in-layers",
+        type=int,
+        default=1,
+        help="random layers of the stand-in teacher; 0: embeddings only, the data path at its cheapest "
+        "(default: %(default)s)",
+    )
     p.add_argument(
         "--stage-args",
         action="append",

@@ -235,3 +235,23 @@ def test_resume_skips_what_was_measured():
     assert cost_curves.find_run(runs, 4, "stand-in", "mine", ["--max-keys", "10"]) is None
     assert cost_curves.find_run(runs, 1, "stand-in", "train", []) is None  # it failed: measured again
     assert json.loads(json.dumps(runs)) == runs
+
+
+def test_a_stand_in_of_no_layer_is_its_own_teacher_and_two_runs_keep_each_others_records(tmp_path, capsys):
+    code = cost_curves.main(["run", "--out", str(tmp_path / "cc"), "--teacher", "stand-in", "--stand-in-layers", "0",
+                             "--factors", "1", "--corpus-mine-factors", "", "--dry-run"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0 and "stand-in-teacher-L0-seed0" in printed and "work/x1-stand-in-L0" in printed
+    assert cost_curves.teacher_label("stand-in-L0") == "stand-in teacher (embeddings only, no layer, seed 0)"
+    assert cost_curves.teacher_label("stand-in") == cost_curves.STAND_IN_LABEL
+    assert cost_curves.teacher_label("real") == cost_curves.REAL_LABEL
+    # Two `run` commands over one --out (16x beside 1x) each add their measurements to the file as it is then.
+    path = tmp_path / "runs.json"
+    first, second = _synthetic_runs()["runs"][:2]
+    cost_curves.save_measurement(path, first)
+    cost_curves.save_measurement(path, second)
+    cost_curves.save_measurement(path, generated=("x4", {"wall_s": 1.0}))
+    again = {**first, "wall_s": 99.0}
+    runs = cost_curves.save_measurement(path, again)  # measured again: replaces the first
+    assert [r["wall_s"] for r in runs["runs"]] == [second["wall_s"], 99.0]
+    assert cost_curves.load_runs(path) == runs and runs["generated"] == {"x4": {"wall_s": 1.0}}
