@@ -641,3 +641,23 @@ def test_semantic_selection_needs_the_teacher_pass(tmp_path, corpus, tok):
     ws = _workspace(tmp_path, corpus)
     with pytest.raises(VocabertError, match="embed --pass-only"):
         run_mining(ws, MineSettings(select="semantics"), LocalEngine())
+
+
+@pytest.mark.parametrize("score", ["npmi", "llr", "count"])
+def test_scoring_in_small_chunks_chooses_the_same_vocabulary(corpus, full, tok, monkeypatch, score):
+    """Candidates are scored a chunk at a time and only the best that still fit the budget are kept: with
+    chunks of 3 candidates (so that the kept pool is cut down many times over), every budget gives the
+    same vocabulary, in the same order, as scoring them all at once."""
+    import vocabert.distill.mining as mining
+
+    n_tokens = int((full.kind == KIND_TOKEN).sum())
+    settings = {**SETTINGS, "score": score}
+    for budget in (n_tokens + 1, n_tokens + 9, n_tokens + 60, 100_000):
+        whole = mine_vocabulary(corpus, budget=budget, special_ids=tok["specials"], show_progress_bar=False, **settings)
+        with monkeypatch.context() as m:
+            m.setattr(mining, "SCORING_CHUNK", 3)
+            small = mine_vocabulary(
+                corpus, budget=budget, special_ids=tok["specials"], show_progress_bar=False, **settings
+            )
+        for name in ("patterns", "kind", "count", "npmi", "score", "llr", "chosen"):
+            assert np.array_equal(getattr(small, name), getattr(whole, name), equal_nan=True), (budget, name)

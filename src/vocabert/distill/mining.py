@@ -377,6 +377,49 @@ def log_likelihood_ratio(count: np.ndarray, left: np.ndarray, right: np.ndarray,
     return 2 * sum(_xlogx_ratio(k[i], rows[i] * cols[i] / total) for i in range(4))
 
 
+SCORING_CHUNK = 1 << 17  # candidates scored at once (a few hundred bytes each while scored)
+
+
+def _chunks(n: int) -> Iterator[slice]:
+    return (slice(i, min(i + SCORING_CHUNK, n)) for i in range(0, n, SCORING_CHUNK))
+
+
+class _PhrasePool:
+    """Candidate phrases, added a chunk at a time in their ranking order (kind, length, key), with whether
+    each passes the thresholds. With ``keep`` (the room left in the budget), only the ``keep`` passing ones
+    of highest statistic so far stay, ties to the earlier: the best ``keep`` of all are among them, in the
+    same order as if all had been kept. Without (semantic selection, which reads every candidate's vector
+    as a possible part of a longer one), all stay."""
+
+    def __init__(self, keep: int | None, score: str):
+        self.keep, self.score, self.eligible = keep, score, 0
+        self.parts: list[tuple[np.ndarray, ...]] = []
+
+    def add(self, row, kind, count, npmi, llr, min_npmi: float) -> None:
+        ok = (npmi >= min_npmi) | (kind == KIND_WORD)
+        self.eligible += int(ok.sum())
+        statistic = {"npmi": count * npmi, "llr": llr, "count": count.astype(float)}[self.score]
+        part = (row, kind, count, npmi, llr, statistic, ok)
+        self.parts.append(part if self.keep is None else tuple(a[ok] for a in part))
+        if self.keep is not None and sum(len(p[1]) for p in self.parts) > 2 * max(self.keep, SCORING_CHUNK):
+            self.parts = [self._best()]
+
+    def _joined(self) -> tuple[np.ndarray, ...]:
+        return tuple(np.concatenate([p[i] for p in self.parts]) for i in range(7))
+
+    def _best(self) -> tuple[np.ndarray, ...]:
+        joined = self._joined()
+        best = np.sort(np.argsort(-joined[5], kind="stable")[: self.keep])  # in their ranking order again
+        return tuple(a[best] for a in joined)
+
+    def arrays(self, width: int) -> tuple[np.ndarray, ...]:
+        """Patterns, kinds, counts, npmi, llr, the statistic, and whether each passes the thresholds."""
+        if not self.parts:
+            empty = (np.zeros(0, t) for t in (np.int64, np.int64, float, float, float, bool))
+            return np.zeros((0, width), np.int64), *empty
+        return self._best() if self.keep is not None else self._joined()
+
+
 # Ranks phrases by meaning (vocabert.distill.semantics): (patterns, counts) -> the gain of each
 SemanticGains = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -457,62 +500,59 @@ def mine_vocabulary(
 
     log_total = np.log(total)
     width = max(max_ngram, max_gap + 2 if max_gap else 1)
-    patterns, kinds, counts, npmis, llrs = [], [], [], [], []
+    token_ids = np.flatnonzero(unigram > 0)
+    token_ids = token_ids[np.argsort(-unigram[token_ids], kind="stable")][:budget]
+    room = max(budget - len(token_ids), 0)
+    # Candidates are scored a chunk at a time and only those that can still be chosen are kept: the eligible
+    # ones, and, when a statistic chooses, only the best `room` of them so far. Memory then follows the budget,
+    # not the candidates (millions on a large corpus, ~170 bytes each while scored).
+    pool = _PhrasePool(room if select != "semantics" else None, score)
     for n, (keys, cnt) in ngram_keys.items():
-        if len(keys) == 0:
-            continue
-        toks = decode_grams(keys, n, base, levels)
-        pmi, llr = np.full(len(keys), np.inf), np.full(len(keys), np.inf)
-        for split in range(1, n):
-            left, right = count_of(toks[:, :split]), count_of(toks[:, split:])
-            pmi = np.minimum(pmi, np.log(cnt) + log_total - np.log(left) - np.log(right))
-            llr = np.minimum(llr, log_likelihood_ratio(cnt, left, right, total))
-        row = np.full((len(keys), width), PAD, dtype=np.int64)
-        row[:, :n] = toks
-        kind = np.full(len(keys), KIND_NGRAM)
-        kind[_contains(word_keys.get(n, none[0]), keys)] = KIND_WORD
-        patterns.append(row)
-        kinds.append(kind)
-        counts.append(cnt)
-        npmis.append(pmi / (log_total - np.log(cnt)))
-        llrs.append(llr)
+        for part in _chunks(len(keys)):
+            k, c = keys[part], cnt[part]
+            toks = decode_grams(k, n, base, levels)
+            pmi, llr = np.full(len(k), np.inf), np.full(len(k), np.inf)
+            for split in range(1, n):
+                left, right = count_of(toks[:, :split]), count_of(toks[:, split:])
+                pmi = np.minimum(pmi, np.log(c) + log_total - np.log(left) - np.log(right))
+                llr = np.minimum(llr, log_likelihood_ratio(c, left, right, total))
+            row = np.full((len(k), width), PAD, dtype=np.int64)
+            row[:, :n] = toks
+            kind = np.full(len(k), KIND_NGRAM)
+            kind[_contains(word_keys.get(n, none[0]), k)] = KIND_WORD
+            pool.add(row, kind, c, pmi / (log_total - np.log(c)), llr, min_npmi)
 
     for gap, (keys, cnt) in skip_frequent.items():
         if len(keys) == 0:
             continue
-        pair = _decode(keys, 2, base)
-        left, right = unigram[pair[:, 0]], unigram[pair[:, 1]]
-        pmi = np.log(cnt) + log_total - np.log(left) - np.log(right)
         # The most frequent filler's n-gram: if it explains most of the count, the n-gram suffices.
-        dispersion = np.ones(len(keys))
+        fillers = None
         if gap + 2 in ngram_keys and len(ngram_keys[gap + 2][0]):
             nk, nc = ngram_keys[gap + 2]
             ends = decode_grams(nk, gap + 2, base, levels)[:, [0, gap + 1]]
             end_keys = pattern_keys(ends, np.arange(2), base)
             order = np.argsort(end_keys, kind="stable")
             uniq, first = np.unique(end_keys[order], return_index=True)
-            top = np.maximum.reduceat(nc[order], first)
-            has = _contains(uniq, keys)
-            dispersion[has] = 1.0 - _lookup(uniq, top, keys[has]) / cnt[has]
-        keep = dispersion >= min_dispersion
-        row = np.full((int(keep.sum()), width), PAD, dtype=np.int64)
-        row[:, 0], row[:, 1 : gap + 1], row[:, gap + 1] = pair[keep, 0], WILDCARD, pair[keep, 1]
-        patterns.append(row)
-        kinds.append(np.full(len(row), KIND_SKIPGRAM))
-        counts.append(cnt[keep])
-        npmis.append((pmi / (log_total - np.log(cnt)))[keep])
-        llrs.append(log_likelihood_ratio(cnt, left, right, total)[keep])
+            fillers = uniq, np.maximum.reduceat(nc[order], first)
+            del nk, nc, ends, end_keys, order
+        for part in _chunks(len(keys)):
+            k, c = keys[part], cnt[part]
+            pair = _decode(k, 2, base)
+            left, right = unigram[pair[:, 0]], unigram[pair[:, 1]]
+            pmi = np.log(c) + log_total - np.log(left) - np.log(right)
+            dispersion = np.ones(len(k))
+            if fillers is not None:
+                has = _contains(fillers[0], k)
+                dispersion[has] = 1.0 - _lookup(*fillers, k[has]) / c[has]
+            keep = dispersion >= min_dispersion
+            row = np.full((int(keep.sum()), width), PAD, dtype=np.int64)
+            row[:, 0], row[:, 1 : gap + 1], row[:, gap + 1] = pair[keep, 0], WILDCARD, pair[keep, 1]
+            npmi = pmi / (log_total - np.log(c))
+            llr = log_likelihood_ratio(c, left, right, total)
+            pool.add(row, np.full(len(row), KIND_SKIPGRAM), c[keep], npmi[keep], llr[keep], min_npmi)
 
-    token_ids = np.flatnonzero(unigram > 0)
-    token_ids = token_ids[np.argsort(-unigram[token_ids], kind="stable")][:budget]
-    phrase_patterns = np.concatenate(patterns) if patterns else np.zeros((0, width), np.int64)
-    phrase_kind = np.concatenate(kinds) if kinds else np.zeros(0, np.int64)
-    phrase_count = np.concatenate(counts) if counts else np.zeros(0, np.int64)
-    phrase_npmi = np.concatenate(npmis) if npmis else np.zeros(0)
-    phrase_llr = np.concatenate(llrs) if llrs else np.zeros(0)
-    statistic = {"npmi": phrase_count * phrase_npmi, "llr": phrase_llr, "count": phrase_count.astype(float)}[score]
-    eligible = np.flatnonzero((phrase_npmi >= min_npmi) | (phrase_kind == KIND_WORD))
-    room = max(budget - len(token_ids), 0)
+    phrase_patterns, phrase_kind, phrase_count, phrase_npmi, phrase_llr, statistic, ok = pool.arrays(width)
+    eligible = np.flatnonzero(ok)
     if select == "semantics" and room and len(eligible):
         phrase_score = np.asarray(semantic_gains(phrase_patterns, phrase_count), dtype=np.float64)
         why = CHOSEN_SEMANTICS
@@ -521,8 +561,8 @@ def mine_vocabulary(
     # Ties (equal scores) keep the order above: by kind and length, then by key, so the result is deterministic.
     chosen = eligible[np.argsort(-phrase_score[eligible], kind="stable")][:room]
     log(
-        f"mine: {len(eligible)} phrases pass the thresholds; {len(token_ids)} tokens and the {len(chosen)} phrases of "
-        f"highest {CHOSEN_NAMES[why]} fill the budget of {budget}"
+        f"mine: {pool.eligible} phrases pass the thresholds; {len(token_ids)} tokens and the {len(chosen)} phrases "
+        f"of highest {CHOSEN_NAMES[why]} fill the budget of {budget}"
     )
 
     token_rows = np.full((len(token_ids), width), PAD, dtype=np.int64)
