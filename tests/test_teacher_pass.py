@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from vocabert.distill.embedding import EmbedSettings, run_embedding, token_count
 from vocabert.distill.engine import LocalEngine
 from vocabert.distill.mining import run_mining
 from vocabert.distill.teacher import Teacher
-from vocabert.distill.teacher_pass import TeacherPass, open_teacher_pass
+from vocabert.distill.teacher_pass import FileArray, TeacherPass, open_teacher_pass
 from vocabert.distill.training import train_student, training_data
 from vocabert.distill.vocabulary import open_store
 from vocabert.distill.workspace import Workspace, read_manifest
@@ -95,23 +96,23 @@ def test_a_new_vocabulary_gets_its_entry_sums_without_a_new_pass(sampled, worksp
 
 
 def test_streaming_training_equals_training_in_memory(workspace, tmp_path, monkeypatch):
-    """Matches on disk and targets in the teacher pass, memory-mapped and mapped afresh every few steps (so
-    that the resident memory stays bounded): the same student as with everything in memory."""
+    """Matches on disk and targets in the teacher pass, read a batch at a time with pread (so that the
+    resident memory stays bounded): the same student as with everything in memory."""
     passed = open_teacher_pass(workspace)
     store, _ = open_store(workspace)
     vocab_size = int(read_manifest(workspace.corpus_dir, "corpus")["vocab_size"])
     in_memory = training_data(passed, store, vocab_size)
     in_memory.targets = np.array(in_memory.targets)
     streamed = training_data(passed, store, vocab_size, tmp_path)
-    assert isinstance(streamed.entries, np.memmap) and isinstance(streamed.targets, np.memmap)
-    assert not isinstance(in_memory.entries, np.memmap)
+    assert isinstance(streamed.entries, FileArray) and isinstance(streamed.targets, FileArray)
+    assert not isinstance(in_memory.entries, FileArray)
     np.testing.assert_array_equal(streamed.ptr, in_memory.ptr)
     np.testing.assert_array_equal(np.asarray(streamed.entries), in_memory.entries)
     monkeypatch.setattr(training, "REMAP_STEPS", 3)
     settings = {"epochs": 2, "batch_size": 64, "show_progress_bar": False}
     _, _, a = train_student(in_memory, store, **settings)
     _, _, b = train_student(streamed, store, **settings)
-    assert isinstance(streamed.targets, np.memmap)  # remapped, still the file
+    assert isinstance(streamed.targets, FileArray)  # still the file
     for x, y in zip(a["epochs"], b["epochs"], strict=True):  # every epoch: here the best is the untrained mean
         assert abs(x["val_cosine"] - y["val_cosine"]) < 1e-5 and abs(x["train_loss"] - y["train_loss"]) < 1e-5
 
@@ -172,7 +173,7 @@ def test_token_level_targets_are_each_occurrences_teacher_vectors(sampled, tmp_p
     store, _ = open_store(sampled)
     vocab_size = int(read_manifest(sampled.corpus_dir, "corpus")["vocab_size"])
     data = training_data(passed, store, vocab_size, tmp_path, with_starts=True)
-    assert data.has_token_vectors and isinstance(data.starts, np.memmap)
+    assert data.has_token_vectors and isinstance(data.starts, FileArray)
     patterns = np.asarray(store.patterns)
     texts = np.arange(len(data))
     flat = np.arange(int(data.ptr[-1]))
@@ -203,3 +204,54 @@ def test_token_level_loss_needs_token_vectors(workspace):
     vocab_size = int(read_manifest(workspace.corpus_dir, "corpus")["vocab_size"])
     with pytest.raises(VocabertError, match="kept token vectors"):
         train_student(training_data(passed, store, vocab_size), store, token_loss=1.0, show_progress_bar=False)
+
+
+def test_file_array_reads_what_a_memory_map_reads_without_holding_it(tmp_path):
+    """FileArray (the targets, token ids and matches) reads the rows a memory map would give, for every kind
+    of index training and the passes use, and the process's resident memory does not take in the file:
+    random rows read from a memory map grow it toward the file's size, read with pread they do not."""
+    rng = np.random.default_rng(0)
+    values = rng.standard_normal((5000, 7)).astype("<f4")
+    path = tmp_path / "rows.bin"
+    path.write_bytes(values.tobytes())
+    array = FileArray(path, "<f4", values.shape)
+    assert len(array) == 5000 and array.shape == (5000, 7) and array.dtype == np.float32 and array.ndim == 2
+    idx = rng.integers(0, 5000, size=300)
+    runs = np.concatenate([np.arange(10, 40), np.arange(4000, 4003), [7, 7, 4999, 0]])  # runs, repeats, ends
+    for key in (idx, runs, idx.reshape(20, 15), slice(100, 250), slice(4990, 6000), slice(3, 3), 17, -1):
+        np.testing.assert_array_equal(array[key], values[key])
+    np.testing.assert_array_equal(np.asarray(array), values)
+    assert array[np.zeros(0, dtype=np.int64)].shape == (0, 7)
+    for bad in (5000, -5001, np.array([0, 5000]), slice(0, 10, 2), np.array([True, False])):
+        with pytest.raises(IndexError):
+            array[bad]
+    ids = FileArray(path, "<i4", (35000,))  # 1-d, like the token ids and matches
+    np.testing.assert_array_equal(ids[np.arange(100, 180)], values.view("<i4").ravel()[100:180])
+    path.write_bytes(values.tobytes()[:-4])  # the file lost its last row: one clear line, no garbage
+    with pytest.raises(VocabertError, match="shorter"):
+        FileArray(path, "<f4", values.shape)[4999]
+
+    # 48 MB of rows read at random: through a memory map the process holds most of them afterwards.
+    big = tmp_path / "big.bin"
+    rows = 96_000  # 512-byte rows
+    with open(big, "wb") as f:
+        for _ in range(6):
+            f.write(rng.standard_normal((rows // 6, 128)).astype("<f4").tobytes())
+
+    def rss_mib() -> float:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+    if not Path("/proc/self/status").is_file():
+        pytest.skip("no /proc here")
+    picks = [rng.integers(0, rows, size=256) for _ in range(200)]
+    before = rss_mib()
+    read = FileArray(big, "<f4", (rows, 128))
+    total = sum(float(read[p].sum()) for p in picks)
+    grown_by_pread = rss_mib() - before
+    mapped = np.memmap(big, dtype="<f4", mode="r", shape=(rows, 128))
+    before = rss_mib()
+    assert sum(float(mapped[p].sum()) for p in picks) == pytest.approx(total, rel=1e-6)
+    grown_by_map = rss_mib() - before
+    del mapped
+    assert grown_by_pread < 8 and grown_by_map > 3 * max(grown_by_pread, 4), (grown_by_pread, grown_by_map)

@@ -3,7 +3,8 @@
 Every teacher-pass text went through the teacher once. Its rows are flat raw little-endian files whose
 sizes are known before the pass starts (the corpus says how many tokens each text has), so that whoever
 computes a batch (this process, or a Ray worker) writes its rows in place at their offsets, in any order.
-Mining (``--select semantics``), the entry vectors and training read them from here, memory-mapped::
+Mining (``--select semantics``), the entry vectors and training read them from here: the targets and the
+token ids with ``pread`` (:class:`FileArray`), the bounded token sample memory-mapped::
 
     targets.bin        (texts, dim) float32 or float16: the teacher's sentence embeddings (training targets)
     rows.bin           (texts, 4) int64: text index in the teacher-pass order, tokens, validation,
@@ -22,6 +23,7 @@ token: ``dim x 2``. The entry sums are ``entries x dim x 4`` bytes whatever the 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,15 +50,87 @@ def pass_files(texts: int, tokens: int, sampled: int, dim: int, targets_dtype: s
     }
 
 
+class FileArray:
+    """A read-only array on a flat file, read with ``pread`` instead of memory-mapped.
+
+    What a process reads of a memory-mapped file counts in its resident memory (the kernel maps whole
+    neighbourhoods of pages on each fault), so random reads over a large file grow the process's RSS to the
+    file's size. What is read here goes to the page cache, which the kernel reclaims: reading rows at random
+    from a 7 GB targets file costs the process only the rows it holds. Indexing: an int, a slice with step 1,
+    or an array of positions (read one run of consecutive positions at a time); ``np.asarray`` reads it all.
+    """
+
+    def __init__(self, path: str | Path, dtype: str | np.dtype, shape: tuple[int, ...]):
+        self.path, self.dtype, self.shape = Path(path), np.dtype(dtype), tuple(int(n) for n in shape)
+        self._row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        self._fd: int | None = None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+    def __getstate__(self) -> dict:  # (a file descriptor does not travel to another process)
+        return {**self.__dict__, "_fd": None}
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        size = (stop - start) * self._row_bytes
+        data = bytearray(size)
+        view, done = memoryview(data), 0
+        while done < size:  # (pread may return less than asked)
+            got = os.preadv(self._fd, [view[done:]], start * self._row_bytes + done)
+            if got <= 0:
+                raise VocabertError(f"{self.path} is shorter than its manifest says: rerun the stage that wrote it")
+            done += got
+        return np.frombuffer(data, dtype=self.dtype).reshape((stop - start, *self.shape[1:]))
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            if step != 1:
+                raise IndexError("FileArray: slices with a step are not supported")
+            return self._read(start, max(start, stop))
+        if np.isscalar(key):
+            i = int(key) + (len(self) if int(key) < 0 else 0)
+            if not 0 <= i < len(self):
+                raise IndexError(f"index {key} is out of bounds for {len(self)} rows")
+            return self._read(i, i + 1)[0]
+        idx = np.asarray(key)
+        if idx.dtype == bool or not np.issubdtype(idx.dtype, np.integer):
+            raise IndexError("FileArray: index with an int, a slice or an array of ints")
+        if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError(f"an index is out of bounds for {len(self)} rows")
+        unique, inverse = np.unique(idx.ravel(), return_inverse=True)
+        if not len(unique):
+            return np.zeros((*idx.shape, *self.shape[1:]), dtype=self.dtype)
+        # Runs of consecutive positions, one read each (a text's matches, a chunk's tokens).
+        breaks = np.flatnonzero(np.diff(unique) != 1) + 1
+        firsts, lasts = unique[np.r_[0, breaks]], unique[np.r_[breaks - 1, len(unique) - 1]]
+        rows = np.concatenate([self._read(int(a), int(b) + 1) for a, b in zip(firsts, lasts, strict=True)])
+        return rows[inverse].reshape((*idx.shape, *self.shape[1:]))
+
+
 @dataclass
 class TeacherPass:
-    """A finished teacher pass, memory-mapped: rows are texts in the order the teacher saw them."""
+    """A finished teacher pass, read from its files: rows are texts in the order the teacher saw them."""
 
-    targets: np.ndarray  # (texts, dim) float32 or float16: the teacher's sentence embeddings
+    targets: np.ndarray | FileArray  # (texts, dim) float32 or float16: the teacher's sentence embeddings
     text_index: np.ndarray  # (texts,) position of each text in the teacher-pass order (teacher_texts)
     validation: np.ndarray  # (texts,) bool
     token_offsets: np.ndarray  # (texts + 1,) rows of text i are token_offsets[i]:token_offsets[i+1]
-    token_ids: np.ndarray  # (tokens,) int32
+    token_ids: np.ndarray | FileArray  # (tokens,) int32
     token_vectors: np.ndarray  # (sampled tokens, dim) float16: contextual token vectors of the sampled texts
     vector_offsets: np.ndarray | None = None  # (texts,) start of text i in token_vectors, -1: not sampled
 
@@ -87,24 +161,28 @@ class TeacherPass:
         texts, tokens, dim = int(m["texts"]), int(m["tokens"]), int(m["dim"])
         files = pass_files(texts, tokens, int(m["sampled_tokens"]), dim, m["targets_dtype"])
 
-        def mapped(name: str) -> np.ndarray:
+        def opened(name: str, read: bool = True) -> np.ndarray | FileArray:
+            """``read``: through :class:`FileArray`; else memory-mapped (the bounded token sample, which
+            training reads a token at a time)."""
             dtype, shape = files[name]
             path = directory / f"{name}.bin"
             need = int(np.prod(shape)) * np.dtype(dtype).itemsize
             if not path.is_file() or path.stat().st_size != need:
                 raise VocabertError(f"teacher pass {path} is missing or has the wrong size; run `vocabert embed`")
-            return np.memmap(path, dtype=dtype, mode="r", shape=shape) if need else np.zeros(shape, dtype)
+            if not need:
+                return np.zeros(shape, dtype)
+            return FileArray(path, dtype, shape) if read else np.memmap(path, dtype=dtype, mode="r", shape=shape)
 
-        rows = np.asarray(mapped("rows"))
+        rows = np.asarray(opened("rows"))
         offsets = np.zeros(texts + 1, dtype=np.int64)
         np.cumsum(rows[:, 1], out=offsets[1:])
         return cls(
-            targets=mapped("targets"),
+            targets=opened("targets"),
             text_index=rows[:, 0].copy(),
             validation=rows[:, 2].astype(bool),
             token_offsets=offsets,
-            token_ids=mapped("token_ids"),
-            token_vectors=mapped("token_vectors"),
+            token_ids=opened("token_ids"),
+            token_vectors=opened("token_vectors", read=False),
             vector_offsets=rows[:, 3].copy(),
         )
 

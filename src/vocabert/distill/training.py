@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from vocabert._version import __version__
 from vocabert.artifacts import VocabertError, temporary_dir
 from vocabert.distill.teacher import output_activation, teacher_prompts
-from vocabert.distill.teacher_pass import TeacherPass, occurrence_means, open_teacher_pass
+from vocabert.distill.teacher_pass import FileArray, TeacherPass, occurrence_means, open_teacher_pass
 from vocabert.distill.vocabulary import open_store
 from vocabert.distill.workspace import Workspace, digest, finish, is_current, log, read_manifest
 from vocabert.matching import EntryIndex, Matches
@@ -81,9 +81,10 @@ def training_data(
 ) -> TrainingData:
     """Match every text of the teacher pass; a text's length counts its tokens but the ``added_per_text``
     its tokenizer adds ([CLS] and [SEP]: 2), as :class:`~vocabert.networks.Batch` counts them. With
-    ``directory`` the matches go to disk chunk by chunk and are memory-mapped from there (``entries.bin``,
-    ``ptr.npy``), as the targets are, so that training streams its batches and its memory does not grow
-    with the corpus; without, they are kept in memory. ``with_starts`` keeps each match's start too, and
+    ``directory`` the matches go to disk chunk by chunk (``entries.bin``, ``ptr.npy``) and are read from there
+    a batch at a time, as the targets are (:class:`~vocabert.distill.teacher_pass.FileArray`), so that
+    training streams its batches and its memory does not grow with the corpus; without, they are kept in
+    memory. ``with_starts`` keeps each match's start too, and
     the pass's token vectors (for the token-level loss)."""
     index = EntryIndex(np.asarray(store.patterns), vocab_size)
     counts, columns = [], {"entries": [], "starts": []} if with_starts else {"entries": []}
@@ -111,9 +112,7 @@ def training_data(
         mapped = {name: np.concatenate(parts) for name, parts in columns.items()}
     else:
         np.save(directory / "ptr.npy", ptr)
-        mapped = {
-            name: np.memmap(directory / f"{name}.bin", dtype="<i4", mode="r", shape=(int(ptr[-1]),)) for name in columns
-        }
+        mapped = {name: FileArray(directory / f"{name}.bin", "<i4", (int(ptr[-1]),)) for name in columns}
     lengths = np.diff(passed.token_offsets) - added_per_text
     data = TrainingData(ptr, mapped["entries"], lengths, passed.targets, passed.validation)
     if with_starts:
@@ -122,10 +121,11 @@ def training_data(
     return data
 
 
-# Pages read through a memory map stay in the process's resident memory until it is unmapped: the targets and
-# matches are mapped afresh every so many steps, so that training on a corpus of any size holds at most what
-# these steps touched (about 1 MB a step at 256 texts), not the whole files.
-REMAP_STEPS = 500
+# Pages read through a memory map stay in the process's resident memory until it is unmapped (and the kernel
+# maps up to 64 KB around each page read): the token sample, the one file training reads through a map (a few
+# rows per match), is mapped afresh every so many steps. The targets and matches are read with pread
+# (teacher_pass.FileArray) and cost only the rows of the batch.
+REMAP_STEPS = 50
 
 
 def remapped(array: np.ndarray) -> np.ndarray:
@@ -505,7 +505,7 @@ def train_student(
         flat = np.arange(counts.sum()) + np.repeat(starts - np.cumsum(counts) + counts, counts)
         entry = torch.from_numpy(np.asarray(data.entries[flat], dtype=np.int64))
         segment = torch.from_numpy(np.repeat(np.arange(len(idx)), counts))
-        # Targets are read from the memory-mapped teacher pass a batch at a time, never all at once.
+        # Targets are read from the teacher pass's file a batch at a time, never all at once.
         target = torch.nn.functional.normalize(torch.from_numpy(np.asarray(data.targets[idx], dtype=np.float32)), dim=1)
         if not tokens:
             out = student(entry, segment, len(idx), lengths[idx])
@@ -562,10 +562,8 @@ def train_student(
             losses.append(value.item())
             bar.update(1)
             step += 1
-            if step % REMAP_STEPS == 0:
-                data.targets, data.entries = remapped(data.targets), remapped(data.entries)
-                if data.starts is not None:
-                    data.starts, data.token_vectors = remapped(data.starts), remapped(data.token_vectors)
+            if step % REMAP_STEPS == 0 and data.token_vectors is not None:
+                data.token_vectors = remapped(data.token_vectors)
         val = evaluate(val_idx) if n_val else float("nan")
         history["epochs"].append(
             {
@@ -627,7 +625,7 @@ def run_training(
     vocab_size = int(read_manifest(ws.corpus_dir, "corpus")["vocab_size"])
     started = time.perf_counter()
     remove_abandoned_matches(ws.root)
-    matches_dir = temporary_dir(ws.root, f".matches-{os.getpid()}-")  # memory-mapped while training, then removed
+    matches_dir = temporary_dir(ws.root, f".matches-{os.getpid()}-")  # read while training, then removed
     try:
         data = training_data(
             passed,
