@@ -39,6 +39,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import pickle
 import shutil
 import time
 import warnings
@@ -220,8 +221,11 @@ class TeacherWorker:
     call. It writes the segment's rows into the pass's files itself, syncs them, and hands back only which
     batches it did and the entry sums of their texts."""
 
-    def __init__(self, job: PassJob):
-        self.job = job
+    def __init__(self, job_file: str):
+        # The job (plan, vocabulary patterns: megabytes) comes from a file in the work directory, not as a
+        # constructor argument: Ray keeps large arguments in its object store, and an actor restarted after
+        # its worker died cannot be rebuilt once they have gone out of scope (ray-project/ray#53727).
+        self.job = job = pickle.loads(Path(job_file).read_bytes())
         settings = job.settings
         self.teacher = Teacher(job.teacher_path, settings.device, settings.precision)
         self.files, self.index = job.files(), job.index()
@@ -311,6 +315,8 @@ def ray_teacher_pass(
             precision = job.key.get("settings", {}).get("teacher_precision", "float32")
             device = "cuda" if gpus else "cpu"
             job = replace(job, settings=replace(job.settings, device=device, precision=precision))
+            job_file = job.directory / f".ray-job-{os.getpid()}.pkl"  # read by every worker, removed after
+            atomic_write(job_file, lambda p: p.write_bytes(pickle.dumps(job)))
             context = ray.data.DataContext.get_current()
             block_size, context.target_max_block_size = context.target_max_block_size, 1  # a block per task
             try:
@@ -320,7 +326,7 @@ def ray_teacher_pass(
                         worker_cls,
                         batch_size=1,
                         compute=ray.data.ActorPoolStrategy(size=workers),
-                        fn_constructor_kwargs={"job": job},
+                        fn_constructor_kwargs={"job_file": str(job_file)},
                         num_cpus=engine.settings.ray_worker_cpus,
                         num_gpus=gpus,
                         # A dead worker is restarted and its task retried, a bounded number of times.
@@ -346,6 +352,7 @@ def ray_teacher_pass(
                 ) from None
             finally:
                 context.target_max_block_size = block_size
+                job_file.unlink(missing_ok=True)
     finally:
         progress.save()  # every batch marked done was synced by its worker first
         stats["seconds"] = time.perf_counter() - started
