@@ -584,9 +584,11 @@ LABELS = {
     "stage": "stage",
     "size": "size",
     "teacher": "teacher",
+    "options": "stage options",
     "tokens": "training tokens",
     "texts": "texts",
     "wall_s": "wall s",
+    "cpu_s": "CPU s",
     "rss_mib": "peak RSS MiB",
     "stage_mib": "stage's folder MiB",
     "workdir_mib": "work directory MiB",
@@ -596,6 +598,7 @@ FORMATS = {
     "tokens": "count",
     "texts": ",d",
     "wall_s": ",.1f",
+    "cpu_s": ",.1f",
     "rss_mib": ",.0f",
     "stage_mib": ",.1f",
     "workdir_mib": ",.1f",
@@ -604,13 +607,16 @@ FORMATS = {
 GROWTH_LABELS = {
     "stage": "stage",
     "teacher": "teacher",
+    "options": "stage options",
     "sizes": "sizes",
     "time_slope": "wall time exponent",
     "time_growth": "wall time grows",
+    "cpu_slope": "CPU time exponent",
+    "cpu_growth": "CPU time grows",
     "rss_slope": "peak RSS exponent",
     "rss_growth": "peak RSS grows",
 }
-GROWTH_FORMATS = {"time_slope": ".2f", "rss_slope": ".2f"}
+GROWTH_FORMATS = {"time_slope": ".2f", "cpu_slope": ".2f", "rss_slope": ".2f"}
 STAGE_FOLDER = {"corpus": "corpus", "mine": "vocab", "embed": "teacher", "train": "model"}
 
 
@@ -630,10 +636,13 @@ def report_rows(runs: dict, speed: dict | None) -> list[dict]:
             "factor": r["factor"],
             "teacher": r["teacher_label"] if r["stage"] in TEACHER_STAGES else "— (tokenizer only)",
             "teacher_kind": r["teacher"],
+            "options": " ".join(r.get("stage_args", [])) or "defaults",
+            "measured": r["measured"],
             "tokens": r["corpus"]["training_tokens"],
             "teacher_tokens": r["corpus"]["teacher_tokens"],
             "texts": r["corpus"]["texts"],
             "wall_s": r["wall_s"],
+            "cpu_s": r.get("cpu_s"),
             "rss_mib": r["peak_rss_mib"],
             "stage_mib": None if stage_bytes is None else stage_bytes / MIB,
             "workdir_mib": r.get("disk", {}).get("total", {}).get("allocated_bytes", 0) / MIB,
@@ -641,7 +650,13 @@ def report_rows(runs: dict, speed: dict | None) -> list[dict]:
         if r["stage"] == "embed" and is_stand_in_kind(r["teacher"]) and speed:
             row["real_pass_s"] = r["corpus"]["teacher_tokens"] / speed["real_tokens_per_s"]
         rows.append(row)
-    rows.sort(key=lambda row: (STAGES.index(row["stage"]), row["teacher_kind"], row["factor"]))
+    # The latest measurement of each stage, teacher, options and size (corpus and mine read only the tokenizer:
+    # their teacher does not matter), so that a stage measured again after a change replaces its old figures.
+    latest: dict[tuple, dict] = {}
+    for row in sorted(rows, key=lambda row: row["measured"]):
+        latest[(row["stage"], row["teacher"], row["options"], row["factor"])] = row
+    rows = list(latest.values())
+    rows.sort(key=lambda row: (STAGES.index(row["stage"]), row["teacher"], row["options"], row["factor"]))
     return rows
 
 
@@ -649,19 +664,26 @@ def growth_rows(rows: list[dict]) -> list[dict]:
     """Each stage's (and teacher's) exponents of wall time and peak RSS against training tokens."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
-        groups.setdefault((row["stage"], row["teacher"]), []).append(row)
+        groups.setdefault((row["stage"], row["teacher"], row["options"]), []).append(row)
     out = []
-    for (stage, teacher), members in groups.items():
+    for (stage, teacher, options), members in groups.items():
         time_fit = fit_slope([m["tokens"] for m in members], [m["wall_s"] for m in members])
+        # CPU time: what the stage itself spent, whatever else the machine ran meanwhile
+        cpu_fit = None
+        if all(m.get("cpu_s") for m in members):
+            cpu_fit = fit_slope([m["tokens"] for m in members], [m["cpu_s"] for m in members])
         rss_fit = fit_slope([m["tokens"] for m in members], [m["rss_mib"] for m in members])
         out.append(
             {
                 "stage": stage,
                 "teacher": teacher,
+                "options": options,
                 "sizes": ", ".join(m["size"] for m in members),
                 "time_slope": time_fit and time_fit["slope"],
                 "time_r2": time_fit and time_fit["r2"],
                 "time_growth": growth_word(time_fit and time_fit["slope"]),
+                "cpu_slope": cpu_fit and cpu_fit["slope"],
+                "cpu_growth": growth_word(cpu_fit and cpu_fit["slope"]),
                 "rss_slope": rss_fit and rss_fit["slope"],
                 "rss_r2": rss_fit and rss_fit["r2"],
                 "rss_growth": growth_word(rss_fit and rss_fit["slope"]),
@@ -676,7 +698,9 @@ def projections(rows: list[dict], growth: list[dict], factors: list[int], speed:
     from its one size): extrapolations, not measurements."""
     out = []
     for g in growth:
-        members = [r for r in rows if (r["stage"], r["teacher"]) == (g["stage"], g["teacher"])]
+        members = [
+            r for r in rows if (r["stage"], r["teacher"], r["options"]) == (g["stage"], g["teacher"], g["options"])
+        ]
         base = max(members, key=lambda r: r["factor"])
         per_factor = base["tokens"] / base["factor"]
         for factor in factors:
@@ -707,13 +731,15 @@ def plot_curves(rows: list[dict], path: Path, title: str) -> None:
     fig = Figure(figsize=(10, 4.2), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2)
-    groups: dict[tuple[str, str], list[dict]] = {}
+    groups: dict[tuple[str, str, str], list[dict]] = {}
     for row in rows:
-        groups.setdefault((row["stage"], row["teacher_kind"]), []).append(row)
-    for (stage, kind), members in groups.items():
+        kind = row["teacher_kind"] if row["stage"] in TEACHER_STAGES else "tokenizer"
+        groups.setdefault((row["stage"], kind, row["options"]), []).append(row)
+    for (stage, kind, options), members in groups.items():
         members.sort(key=lambda r: r["tokens"])
         style = "--" if is_stand_in_kind(kind) and stage in TEACHER_STAGES else "-"
         label = stage + (f", {teacher_label(kind)}" if stage in TEACHER_STAGES else "")
+        label += f" ({options})" if options != "defaults" else ""
         xs = [m["tokens"] for m in members]
         for ax, key in zip(axes, ("wall_s", "rss_mib"), strict=True):
             ax.plot(xs, [m[key] for m in members], style, marker="o", label=label)
@@ -768,7 +794,18 @@ def build_report(runs: dict, speed: dict | None, command: str, project: list[int
             else ""
         )
     )
-    columns = ["stage", "size", "teacher", "tokens", "texts", "wall_s", "rss_mib", "stage_mib", "workdir_mib"]
+    columns = [
+        "stage",
+        "size",
+        "teacher",
+        "options",
+        "tokens",
+        "texts",
+        "wall_s",
+        "rss_mib",
+        "stage_mib",
+        "workdir_mib",
+    ]
     if any("real_pass_s" in r for r in rows):
         columns.append("real_pass_s")
     table = {
@@ -785,7 +822,18 @@ def build_report(runs: dict, speed: dict | None, command: str, project: list[int
         "title": "Cost curves: growth exponents (least squares on log-log, against training tokens)",
         "command": command,
         "provenance": provenance,
-        "columns": ["stage", "teacher", "sizes", "time_slope", "time_growth", "rss_slope", "rss_growth"],
+        "columns": [
+            "stage",
+            "teacher",
+            "options",
+            "sizes",
+            "time_slope",
+            "time_growth",
+            "cpu_slope",
+            "cpu_growth",
+            "rss_slope",
+            "rss_growth",
+        ],
         "rows": [_rounded(g) for g in growth],
         "labels": GROWTH_LABELS,
         "formats": GROWTH_FORMATS,

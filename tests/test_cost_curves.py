@@ -187,7 +187,7 @@ def test_report_tables_render_with_make_docs(tmp_path, monkeypatch):
             assert doc[key]
         rendered = make_docs.render(name)
         assert rendered.count("\n") == len(doc["rows"]) + 2
-    assert "| embed | 16x | stand-in teacher (1 random layer, seed 0) | 64.00M |" in make_docs.render("cost")
+    assert "| embed | 16x | stand-in teacher (1 random layer, seed 0) | defaults | 64.00M |" in make_docs.render("cost")
     cost_curves.plot_curves(table["rows"], tmp_path / "plot.png", "test")
     assert (tmp_path / "plot.png").stat().st_size > 10_000
 
@@ -227,6 +227,24 @@ def test_dry_run_prints_every_stage_command_and_runs_nothing(tmp_path, capsys):
                              "--corpus-mine-factors", "64", "--stages", "corpus,mine,embed", "--dry-run"])  # fmt: skip
     printed = capsys.readouterr().out
     assert printed.count("vocabert.cli embed ") == 1 and printed.count("vocabert.cli mine ") == 2
+
+
+def test_a_stage_measured_again_replaces_its_row_and_options_keep_theirs():
+    runs = _synthetic_runs()
+    mine4 = next(r for r in runs["runs"] if (r["stage"], r["factor"]) == ("mine", 4))
+    # mine reads only the tokenizer: measured again later with another stand-in, it replaces the row.
+    runs["runs"].append({**mine4, "teacher": "stand-in-L0", "wall_s": 7.0, "measured": "2026-12-06T00:00:00Z"})
+    embed1 = next(r for r in runs["runs"] if (r["stage"], r["factor"]) == ("embed", 1))
+    runs["runs"].append({**embed1, "stage_args": ["--batch-size", "128"], "wall_s": 5.0})  # its own row and fit
+    table, growth = cost_curves.build_report(runs, None, "cmd", [])
+    mine = [r for r in table["rows"] if r["stage"] == "mine"]
+    assert [(r["size"], r["wall_s"]) for r in mine] == [("1x", 15.0), ("4x", 7.0), ("16x", 240.0)]
+    embed = [(r["size"], r["options"]) for r in table["rows"] if r["stage"] == "embed"]
+    assert embed.count(("1x", "defaults")) == 1 and ("1x", "--batch-size 128") in embed
+    assert sorted((g["stage"], g["options"]) for g in growth["rows"] if g["stage"] == "embed") == [
+        ("embed", "--batch-size 128"),
+        ("embed", "defaults"),
+    ]
 
 
 def test_resume_skips_what_was_measured():
