@@ -802,6 +802,7 @@ def build_report(runs: dict, speed: dict | None, command: str, project: list[int
         "tokens",
         "texts",
         "wall_s",
+        "cpu_s",
         "rss_mib",
         "stage_mib",
         "workdir_mib",
