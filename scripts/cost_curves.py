@@ -363,11 +363,9 @@ def save_runs(path: Path, runs: dict) -> None:
     tmp.replace(path)
 
 
-def _same_run(record: dict, other: dict) -> bool:
-    key = ("factor", "teacher", "stage")
-    return [record[k] for k in key] + [record.get("stage_args", [])] == [other[k] for k in key] + [
-        other.get("stage_args", [])
-    ]
+def _run_key(record: dict) -> tuple:
+    """What identifies a measurement: size, teacher, stage and the stage's extra options."""
+    return record["factor"], record["teacher"], record["stage"], record.get("stage_args", [])
 
 
 def save_measurement(path: Path, record: dict | None = None, generated: tuple[str, dict] | None = None) -> dict:
@@ -381,7 +379,7 @@ def save_measurement(path: Path, record: dict | None = None, generated: tuple[st
         fcntl.flock(lock, fcntl.LOCK_EX)
         runs = load_runs(path)
         if record is not None:
-            runs["runs"] = [r for r in runs["runs"] if not _same_run(r, record)] + [record]
+            runs["runs"] = [r for r in runs["runs"] if _run_key(r) != _run_key(record)] + [record]
         if generated is not None:
             runs["generated"][generated[0]] = generated[1]
         save_runs(path, runs)
@@ -390,12 +388,7 @@ def save_measurement(path: Path, record: dict | None = None, generated: tuple[st
 
 def find_run(runs: dict, factor: int, teacher: str, stage: str, extra: list[str]) -> dict | None:
     for record in runs["runs"]:
-        if (record["factor"], record["teacher"], record["stage"], record.get("stage_args", [])) == (
-            factor,
-            teacher,
-            stage,
-            extra,
-        ) and record["returncode"] == 0:
+        if _run_key(record) == (factor, teacher, stage, extra) and record["returncode"] == 0:
             return record
     return None
 

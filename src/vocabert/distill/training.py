@@ -84,8 +84,8 @@ def training_data(
     ``directory`` the matches go to disk chunk by chunk (``entries.bin``, ``ptr.npy``) and are read from there
     a batch at a time, as the targets are (:class:`~vocabert.distill.teacher_pass.FileArray`), so that
     training streams its batches and its memory does not grow with the corpus; without, they are kept in
-    memory. ``with_starts`` keeps each match's start too, and
-    the pass's token vectors (for the token-level loss)."""
+    memory. ``with_starts`` keeps each match's start too, and the pass's token vectors (for the token-level
+    loss)."""
     index = EntryIndex(np.asarray(store.patterns), vocab_size)
     counts, columns = [], {"entries": [], "starts": []} if with_starts else {"entries": []}
     files = {name: None if directory is None else open(directory / f"{name}.bin", "wb") for name in columns}  # noqa: SIM115
