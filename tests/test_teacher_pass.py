@@ -3,7 +3,10 @@ runs (and again for a new vocabulary), training that streams from the work direc
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -118,17 +121,35 @@ def test_streaming_training_equals_training_in_memory(workspace, tmp_path, monke
 
 
 def test_float16_targets_stay_within_a_rounding_of_float32(workspace, tmp_path):
+    # The default pass stores float16 targets and uint16 ids; a float32 pass holds the same texts twice as wide.
     ws = _copy(workspace, tmp_path / "work", "corpus", "vocab", "teacher")
-    run_embedding(ws, EmbedSettings(targets_dtype="float16"), LocalEngine(), pass_only=True)
-    half, full = open_teacher_pass(ws), open_teacher_pass(workspace)
-    assert (
-        half.targets.dtype == np.float16
-        and (ws.teacher_dir / "targets.bin").stat().st_size * 2
-        == (workspace.teacher_dir / "targets.bin").stat().st_size
+    run_embedding(ws, EmbedSettings(targets_dtype="float32"), LocalEngine(), pass_only=True)
+    full, half = open_teacher_pass(ws), open_teacher_pass(workspace)
+    assert half.targets.dtype == np.float16 and full.targets.dtype == np.float32
+    assert (ws.teacher_dir / "targets.bin").stat().st_size == 2 * (workspace.teacher_dir / "targets.bin").stat().st_size
+    assert half.token_ids.dtype == np.uint16 and (workspace.teacher_dir / "token_ids.bin").stat().st_size == 2 * len(
+        half.token_ids
     )
+    np.testing.assert_array_equal(np.asarray(half.token_ids), np.asarray(full.token_ids))
     a, b = np.asarray(half.targets, np.float32), np.asarray(full.targets)
     cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cosine.min() > 0.99999
+
+    # A pass of the previous default layout (float32 targets, int32 ids, no ids dtype in the manifest), upgraded
+    # without the teacher, is byte for byte the default pass, under its key.
+    old = tmp_path / "old-teacher"
+    ws.teacher_dir.rename(old)
+    np.asarray(full.token_ids).astype("<i4").tofile(old / "token_ids.bin")
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["token_ids_dtype"], manifest["key"]["settings"]["token_ids_dtype"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    script = Path(__file__).parents[1] / "scripts" / "upgrade_teacher_pass.py"
+    done = subprocess.run([sys.executable, script, old, ws.root], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    for name in ("targets.bin", "token_ids.bin", "rows.bin", "token_vectors.bin"):
+        assert (ws.teacher_dir / name).read_bytes() == (workspace.teacher_dir / name).read_bytes(), name
+    keys = [read_manifest(w.teacher_dir, "teacher pass")["key"] for w in (ws, workspace)]
+    assert keys[0] == keys[1]
 
 
 def test_token_sample_option():

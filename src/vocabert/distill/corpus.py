@@ -1,9 +1,9 @@
 """Stage 1: read texts and tokenize them with the teacher's tokenizer into shards on disk.
 
 Readers stream ``id<TAB>text`` TSV (gz or plain), one-text-per-line files and JSONL with a ``text``
-field. Each shard holds the token ids of a run of texts (uint16 where the vocabulary allows) with
-offsets, the texts themselves (later stages need them for the teacher), their ids, which source
-they came from, and whether they are held out from training.
+field. Each shard (a deflated .npz) holds the token ids of a run of texts (uint16 where the vocabulary
+allows) with offsets, the texts themselves (later stages need them for the teacher), their ids, which
+source they came from, and whether they are held out from training.
 """
 
 from __future__ import annotations
@@ -261,20 +261,24 @@ def _unpack_strings(data: np.ndarray, offsets: np.ndarray) -> list[str]:
 def _save_shard(path: Path, shard: Shard, id_dtype: np.dtype) -> None:
     texts, text_offsets = _pack_strings(shard.texts)
     text_ids, text_id_offsets = _pack_strings(shard.text_ids)
+    arrays = {
+        "ids": shard.ids.astype(id_dtype),
+        "offsets": shard.offsets,
+        "texts": texts,
+        "text_offsets": text_offsets,
+        "text_ids": text_ids,
+        "text_id_offsets": text_id_offsets,
+        "source": shard.source.astype(np.int8),
+        "split": shard.split.astype(np.int8),
+    }
 
     def _write(p: Path) -> None:
-        with open(p, "wb") as f:
-            np.savez(
-                f,
-                ids=shard.ids.astype(id_dtype),
-                offsets=shard.offsets,
-                texts=texts,
-                text_offsets=text_offsets,
-                text_ids=text_ids,
-                text_id_offsets=text_id_offsets,
-                source=shard.source.astype(np.int8),
-                split=shard.split.astype(np.int8),
-            )
+        # An .npz that np.load reads, deflated at level 1: half the bytes (the texts are two thirds of a shard)
+        # for about 15 ms a MB; np.savez_compressed's level 6 takes three times as long for 9% less.
+        with zipfile.ZipFile(p, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+            for name, array in arrays.items():
+                with z.open(f"{name}.npy", "w", force_zip64=True) as f:
+                    np.lib.format.write_array(f, np.ascontiguousarray(array), allow_pickle=False)
 
     atomic_write(path, _write)
 

@@ -44,6 +44,7 @@ from vocabert.distill.teacher_pass import (
     TeacherPass,
     occurrence_means,
     pass_files,
+    token_ids_dtype,
 )
 from vocabert.distill.vocabulary import open_vocabulary
 from vocabert.distill.workspace import (
@@ -112,8 +113,10 @@ class EmbedSettings:
         type=token_count,
         metavar="TOKENS",
     )
+    # float16 halves the largest file of the pass; students trained on either agree to a cosine of 0.999997
+    # (docs/scaling.md, "fp16 targets").
     targets_dtype: str = option(
-        "float32", "precision of the stored sentence embeddings (the targets)", choices=tuple(TARGET_DTYPES)
+        "float16", "precision of the stored sentence embeddings (the targets)", choices=tuple(TARGET_DTYPES)
     )
     device: str = option("auto", "where the teacher runs: auto (CUDA when present), cpu, cuda or cuda:N")
     precision: str = option(
@@ -313,9 +316,9 @@ class PassFiles:
     """The teacher pass's flat files, created at their final size; a batch's rows are written in place
     (``os.pwrite``), so batches may arrive in any order and from other processes."""
 
-    def __init__(self, directory: Path, plan: PassPlan, dim: int, targets_dtype: str):
+    def __init__(self, directory: Path, plan: PassPlan, dim: int, targets_dtype: str, ids_dtype: str):
         self.plan, self.dim = plan, dim
-        self.specs = pass_files(plan.texts, plan.tokens, plan.sampled_tokens, dim, targets_dtype)
+        self.specs = pass_files(plan.texts, plan.tokens, plan.sampled_tokens, dim, targets_dtype, ids_dtype)
         self.fds = {}
         for name, (dtype, shape) in self.specs.items():
             path = directory / f"{name}.bin"
@@ -343,7 +346,7 @@ class PassFiles:
         table = np.stack([batch.index, batch.lengths, batch.validation, plan.vector_offsets[texts]], axis=1)
         self._write("targets", batch.start, rows.targets)
         self._write("rows", batch.start, table.astype(np.int64).reshape(-1, ROW_FIELDS))
-        self._write("token_ids", int(plan.token_offsets[batch.start]), batch.ids.astype(np.int32))
+        self._write("token_ids", int(plan.token_offsets[batch.start]), batch.ids)
         sampled = plan.vector_offsets[texts] >= 0
         if sampled.any():  # a batch's sampled texts lie next to each other in the sample too
             within = np.concatenate([[0], np.cumsum(batch.lengths)])
@@ -465,7 +468,11 @@ class PassJob:
         return PassProgress(self.directory / name, key, self.plan.batches, entries, self.dim)
 
     def files(self) -> PassFiles | None:
-        return PassFiles(self.directory, self.plan, self.dim, self.settings.targets_dtype) if self.write_rows else None
+        if not self.write_rows:
+            return None
+        return PassFiles(
+            self.directory, self.plan, self.dim, self.settings.targets_dtype, token_ids_dtype(self.vocab_size)
+        )
 
     def batches(self, done: np.ndarray) -> Iterator[TeacherBatch]:
         """The batches not ``done``, in the teacher-pass order (shards whose batches are all done are not read)."""
@@ -504,6 +511,7 @@ class PassJob:
                 sampled_tokens=plan.sampled_tokens,
                 dim=self.dim,
                 targets_dtype=self.settings.targets_dtype,
+                token_ids_dtype=token_ids_dtype(self.vocab_size),
             )
         progress.remove()
         return TeacherPass.open(self.directory)
@@ -599,13 +607,15 @@ def _pass_job(
     )
 
 
-def pass_key(ws: Workspace, settings: EmbedSettings) -> dict:
-    """The teacher pass's key: the teacher, the settings that change what it holds, the corpus."""
+def pass_key(ws: Workspace, settings: EmbedSettings, vocab_size: int) -> dict:
+    """The teacher pass's key: the teacher, the settings that change what it holds (and the layout of its
+    files, so that a pass interrupted under another layout is restarted, not resumed), the corpus."""
     pass_settings = {
         "teacher_share": settings.teacher_share,
         "batch_size": settings.batch_size,
         "token_sample": settings.token_sample,
         "targets_dtype": settings.targets_dtype,
+        "token_ids_dtype": token_ids_dtype(vocab_size),
     }
     if settings.teacher_sources:  # (only when given, so that passes over every source keep their key)
         pass_settings["teacher_sources"] = sorted(settings.teacher_sources)
@@ -633,7 +643,7 @@ def run_embedding(
         raise VocabertError(
             f"unknown teacher source(s) {', '.join(unknown)}: the corpus has {', '.join(corpus.sources)}"
         )
-    key = pass_key(ws, settings)
+    key = pass_key(ws, settings, int(corpus.manifest["vocab_size"]))
     vocab = None if pass_only or settings.entry_vectors == "isolated" else open_vocabulary(ws)[0]
     if force:
         reset_progress(ws.teacher_dir)

@@ -9,7 +9,7 @@ token ids with ``pread`` (:class:`FileArray`), the bounded token sample memory-m
     targets.bin        (texts, dim) float32 or float16: the teacher's sentence embeddings (training targets)
     rows.bin           (texts, 4) int64: text index in the teacher-pass order, tokens, validation,
                        offset of the text's rows in token_vectors.bin (-1: not in the token sample)
-    token_ids.bin      (tokens,) int32
+    token_ids.bin      (tokens,) uint16 (int32 for a tokenizer of more than 65,536 ids)
     token_vectors.bin  (sampled tokens, dim) float16: the teacher's contextual token vectors of a bounded
                        sample of texts (``--token-sample``); what is only needed as a sum is not kept per token
     entry_sums.npz     the mean contextual vector of every vocabulary entry over its occurrences, and their
@@ -17,7 +17,7 @@ token ids with ``pread`` (:class:`FileArray`), the bounded token sample memory-m
     manifest.json      written last: the pass is complete (texts, tokens, sampled tokens, dim)
     progress.npz       while the pass runs: its key, the batches made durable, the entry sums so far
 
-Bytes kept per text: ``dim x 4`` (targets; 2 in float16) + 32 (rows); per token: 4 (ids); per sampled
+Bytes kept per text: ``dim x 2`` (targets; 4 in float32) + 32 (rows); per token: 2 (ids); per sampled
 token: ``dim x 2``. The entry sums are ``entries x dim x 4`` bytes whatever the corpus size.
 """
 
@@ -40,12 +40,19 @@ ENTRY_SUMS = "entry_sums.npz"
 TARGET_DTYPES = {"float32": "<f4", "float16": "<f2"}
 
 
-def pass_files(texts: int, tokens: int, sampled: int, dim: int, targets_dtype: str) -> dict[str, tuple[str, tuple]]:
+def token_ids_dtype(vocab_size: int) -> str:
+    """The token ids' dtype: 2 bytes where the tokenizer's ids fit (BERT's 30,522 do), else 4."""
+    return "<u2" if vocab_size <= 2**16 else "<i4"
+
+
+def pass_files(
+    texts: int, tokens: int, sampled: int, dim: int, targets_dtype: str, ids_dtype: str
+) -> dict[str, tuple[str, tuple]]:
     """The flat files of a pass of this size: name -> (dtype, shape)."""
     return {
         "targets": (TARGET_DTYPES[targets_dtype], (texts, dim)),
         "rows": ("<i8", (texts, ROW_FIELDS)),
-        "token_ids": ("<i4", (tokens,)),
+        "token_ids": (ids_dtype, (tokens,)),
         "token_vectors": ("<f2", (sampled, dim)),
     }
 
@@ -130,7 +137,7 @@ class TeacherPass:
     text_index: np.ndarray  # (texts,) position of each text in the teacher-pass order (teacher_texts)
     validation: np.ndarray  # (texts,) bool
     token_offsets: np.ndarray  # (texts + 1,) rows of text i are token_offsets[i]:token_offsets[i+1]
-    token_ids: np.ndarray | FileArray  # (tokens,) int32
+    token_ids: np.ndarray | FileArray  # (tokens,) uint16 or int32
     token_vectors: np.ndarray  # (sampled tokens, dim) float16: contextual token vectors of the sampled texts
     vector_offsets: np.ndarray | None = None  # (texts,) start of text i in token_vectors, -1: not sampled
 
@@ -159,7 +166,9 @@ class TeacherPass:
         directory = Path(directory)
         m = read_manifest(directory, "teacher pass")
         texts, tokens, dim = int(m["texts"]), int(m["tokens"]), int(m["dim"])
-        files = pass_files(texts, tokens, int(m["sampled_tokens"]), dim, m["targets_dtype"])
+        # (passes written before the ids' dtype was recorded hold int32)
+        ids_dtype = m.get("token_ids_dtype", "<i4")
+        files = pass_files(texts, tokens, int(m["sampled_tokens"]), dim, m["targets_dtype"], ids_dtype)
 
         def opened(name: str, read: bool = True) -> np.ndarray | FileArray:
             """``read``: through :class:`FileArray`; else memory-mapped (the bounded token sample, which
