@@ -114,7 +114,7 @@ class EmbedSettings:
         metavar="TOKENS",
     )
     # float16 halves the largest file of the pass; students trained on either agree to a cosine of 0.999997
-    # (docs/scaling.md, "fp16 targets").
+    # (docs/scaling.md, "The default run on float16 targets").
     targets_dtype: str = option(
         "float16", "precision of the stored sentence embeddings (the targets)", choices=tuple(TARGET_DTYPES)
     )
