@@ -283,6 +283,35 @@ def test_a_signal_leaves_no_temporary_file(saved, long_input, stop):
     assert temporaries(output.parent) == [] and not output.exists()
 
 
+SIGNAL_IN_MKSTEMP = (
+    "import os, signal, sys, tempfile, time\n"
+    "made = tempfile.mkstemp\n"
+    "def mkstemp(*args, **kwargs):\n"  # the file exists, atomic_write does not know its name yet
+    "    fd, name = made(*args, **kwargs)\n"
+    "    os.kill(os.getpid(), signal.SIGTERM)\n"
+    "    time.sleep(5)\n"
+    "    return fd, name\n"
+    "tempfile.mkstemp = mkstemp\n"
+    "from vocabert.cli import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
+def test_a_signal_inside_mkstemp_leaves_no_temporary_file(saved, long_input):
+    output = long_input.parent / "out" / "out.npy"
+    args = ["encode", "--model", str(saved), "--input", str(long_input), "--output", str(output), "--no-progress"]
+    run = subprocess.run(
+        [sys.executable, "-c", SIGNAL_IN_MKSTEMP, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 128 + signal.SIGTERM and "interrupted (SIGTERM)" in run.stderr, run.stderr
+    assert temporaries(output.parent) == [] and not output.exists()
+
+
 def test_a_rerun_removes_what_kill_9_left(model, saved, long_input):
     output = long_input.parent / "out.npy"
     run = start_slow_encode(saved, long_input, output)

@@ -46,8 +46,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
+        os.close(fd)
         write(Path(tmp))
         # mkstemp makes the file 0600 and the rename keeps that: give it the mode open() would have,
         # so a model built by one user can be read by a server running as another.

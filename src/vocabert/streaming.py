@@ -42,7 +42,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -448,6 +448,10 @@ def encode_command(
             )
     except KeyboardInterrupt as e:
         signum = getattr(e, "signum", signal.SIGINT)
+        # A signal inside mkstemp, after it made the file and before atomic_write could take charge of it,
+        # leaves the temporary file behind: ours is unlocked now, another encode's is left alone.
+        with suppress(VocabertError):
+            remove_stale_temporaries(Path(output))
         print(
             f"vocabert: interrupted ({signal.Signals(signum).name}): {output} not written "
             "(encode does not resume: a rerun starts over)",
