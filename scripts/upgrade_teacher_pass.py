@@ -76,11 +76,15 @@ def main() -> None:
     layout_today = "sampled_tokens" in old_manifest
     if layout_today and args.token_sample not in (None, old_settings["token_sample"]):
         raise VocabertError("a pass of today's layout keeps its token sample: run `vocabert embed` for another")
+    if layout_today:
+        token_sample = old_settings["token_sample"]
+    else:  # (0 keeps no vector: only an absent flag means embed's default)
+        token_sample = EmbedSettings.token_sample if args.token_sample is None else args.token_sample
     settings = EmbedSettings(
         teacher_share=old_settings["teacher_share"],
         batch_size=old_settings["batch_size"],
         teacher_sources=tuple(old_settings.get("teacher_sources", ())),
-        token_sample=old_settings["token_sample"] if layout_today else args.token_sample or EmbedSettings.token_sample,
+        token_sample=token_sample,
         targets_dtype=args.targets_dtype,
         device="cpu",
         precision=old_settings.get("teacher_precision", "auto"),
