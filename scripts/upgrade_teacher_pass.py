@@ -32,6 +32,7 @@ from vocabert.artifacts import VocabertError, read_json
 from vocabert.distill.corpus import open_corpus
 from vocabert.distill.embedding import (
     EmbedSettings,
+    finish_pass,
     pass_key,
     plan_pass,
     sample_occurrence_sums,
@@ -40,7 +41,7 @@ from vocabert.distill.embedding import (
 )
 from vocabert.distill.teacher_pass import ENTRY_SUMS, ROW_FIELDS, TARGET_DTYPES, TeacherPass, token_ids_dtype
 from vocabert.distill.vocabulary import open_vocabulary
-from vocabert.distill.workspace import Workspace, begin, digest, finish
+from vocabert.distill.workspace import Workspace, begin, digest
 
 
 def open_old_pass(directory: Path) -> TeacherPass:
@@ -128,18 +129,8 @@ def main() -> None:
         _, sums, counts = sample_occurrence_sums(old, patterns, vocab_size)
         save_entry_sums(out, digest(ws.vocab_dir), sums, counts)
         note = f"entry sums of {len(patterns)} entries ({int((counts > 0).sum())} seen)"
-    finish(
-        out,
-        "teacher pass",
-        pass_key(ws, settings, vocab_size),
-        texts=plan.texts,
-        tokens=plan.tokens,
-        sampled_tokens=plan.sampled_tokens,
-        dim=old.dim,
-        targets_dtype=settings.targets_dtype,
-        token_ids_dtype=token_ids_dtype(vocab_size),
-        upgraded_from=old_manifest.get("created"),
-    )
+    key = pass_key(ws, settings, vocab_size)
+    finish_pass(out, key, plan, old.dim, settings, vocab_size, upgraded_from=old_manifest.get("created"))
     print(f"teacher pass upgraded -> {out}; {note}")
 
 

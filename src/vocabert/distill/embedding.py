@@ -501,20 +501,27 @@ class PassJob:
         if self.vocabulary is not None:
             save_entry_sums(self.directory, self.vocabulary, progress.sums, progress.counts)
         if self.write_rows:
-            plan = self.plan
-            finish(
-                self.directory,
-                "teacher pass",
-                self.key,
-                texts=plan.texts,
-                tokens=plan.tokens,
-                sampled_tokens=plan.sampled_tokens,
-                dim=self.dim,
-                targets_dtype=self.settings.targets_dtype,
-                token_ids_dtype=token_ids_dtype(self.vocab_size),
-            )
+            finish_pass(self.directory, self.key, self.plan, self.dim, self.settings, self.vocab_size)
         progress.remove()
         return TeacherPass.open(self.directory)
+
+
+def finish_pass(
+    directory: Path, key: dict, plan: PassPlan, dim: int, settings: EmbedSettings, vocab_size: int, **facts
+) -> None:
+    """The pass's manifest, written last: its key and what :meth:`TeacherPass.open` needs to read the files."""
+    finish(
+        directory,
+        "teacher pass",
+        key,
+        texts=plan.texts,
+        tokens=plan.tokens,
+        sampled_tokens=plan.sampled_tokens,
+        dim=dim,
+        targets_dtype=settings.targets_dtype,
+        token_ids_dtype=token_ids_dtype(vocab_size),
+        **facts,
+    )
 
 
 def reset_progress(directory: str | Path) -> None:
