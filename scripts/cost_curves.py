@@ -681,19 +681,18 @@ def growth_rows(rows: list[dict]) -> list[dict]:
                 "rss_r2": rss_fit and rss_fit["r2"],
                 "rss_growth": growth_word(rss_fit and rss_fit["slope"]),
                 "_fits": (time_fit, rss_fit),
+                "_members": members,
             }
         )
     return out
 
 
-def projections(rows: list[dict], growth: list[dict], factors: list[int], speed: dict | None) -> list[dict]:
+def projections(growth: list[dict], factors: list[int], speed: dict | None) -> list[dict]:
     """Wall time and peak RSS of each stage at ``factors`` it was not measured at, along its fit (or linearly
     from its one size): extrapolations, not measurements."""
     out = []
     for g in growth:
-        members = [
-            r for r in rows if (r["stage"], r["teacher"], r["options"]) == (g["stage"], g["teacher"], g["options"])
-        ]
+        members = g["_members"]
         base = max(members, key=lambda r: r["factor"])
         per_factor = base["tokens"] / base["factor"]
         for factor in factors:
@@ -833,7 +832,7 @@ def build_report(runs: dict, speed: dict | None, command: str, project: list[int
         "formats": GROWTH_FORMATS,
         "projections": {
             "note": "extrapolated along each stage's fitted exponent (or linearly from its one size): not measured",
-            "rows": [_rounded(p) for p in projections(rows, growth, project, speed)],
+            "rows": [_rounded(p) for p in projections(growth, project, speed)],
         },
     }
     return table, growth_doc
